@@ -1,0 +1,223 @@
+//! Length-prefixed framing.
+
+use std::io::{self, Read};
+
+use crate::{DecodeError, EncodeError};
+
+/// Bytes in a frame header: the body length, big-endian `u32`.
+pub const HEADER_LEN: usize = 4;
+
+/// Largest frame body either side accepts (64 MiB). Enforced when encoding,
+/// so an oversized request fails in the caller, and when decoding, so a
+/// corrupt length header cannot make the reader allocate without bound.
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+
+/// Free space guaranteed before each read, so small frames arrive in batches.
+const MIN_READ: usize = 16 * 1024;
+
+/// Appends frames to an output buffer: reserve the header, write the body in
+/// place, then patch the length. No intermediate copy of the body.
+pub struct FrameWriter;
+
+impl FrameWriter {
+    /// Starts a frame at the end of `out` and returns its start offset.
+    pub fn begin(out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        start
+    }
+
+    /// Finishes the frame started at `start`. On error the partial frame is
+    /// removed, leaving `out` as it was before [`FrameWriter::begin`].
+    pub fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+        let body = out.len() - start - HEADER_LEN;
+        if body > MAX_FRAME_LEN {
+            out.truncate(start);
+            return Err(EncodeError::FrameTooLarge(body));
+        }
+        out[start..start + HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Removes a frame that was begun but will not be sent.
+    pub fn abandon(out: &mut Vec<u8>, start: usize) {
+        out.truncate(start);
+    }
+}
+
+/// Splits an incoming byte stream into frame bodies.
+///
+/// Bytes are read in large chunks, so one wake-up of the reader yields every
+/// frame that arrived meanwhile.
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::with_capacity(64 * 1024)
+    }
+}
+
+impl FrameDecoder {
+    pub fn with_capacity(capacity: usize) -> Self {
+        FrameDecoder {
+            buf: vec![0; capacity.max(HEADER_LEN)],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads once from `source`, appending what arrived. Returns the number of
+    /// bytes read; `0` means end of stream.
+    pub fn fill_from<R: Read>(&mut self, source: &mut R) -> io::Result<usize> {
+        self.make_room();
+        loop {
+            match source.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends bytes received by other means (tests, non-`Read` sources).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.make_room_for(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Returns the next complete frame body, `Ok(None)` when more bytes are
+    /// needed, or an error when the length header is over the limit.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, DecodeError> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return Ok(None);
+        }
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("header slice has HEADER_LEN bytes");
+        let len = u32::from_be_bytes(header) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(DecodeError::FrameTooLarge(len));
+        }
+        if available < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let body_start = self.start + HEADER_LEN;
+        self.start = body_start + len;
+        Ok(Some(&self.buf[body_start..body_start + len]))
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Ensures the buffer can hold the whole pending frame (if its header is
+    /// known) plus a read's worth of spare room.
+    fn make_room(&mut self) {
+        let pending = self.end - self.start;
+        let needed = if pending >= HEADER_LEN {
+            let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                .try_into()
+                .expect("header slice has HEADER_LEN bytes");
+            let frame = HEADER_LEN + (u32::from_be_bytes(header) as usize).min(MAX_FRAME_LEN);
+            frame.saturating_sub(pending)
+        } else {
+            0
+        };
+        self.make_room_for(needed.max(MIN_READ));
+    }
+
+    fn make_room_for(&mut self, extra: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end >= extra {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < extra {
+            let grown = (self.end + extra).max(self.buf.len() * 2);
+            self.buf.resize(grown, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let start = FrameWriter::begin(&mut out);
+        out.extend_from_slice(body);
+        FrameWriter::finish(&mut out, start).unwrap();
+        out
+    }
+
+    #[test]
+    fn splits_frames_delivered_byte_by_byte() {
+        let mut stream = frame(b"hello");
+        stream.extend(frame(b""));
+        stream.extend(frame(&[7; 100_000]));
+        let mut decoder = FrameDecoder::with_capacity(8);
+        let mut bodies = Vec::new();
+        for byte in stream {
+            decoder.push(&[byte]);
+            while let Some(body) = decoder.next_frame().unwrap() {
+                bodies.push(body.to_vec());
+            }
+        }
+        assert_eq!(bodies, vec![b"hello".to_vec(), vec![], vec![7; 100_000]]);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn rejects_oversized_length_header() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes());
+        assert_eq!(
+            decoder.next_frame(),
+            Err(DecodeError::FrameTooLarge(MAX_FRAME_LEN + 1))
+        );
+    }
+
+    #[test]
+    fn finish_rejects_and_removes_oversized_body() {
+        let mut out = b"keep".to_vec();
+        let start = FrameWriter::begin(&mut out);
+        out.resize(out.len() + MAX_FRAME_LEN + 1, 0);
+        assert_eq!(
+            FrameWriter::finish(&mut out, start),
+            Err(EncodeError::FrameTooLarge(MAX_FRAME_LEN + 1))
+        );
+        assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn fill_from_reads_large_frames_across_reads() {
+        let body = vec![3u8; 300_000];
+        let stream = frame(&body);
+        let mut source: &[u8] = &stream;
+        let mut decoder = FrameDecoder::with_capacity(1024);
+        let mut got = None;
+        while got.is_none() {
+            assert!(decoder.fill_from(&mut source).unwrap() > 0);
+            got = decoder.next_frame().unwrap().map(|b| b.to_vec());
+        }
+        assert_eq!(got.unwrap(), body);
+    }
+}

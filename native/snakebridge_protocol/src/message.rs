@@ -1,0 +1,409 @@
+//! Messages: one msgpack array per frame body, `[kind, id, fields...]`.
+//!
+//! | kind | direction | fields after `kind, id` |
+//! |------|-----------|-------------------------|
+//! | 0 hello    | worker → host | protocol version, worker OS pid, Python version string (id is 0) |
+//! | 1 call     | host → worker | module, function, args (array), kwargs (map) |
+//! | 2 ok       | worker → host | result value |
+//! | 3 py_error | worker → host | exception type, its module, `str(exc)`, traceback lines (array of str) |
+//! | 4 failure  | worker → host | reason (str, an atom name on the Elixir side), message |
+//! | 5 cancel   | host → worker | — |
+//! | 6 ping     | host → worker | — |
+//! | 7 pong     | worker → host | — |
+//!
+//! The host and the worker write the hot messages (call, ok) field by field
+//! straight from their native values; [`Message`] is the typed form used for
+//! the rest and by tests.
+
+use rmp::Marker;
+
+use crate::frame::FrameWriter;
+use crate::value::{self, decode_value, marker_name, read_array_len, take, take_u8, Value, ValueBuilder};
+use crate::{DecodeError, EncodeError};
+
+/// Bumped on any incompatible change; the host refuses a worker that speaks
+/// another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 0,
+    Call = 1,
+    Ok = 2,
+    PyError = 3,
+    Failure = 4,
+    Cancel = 5,
+    Ping = 6,
+    Pong = 7,
+}
+
+impl Kind {
+    fn from_u64(v: u64) -> Result<Kind, DecodeError> {
+        Ok(match v {
+            0 => Kind::Hello,
+            1 => Kind::Call,
+            2 => Kind::Ok,
+            3 => Kind::PyError,
+            4 => Kind::Failure,
+            5 => Kind::Cancel,
+            6 => Kind::Ping,
+            7 => Kind::Pong,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+
+    /// Number of array elements a message of this kind has.
+    pub fn arity(self) -> usize {
+        match self {
+            Kind::Hello => 5,
+            Kind::Call => 6,
+            Kind::Ok => 3,
+            Kind::PyError => 6,
+            Kind::Failure => 4,
+            Kind::Cancel | Kind::Ping | Kind::Pong => 2,
+        }
+    }
+}
+
+/// The first two fields of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub id: u64,
+}
+
+impl Header {
+    /// Reads `[kind, id` from the front of a frame body, leaving `body` at the
+    /// first kind-specific field.
+    pub fn read(body: &mut &[u8]) -> Result<Header, DecodeError> {
+        let len = read_array_len(body)?;
+        let kind = Kind::from_u64(read_uint(body)?)?;
+        if len != kind.arity() {
+            return Err(DecodeError::Invalid(format!(
+                "{kind:?} message with {len} fields, expected {}",
+                kind.arity()
+            )));
+        }
+        let id = read_uint(body)?;
+        Ok(Header { kind, id })
+    }
+
+    /// Writes `[kind, id` for a message of this kind.
+    pub fn write(self, out: &mut Vec<u8>) {
+        rmp::encode::write_array_len(out, self.kind.arity() as u32).expect("writing to a Vec cannot fail");
+        value::write_u64(out, self.kind as u64);
+        value::write_u64(out, self.id);
+    }
+}
+
+/// A message in typed form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Hello {
+        version: u32,
+        pid: u32,
+        python: String,
+    },
+    Call {
+        id: u64,
+        module: String,
+        function: String,
+        args: Vec<Value>,
+        kwargs: Vec<(Value, Value)>,
+    },
+    Ok {
+        id: u64,
+        value: Value,
+    },
+    PyError {
+        id: u64,
+        exc_type: String,
+        exc_module: String,
+        message: String,
+        traceback: Vec<String>,
+    },
+    Failure {
+        id: u64,
+        reason: String,
+        message: String,
+    },
+    Cancel {
+        id: u64,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+}
+
+impl Message {
+    pub fn header(&self) -> Header {
+        let (kind, id) = match self {
+            Message::Hello { .. } => (Kind::Hello, 0),
+            Message::Call { id, .. } => (Kind::Call, *id),
+            Message::Ok { id, .. } => (Kind::Ok, *id),
+            Message::PyError { id, .. } => (Kind::PyError, *id),
+            Message::Failure { id, .. } => (Kind::Failure, *id),
+            Message::Cancel { id } => (Kind::Cancel, *id),
+            Message::Ping { id } => (Kind::Ping, *id),
+            Message::Pong { id } => (Kind::Pong, *id),
+        };
+        Header { kind, id }
+    }
+
+    /// Appends this message to `out` as a complete frame.
+    pub fn write_frame(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let start = FrameWriter::begin(out);
+        match self.write_body(out) {
+            Ok(()) => FrameWriter::finish(out, start),
+            Err(e) => {
+                FrameWriter::abandon(out, start);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.header().write(out);
+        match self {
+            Message::Hello { version, pid, python } => {
+                value::write_u64(out, *version as u64);
+                value::write_u64(out, *pid as u64);
+                value::write_str(out, python)?;
+            }
+            Message::Call {
+                module,
+                function,
+                args,
+                kwargs,
+                ..
+            } => {
+                value::write_str(out, module)?;
+                value::write_str(out, function)?;
+                Value::List(args.clone()).encode(out)?;
+                Value::Map(kwargs.clone()).encode(out)?;
+            }
+            Message::Ok { value, .. } => value.encode(out)?,
+            Message::PyError {
+                exc_type,
+                exc_module,
+                message,
+                traceback,
+                ..
+            } => {
+                value::write_str(out, exc_type)?;
+                value::write_str(out, exc_module)?;
+                value::write_str(out, message)?;
+                value::write_array_len(out, traceback.len())?;
+                for line in traceback {
+                    value::write_str(out, line)?;
+                }
+            }
+            Message::Failure { reason, message, .. } => {
+                value::write_str(out, reason)?;
+                value::write_str(out, message)?;
+            }
+            Message::Cancel { .. } | Message::Ping { .. } | Message::Pong { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Decodes a whole frame body.
+    pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
+        let mut input = body;
+        let header = Header::read(&mut input)?;
+        let id = header.id;
+        let message = match header.kind {
+            Kind::Hello => Message::Hello {
+                version: u32::try_from(read_uint(&mut input)?)
+                    .map_err(|_| DecodeError::Invalid("protocol version out of range".into()))?,
+                pid: u32::try_from(read_uint(&mut input)?)
+                    .map_err(|_| DecodeError::Invalid("pid out of range".into()))?,
+                python: read_string(&mut input)?,
+            },
+            Kind::Call => {
+                let module = read_string(&mut input)?;
+                let function = read_string(&mut input)?;
+                let args = match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                    Value::List(args) => args,
+                    _ => return Err(DecodeError::Invalid("call arguments must be an array".into())),
+                };
+                let kwargs = match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                    Value::Map(kwargs) => kwargs,
+                    _ => return Err(DecodeError::Invalid("keyword arguments must be a map".into())),
+                };
+                Message::Call {
+                    id,
+                    module,
+                    function,
+                    args,
+                    kwargs,
+                }
+            }
+            Kind::Ok => Message::Ok {
+                id,
+                value: decode_value(&mut input, &mut ValueBuilder, 0)?,
+            },
+            Kind::PyError => {
+                let exc_type = read_string(&mut input)?;
+                let exc_module = read_string(&mut input)?;
+                let message = read_string(&mut input)?;
+                let lines = read_array_len(&mut input)?;
+                if lines > input.len() {
+                    return Err(DecodeError::Truncated);
+                }
+                let traceback = (0..lines).map(|_| read_string(&mut input)).collect::<Result<_, _>>()?;
+                Message::PyError {
+                    id,
+                    exc_type,
+                    exc_module,
+                    message,
+                    traceback,
+                }
+            }
+            Kind::Failure => Message::Failure {
+                id,
+                reason: read_string(&mut input)?,
+                message: read_string(&mut input)?,
+            },
+            Kind::Cancel => Message::Cancel { id },
+            Kind::Ping => Message::Ping { id },
+            Kind::Pong => Message::Pong { id },
+        };
+        if !input.is_empty() {
+            return Err(DecodeError::TrailingBytes(input.len()));
+        }
+        Ok(message)
+    }
+}
+
+/// Reads an unsigned integer field.
+pub fn read_uint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+    let marker = Marker::from_u8(take_u8(input)?);
+    let bytes = |input: &mut &[u8], n: usize| -> Result<u64, DecodeError> {
+        Ok(take(input, n)?.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
+    };
+    match marker {
+        Marker::FixPos(v) => Ok(v as u64),
+        Marker::U8 => bytes(input, 1),
+        Marker::U16 => bytes(input, 2),
+        Marker::U32 => bytes(input, 4),
+        Marker::U64 => bytes(input, 8),
+        other => Err(DecodeError::UnexpectedType {
+            expected: "unsigned integer",
+            found: marker_name(other),
+        }),
+    }
+}
+
+/// Reads a string field.
+pub fn read_string(input: &mut &[u8]) -> Result<String, DecodeError> {
+    match decode_value(input, &mut ValueBuilder, 0)? {
+        Value::Str(s) => Ok(s),
+        _ => Err(DecodeError::UnexpectedType {
+            expected: "string",
+            found: "another type",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FrameDecoder;
+    use proptest::prelude::*;
+
+    fn message() -> impl Strategy<Value = Message> {
+        let id = any::<u64>();
+        let text = ".{0,40}";
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::Int),
+            text.prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Bin),
+        ];
+        prop_oneof![
+            (any::<u32>(), any::<u32>(), text).prop_map(|(version, pid, python)| Message::Hello { version, pid, python }),
+            (
+                id,
+                text,
+                text,
+                proptest::collection::vec(leaf.clone(), 0..5),
+                proptest::collection::vec((leaf.clone(), leaf.clone()), 0..5)
+            )
+                .prop_map(|(id, module, function, args, kwargs)| Message::Call { id, module, function, args, kwargs }),
+            (id, leaf).prop_map(|(id, value)| Message::Ok { id, value }),
+            (id, text, text, text, proptest::collection::vec(text, 0..4)).prop_map(
+                |(id, exc_type, exc_module, message, traceback)| Message::PyError { id, exc_type, exc_module, message, traceback }
+            ),
+            (id, text, text).prop_map(|(id, reason, message)| Message::Failure { id, reason, message }),
+            id.prop_map(|id| Message::Cancel { id }),
+            id.prop_map(|id| Message::Ping { id }),
+            id.prop_map(|id| Message::Pong { id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip_through_frames(messages in proptest::collection::vec(message(), 1..10)) {
+            let mut stream = Vec::new();
+            for m in &messages {
+                m.write_frame(&mut stream).unwrap();
+            }
+            let mut decoder = FrameDecoder::with_capacity(16);
+            decoder.push(&stream);
+            let mut decoded = Vec::new();
+            while let Some(body) = decoder.next_frame().unwrap() {
+                decoded.push(Message::decode(body).unwrap());
+            }
+            prop_assert_eq!(decoded, messages);
+        }
+
+        #[test]
+        fn truncated_bodies_are_errors(m in message(), cut in any::<prop::sample::Index>()) {
+            let mut frame = Vec::new();
+            m.write_frame(&mut frame).unwrap();
+            let body = &frame[4..];
+            let cut = cut.index(body.len());
+            prop_assert!(Message::decode(&body[..cut]).is_err());
+        }
+
+        #[test]
+        fn corrupt_bodies_never_panic(m in message(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let mut frame = Vec::new();
+            m.write_frame(&mut frame).unwrap();
+            let mut body = frame[4..].to_vec();
+            for (at, byte) in flips {
+                let i = at.index(body.len());
+                body[i] = byte;
+            }
+            let _ = Message::decode(&body);
+        }
+    }
+
+    #[test]
+    fn header_leaves_input_at_first_field() {
+        let mut frame = Vec::new();
+        Message::Ok { id: 77, value: Value::Int(5) }.write_frame(&mut frame).unwrap();
+        let mut body = &frame[4..];
+        assert_eq!(Header::read(&mut body).unwrap(), Header { kind: Kind::Ok, id: 77 });
+        assert_eq!(Value::decode(body).unwrap(), Value::Int(5));
+    }
+
+    #[test]
+    fn wrong_arity_is_rejected() {
+        let mut body = Vec::new();
+        value::write_array_len(&mut body, 3).unwrap();
+        value::write_u64(&mut body, Kind::Ping as u64);
+        value::write_u64(&mut body, 1);
+        value::write_nil(&mut body);
+        assert!(matches!(Message::decode(&body), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected() {
+        assert_eq!(Message::decode(&[0x92, 0x63, 0x00]), Err(DecodeError::UnknownKind(0x63)));
+    }
+}

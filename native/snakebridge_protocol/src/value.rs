@@ -1,0 +1,621 @@
+//! The value model: msgpack plus three extension types.
+//!
+//! | value           | encoding                                                   |
+//! |-----------------|------------------------------------------------------------|
+//! | nil/bool/float  | msgpack nil, bool, float64                                 |
+//! | int in i64/u64  | msgpack int (smallest form)                                |
+//! | larger int      | ext 1: sign byte (0 = positive, 1 = negative), then the magnitude, little-endian |
+//! | text            | msgpack str (always valid UTF-8)                           |
+//! | bytes           | msgpack bin                                                |
+//! | list            | msgpack array                                              |
+//! | map             | msgpack map                                                |
+//! | tuple           | ext 2 whose payload is a msgpack array of the elements     |
+//! | set             | ext 3 whose payload is a msgpack array of the elements     |
+//!
+//! Tuples and sets use an `ext32` header whose length is patched after the
+//! elements are written, so encoders stream straight into the output buffer
+//! and the result is still plain, valid msgpack.
+//!
+//! Encoders on both sides walk their own native values (BEAM terms, Python
+//! objects) and call the `write_*` functions here; decoders drive a
+//! [`Builder`] through [`decode_value`]. One codec, three representations.
+
+use rmp::Marker;
+
+use crate::{DecodeError, EncodeError};
+
+/// Deepest nesting of containers either side encodes or decodes. Deeper input
+/// is rejected with an error rather than risking a native stack overflow.
+pub const MAX_DEPTH: usize = 100;
+
+pub const EXT_BIGINT: i8 = 1;
+pub const EXT_TUPLE: i8 = 2;
+pub const EXT_SET: i8 = 3;
+
+/// A decoded value, for tests and for code that has no native representation
+/// of its own. The host and the worker decode into terms and Python objects
+/// directly instead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    /// An integer outside the `i64`/`u64` ranges: sign and little-endian
+    /// magnitude without trailing zero bytes.
+    BigInt { negative: bool, magnitude: Vec<u8> },
+    Float(f64),
+    Str(String),
+    Bin(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Set(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+}
+
+pub fn write_nil(out: &mut Vec<u8>) {
+    out.push(Marker::Null.to_u8());
+}
+
+pub fn write_bool(out: &mut Vec<u8>, v: bool) {
+    out.push(if v { Marker::True } else { Marker::False }.to_u8());
+}
+
+pub fn write_i64(out: &mut Vec<u8>, v: i64) {
+    rmp::encode::write_sint(out, v).expect("writing to a Vec cannot fail");
+}
+
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    rmp::encode::write_uint(out, v).expect("writing to a Vec cannot fail");
+}
+
+pub fn write_f64(out: &mut Vec<u8>, v: f64) {
+    rmp::encode::write_f64(out, v).expect("writing to a Vec cannot fail");
+}
+
+pub fn write_str(out: &mut Vec<u8>, v: &str) -> Result<(), EncodeError> {
+    let len = element_count(v.len())?;
+    rmp::encode::write_str_len(out, len).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(v.as_bytes());
+    Ok(())
+}
+
+pub fn write_bin(out: &mut Vec<u8>, v: &[u8]) -> Result<(), EncodeError> {
+    let len = element_count(v.len())?;
+    rmp::encode::write_bin_len(out, len).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(v);
+    Ok(())
+}
+
+pub fn write_array_len(out: &mut Vec<u8>, len: usize) -> Result<(), EncodeError> {
+    let len = element_count(len)?;
+    rmp::encode::write_array_len(out, len).expect("writing to a Vec cannot fail");
+    Ok(())
+}
+
+pub fn write_map_len(out: &mut Vec<u8>, len: usize) -> Result<(), EncodeError> {
+    let len = element_count(len)?;
+    rmp::encode::write_map_len(out, len).expect("writing to a Vec cannot fail");
+    Ok(())
+}
+
+/// Writes an integer that does not fit `i64`/`u64`. `magnitude` is
+/// little-endian; trailing zero bytes are trimmed.
+pub fn write_bigint(out: &mut Vec<u8>, negative: bool, magnitude: &[u8]) -> Result<(), EncodeError> {
+    let trimmed = trim_magnitude(magnitude);
+    let len = element_count(trimmed.len() + 1)?;
+    rmp::encode::write_ext_meta(out, len, EXT_BIGINT).expect("writing to a Vec cannot fail");
+    out.push(negative as u8);
+    out.extend_from_slice(trimmed);
+    Ok(())
+}
+
+/// Starts a tuple of `len` elements; write the elements, then call
+/// [`finish_container`] with the returned offset.
+pub fn begin_tuple(out: &mut Vec<u8>, len: usize) -> Result<usize, EncodeError> {
+    begin_ext_container(out, EXT_TUPLE, len)
+}
+
+/// Starts a set of `len` elements; see [`begin_tuple`].
+pub fn begin_set(out: &mut Vec<u8>, len: usize) -> Result<usize, EncodeError> {
+    begin_ext_container(out, EXT_SET, len)
+}
+
+/// Patches the payload length of a tuple or set begun at `start`.
+pub fn finish_container(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+    let payload = out.len() - start - EXT32_HEADER_LEN;
+    let len = element_count(payload)?;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+const EXT32_HEADER_LEN: usize = 6;
+
+fn begin_ext_container(out: &mut Vec<u8>, ext: i8, len: usize) -> Result<usize, EncodeError> {
+    let start = out.len();
+    // Always ext32, so the length can be patched in place once known.
+    out.push(Marker::Ext32.to_u8());
+    out.extend_from_slice(&[0; 4]);
+    out.push(ext as u8);
+    write_array_len(out, len)?;
+    Ok(start)
+}
+
+fn element_count(len: usize) -> Result<u32, EncodeError> {
+    u32::try_from(len).map_err(|_| EncodeError::TooManyElements(len))
+}
+
+fn trim_magnitude(magnitude: &[u8]) -> &[u8] {
+    let keep = magnitude.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &magnitude[..keep]
+}
+
+impl Value {
+    /// Appends the msgpack encoding of this value to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.encode_at(out, 0)
+    }
+
+    fn encode_at(&self, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError> {
+        match self {
+            Value::Nil => write_nil(out),
+            Value::Bool(b) => write_bool(out, *b),
+            Value::Int(i) => write_i64(out, *i),
+            Value::UInt(u) => write_u64(out, *u),
+            Value::BigInt { negative, magnitude } => write_bigint(out, *negative, magnitude)?,
+            Value::Float(f) => write_f64(out, *f),
+            Value::Str(s) => write_str(out, s)?,
+            Value::Bin(b) => write_bin(out, b)?,
+            Value::List(items) => {
+                let depth = deeper(depth)?;
+                write_array_len(out, items.len())?;
+                for item in items {
+                    item.encode_at(out, depth)?;
+                }
+            }
+            Value::Tuple(items) | Value::Set(items) => {
+                let depth = deeper(depth)?;
+                let start = if matches!(self, Value::Tuple(_)) {
+                    begin_tuple(out, items.len())?
+                } else {
+                    begin_set(out, items.len())?
+                };
+                for item in items {
+                    item.encode_at(out, depth)?;
+                }
+                finish_container(out, start)?;
+            }
+            Value::Map(pairs) => {
+                let depth = deeper(depth)?;
+                write_map_len(out, pairs.len())?;
+                for (k, v) in pairs {
+                    k.encode_at(out, depth)?;
+                    v.encode_at(out, depth)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes exactly one value from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
+        let mut input = bytes;
+        let value = decode_value(&mut input, &mut ValueBuilder, 0)?;
+        if !input.is_empty() {
+            return Err(DecodeError::TrailingBytes(input.len()));
+        }
+        Ok(value)
+    }
+}
+
+fn deeper(depth: usize) -> Result<usize, EncodeError> {
+    if depth >= MAX_DEPTH {
+        Err(EncodeError::TooDeep)
+    } else {
+        Ok(depth + 1)
+    }
+}
+
+/// Receives decoded values bottom-up and builds a native representation.
+///
+/// Every method may fail (a Python set whose element is unhashable, say); the
+/// error type must absorb [`DecodeError`] so malformed input and builder
+/// failures travel the same way.
+pub trait Builder {
+    type Value;
+    type Error: From<DecodeError>;
+
+    fn nil(&mut self) -> Result<Self::Value, Self::Error>;
+    fn bool(&mut self, v: bool) -> Result<Self::Value, Self::Error>;
+    fn int(&mut self, v: i64) -> Result<Self::Value, Self::Error>;
+    fn uint(&mut self, v: u64) -> Result<Self::Value, Self::Error>;
+    fn bigint(&mut self, negative: bool, magnitude_le: &[u8]) -> Result<Self::Value, Self::Error>;
+    fn float(&mut self, v: f64) -> Result<Self::Value, Self::Error>;
+    fn str(&mut self, v: &str) -> Result<Self::Value, Self::Error>;
+    fn bin(&mut self, v: &[u8]) -> Result<Self::Value, Self::Error>;
+    fn list(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
+    fn tuple(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
+    fn set(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
+    fn map(&mut self, pairs: Vec<(Self::Value, Self::Value)>) -> Result<Self::Value, Self::Error>;
+}
+
+/// Builds [`Value`]s.
+pub struct ValueBuilder;
+
+impl Builder for ValueBuilder {
+    type Value = Value;
+    type Error = DecodeError;
+
+    fn nil(&mut self) -> Result<Value, DecodeError> {
+        Ok(Value::Nil)
+    }
+    fn bool(&mut self, v: bool) -> Result<Value, DecodeError> {
+        Ok(Value::Bool(v))
+    }
+    fn int(&mut self, v: i64) -> Result<Value, DecodeError> {
+        Ok(Value::Int(v))
+    }
+    fn uint(&mut self, v: u64) -> Result<Value, DecodeError> {
+        Ok(Value::UInt(v))
+    }
+    fn bigint(&mut self, negative: bool, magnitude: &[u8]) -> Result<Value, DecodeError> {
+        Ok(Value::BigInt {
+            negative,
+            magnitude: magnitude.to_vec(),
+        })
+    }
+    fn float(&mut self, v: f64) -> Result<Value, DecodeError> {
+        Ok(Value::Float(v))
+    }
+    fn str(&mut self, v: &str) -> Result<Value, DecodeError> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn bin(&mut self, v: &[u8]) -> Result<Value, DecodeError> {
+        Ok(Value::Bin(v.to_vec()))
+    }
+    fn list(&mut self, items: Vec<Value>) -> Result<Value, DecodeError> {
+        Ok(Value::List(items))
+    }
+    fn tuple(&mut self, items: Vec<Value>) -> Result<Value, DecodeError> {
+        Ok(Value::Tuple(items))
+    }
+    fn set(&mut self, items: Vec<Value>) -> Result<Value, DecodeError> {
+        Ok(Value::Set(items))
+    }
+    fn map(&mut self, pairs: Vec<(Value, Value)>) -> Result<Value, DecodeError> {
+        Ok(Value::Map(pairs))
+    }
+}
+
+/// Decodes one value from the front of `input`, advancing it, and builds it
+/// with `builder`. `depth` is the nesting level of the value (0 at the top).
+pub fn decode_value<B: Builder>(
+    input: &mut &[u8],
+    builder: &mut B,
+    depth: usize,
+) -> Result<B::Value, B::Error> {
+    let marker = Marker::from_u8(take_u8(input)?);
+    match marker {
+        Marker::Null => builder.nil(),
+        Marker::True => builder.bool(true),
+        Marker::False => builder.bool(false),
+        Marker::FixPos(v) => builder.int(v as i64),
+        Marker::FixNeg(v) => builder.int(v as i64),
+        Marker::U8 => builder.int(take_u8(input)? as i64),
+        Marker::U16 => builder.int(u16::from_be_bytes(take_array(input)?) as i64),
+        Marker::U32 => builder.int(u32::from_be_bytes(take_array(input)?) as i64),
+        Marker::U64 => {
+            let v = u64::from_be_bytes(take_array(input)?);
+            match i64::try_from(v) {
+                Ok(i) => builder.int(i),
+                Err(_) => builder.uint(v),
+            }
+        }
+        Marker::I8 => builder.int(i8::from_be_bytes(take_array(input)?) as i64),
+        Marker::I16 => builder.int(i16::from_be_bytes(take_array(input)?) as i64),
+        Marker::I32 => builder.int(i32::from_be_bytes(take_array(input)?) as i64),
+        Marker::I64 => builder.int(i64::from_be_bytes(take_array(input)?)),
+        Marker::F32 => builder.float(f32::from_be_bytes(take_array(input)?) as f64),
+        Marker::F64 => builder.float(f64::from_be_bytes(take_array(input)?)),
+        Marker::FixStr(len) => decode_str(input, builder, len as usize),
+        Marker::Str8 => {
+            let len = take_u8(input)? as usize;
+            decode_str(input, builder, len)
+        }
+        Marker::Str16 => {
+            let len = u16::from_be_bytes(take_array(input)?) as usize;
+            decode_str(input, builder, len)
+        }
+        Marker::Str32 => {
+            let len = u32::from_be_bytes(take_array(input)?) as usize;
+            decode_str(input, builder, len)
+        }
+        Marker::Bin8 => {
+            let len = take_u8(input)? as usize;
+            builder.bin(take(input, len)?)
+        }
+        Marker::Bin16 => {
+            let len = u16::from_be_bytes(take_array(input)?) as usize;
+            builder.bin(take(input, len)?)
+        }
+        Marker::Bin32 => {
+            let len = u32::from_be_bytes(take_array(input)?) as usize;
+            builder.bin(take(input, len)?)
+        }
+        Marker::FixArray(len) => decode_items(input, builder, len as usize, depth),
+        Marker::Array16 => {
+            let len = u16::from_be_bytes(take_array(input)?) as usize;
+            decode_items(input, builder, len, depth)
+        }
+        Marker::Array32 => {
+            let len = u32::from_be_bytes(take_array(input)?) as usize;
+            decode_items(input, builder, len, depth)
+        }
+        Marker::FixMap(len) => decode_map(input, builder, len as usize, depth),
+        Marker::Map16 => {
+            let len = u16::from_be_bytes(take_array(input)?) as usize;
+            decode_map(input, builder, len, depth)
+        }
+        Marker::Map32 => {
+            let len = u32::from_be_bytes(take_array(input)?) as usize;
+            decode_map(input, builder, len, depth)
+        }
+        Marker::FixExt1 => decode_ext(input, builder, 1, depth),
+        Marker::FixExt2 => decode_ext(input, builder, 2, depth),
+        Marker::FixExt4 => decode_ext(input, builder, 4, depth),
+        Marker::FixExt8 => decode_ext(input, builder, 8, depth),
+        Marker::FixExt16 => decode_ext(input, builder, 16, depth),
+        Marker::Ext8 => {
+            let len = take_u8(input)? as usize;
+            decode_ext(input, builder, len, depth)
+        }
+        Marker::Ext16 => {
+            let len = u16::from_be_bytes(take_array(input)?) as usize;
+            decode_ext(input, builder, len, depth)
+        }
+        Marker::Ext32 => {
+            let len = u32::from_be_bytes(take_array(input)?) as usize;
+            decode_ext(input, builder, len, depth)
+        }
+        Marker::Reserved => Err(DecodeError::InvalidMarker(0xc1).into()),
+    }
+}
+
+fn decode_str<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize) -> Result<B::Value, B::Error> {
+    let bytes = take(input, len)?;
+    let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    builder.str(s)
+}
+
+/// Reads the array header of a list, tuple or set body.
+pub fn read_array_len(input: &mut &[u8]) -> Result<usize, DecodeError> {
+    match Marker::from_u8(take_u8(input)?) {
+        Marker::FixArray(len) => Ok(len as usize),
+        Marker::Array16 => Ok(u16::from_be_bytes(take_array(input)?) as usize),
+        Marker::Array32 => Ok(u32::from_be_bytes(take_array(input)?) as usize),
+        other => Err(DecodeError::UnexpectedType {
+            expected: "array",
+            found: marker_name(other),
+        }),
+    }
+}
+
+fn collect<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth: usize) -> Result<Vec<B::Value>, B::Error> {
+    if depth >= MAX_DEPTH {
+        return Err(DecodeError::TooDeep.into());
+    }
+    // Every element takes at least one byte: a corrupt length cannot make
+    // this allocate more than the input could hold.
+    if len > input.len() {
+        return Err(DecodeError::Truncated.into());
+    }
+    let mut items = Vec::with_capacity(len);
+    for _ in 0..len {
+        items.push(decode_value(input, builder, depth + 1)?);
+    }
+    Ok(items)
+}
+
+fn decode_items<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth: usize) -> Result<B::Value, B::Error> {
+    let items = collect(input, builder, len, depth)?;
+    builder.list(items)
+}
+
+fn decode_map<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth: usize) -> Result<B::Value, B::Error> {
+    if depth >= MAX_DEPTH {
+        return Err(DecodeError::TooDeep.into());
+    }
+    if len > input.len() / 2 {
+        return Err(DecodeError::Truncated.into());
+    }
+    let mut pairs = Vec::with_capacity(len);
+    for _ in 0..len {
+        let k = decode_value(input, builder, depth + 1)?;
+        let v = decode_value(input, builder, depth + 1)?;
+        pairs.push((k, v));
+    }
+    builder.map(pairs)
+}
+
+fn decode_ext<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth: usize) -> Result<B::Value, B::Error> {
+    let ext = take_u8(input)? as i8;
+    let mut payload = take(input, len)?;
+    match ext {
+        EXT_BIGINT => {
+            let (&sign, magnitude) = payload.split_first().ok_or(DecodeError::Truncated)?;
+            if sign > 1 {
+                return Err(DecodeError::Invalid(format!("bad integer sign byte {sign}")).into());
+            }
+            builder.bigint(sign == 1, magnitude)
+        }
+        EXT_TUPLE | EXT_SET => {
+            let count = read_array_len(&mut payload)?;
+            let items = collect(&mut payload, builder, count, depth)?;
+            if !payload.is_empty() {
+                return Err(DecodeError::TrailingBytes(payload.len()).into());
+            }
+            if ext == EXT_TUPLE {
+                builder.tuple(items)
+            } else {
+                builder.set(items)
+            }
+        }
+        other => Err(DecodeError::UnknownExtension(other).into()),
+    }
+}
+
+pub(crate) fn take_u8(input: &mut &[u8]) -> Result<u8, DecodeError> {
+    let (&b, rest) = input.split_first().ok_or(DecodeError::Truncated)?;
+    *input = rest;
+    Ok(b)
+}
+
+pub(crate) fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], DecodeError> {
+    let bytes = take(input, N)?;
+    Ok(bytes.try_into().expect("take returned N bytes"))
+}
+
+pub(crate) fn take<'a>(input: &mut &'a [u8], len: usize) -> Result<&'a [u8], DecodeError> {
+    if input.len() < len {
+        return Err(DecodeError::Truncated);
+    }
+    let (head, rest) = input.split_at(len);
+    *input = rest;
+    Ok(head)
+}
+
+pub(crate) fn marker_name(marker: Marker) -> &'static str {
+    match marker {
+        Marker::Null => "nil",
+        Marker::True | Marker::False => "bool",
+        Marker::FixPos(_) | Marker::FixNeg(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64 => "integer",
+        Marker::I8 | Marker::I16 | Marker::I32 | Marker::I64 => "integer",
+        Marker::F32 | Marker::F64 => "float",
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => "string",
+        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => "binary",
+        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => "array",
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => "map",
+        Marker::FixExt1
+        | Marker::FixExt2
+        | Marker::FixExt4
+        | Marker::FixExt8
+        | Marker::FixExt16
+        | Marker::Ext8
+        | Marker::Ext16
+        | Marker::Ext32 => "extension",
+        Marker::Reserved => "reserved marker",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(v: &Value) -> Value {
+        let mut out = Vec::new();
+        v.encode(&mut out).unwrap();
+        Value::decode(&out).unwrap()
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Nil),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            (i64::MAX as u64 + 1..=u64::MAX).prop_map(Value::UInt),
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 9..40)).prop_map(|(negative, mut m)| {
+                *m.last_mut().unwrap() |= 1;
+                Value::BigInt { negative, magnitude: m }
+            }),
+            any::<f64>().prop_filter("NaN never compares equal", |f| !f.is_nan()).prop_map(Value::Float),
+            ".*".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bin),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(6, 256, 12, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::List),
+                proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::Set),
+                proptest::collection::vec((inner.clone(), inner), 0..12).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn values_round_trip(v in value()) {
+            prop_assert_eq!(roundtrip(&v), v);
+        }
+
+        #[test]
+        fn truncated_input_is_an_error(v in value(), cut in any::<prop::sample::Index>()) {
+            let mut out = Vec::new();
+            v.encode(&mut out).unwrap();
+            let cut = cut.index(out.len());
+            prop_assert!(Value::decode(&out[..cut]).is_err());
+        }
+
+        #[test]
+        fn corrupt_input_never_panics(v in value(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut out = Vec::new();
+            v.encode(&mut out).unwrap();
+            for (at, byte) in flips {
+                let i = at.index(out.len());
+                out[i] = byte;
+            }
+            let _ = Value::decode(&out);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Value::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn small_values_are_plain_msgpack() {
+        let mut out = Vec::new();
+        Value::List(vec![Value::Int(1), Value::Str("a".into()), Value::Nil]).encode(&mut out).unwrap();
+        assert_eq!(out, [0x93, 0x01, 0xa1, b'a', 0xc0]);
+    }
+
+    #[test]
+    fn bigint_magnitude_is_trimmed() {
+        let mut out = Vec::new();
+        write_bigint(&mut out, true, &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]).unwrap();
+        assert_eq!(
+            Value::decode(&out).unwrap(),
+            Value::BigInt { negative: true, magnitude: vec![1, 0, 0, 0, 0, 0, 0, 0, 2] }
+        );
+    }
+
+    #[test]
+    fn nesting_limit_is_enforced_both_ways() {
+        let mut v = Value::Nil;
+        for _ in 0..MAX_DEPTH {
+            v = Value::List(vec![v]);
+        }
+        assert_eq!(roundtrip(&v), v);
+        let too_deep = Value::List(vec![v]);
+        assert_eq!(too_deep.encode(&mut Vec::new()), Err(EncodeError::TooDeep));
+
+        let mut bytes = vec![0x91; MAX_DEPTH + 1];
+        bytes.push(0xc0);
+        assert_eq!(Value::decode(&bytes), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn huge_declared_length_is_truncation_not_allocation() {
+        assert_eq!(Value::decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Truncated));
+        assert_eq!(Value::decode(&[0xdf, 0xff, 0xff, 0xff, 0xff, 0]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn invalid_utf8_string_is_rejected() {
+        assert_eq!(Value::decode(&[0xa2, 0xff, 0xfe]), Err(DecodeError::InvalidUtf8));
+    }
+}
