@@ -1,0 +1,91 @@
+# SnakeBridge: build, test, demo and benchmark.
+#
+#   make test   Rust tests, native build, pytest, ExUnit (what CI runs)
+#   make demo   a few calls from Elixir to Python
+#   make bench  the benchmark in bench/
+#
+# Missing tools are installed on the way: Elixir/Erlang with apt-get when mix
+# is absent, Rust with rustup when cargo is absent, and a virtualenv in .venv
+# with python_worker/requirements-test.txt for pytest.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+.NOTPARALLEL:
+
+# cargo installed by rustup lives here and is often not on PATH in CI.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+REQUIREMENTS := python_worker/requirements-test.txt
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test demo bench setup tools elixir rust venv compile cargo-test pytest mix-test clean
+
+test: setup cargo-test compile pytest mix-test
+
+demo: setup compile
+	mix run demo/demo.exs
+
+bench: setup compile
+	mix run bench/run.exs
+
+setup: tools venv
+
+tools: elixir rust
+	@command -v make >/dev/null
+
+elixir:
+	@if ! command -v mix >/dev/null 2>&1; then \
+	  echo "==> mix not found: installing Elixir and Erlang with apt-get"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y elixir erlang-dev erlang-nox; \
+	fi
+	@mix --version | tail -n 1
+
+rust:
+	@if ! command -v cargo >/dev/null 2>&1; then \
+	  echo "==> cargo not found: installing Rust with rustup"; \
+	  command -v curl >/dev/null 2>&1 || { $(SUDO) apt-get update; $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y curl ca-certificates; }; \
+	  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; \
+	fi
+	@command -v cc >/dev/null 2>&1 || { echo "==> no C compiler/linker: installing build-essential"; \
+	  $(SUDO) apt-get update; $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y build-essential; }
+	@cargo --version
+
+# The stamp file is rebuilt whenever the requirements change.
+venv: $(VENV)/.requirements-stamp
+
+$(VENV)/.requirements-stamp: $(REQUIREMENTS)
+	@if [ ! -x "$(VENV_PYTHON)" ]; then \
+	  echo "==> creating $(VENV)"; \
+	  if ! $(PYTHON) -m venv $(VENV); then \
+	    echo "==> $(PYTHON) -m venv failed: installing python3-venv"; \
+	    rm -rf $(VENV); \
+	    $(SUDO) apt-get update; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-venv; \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	@touch $@
+
+cargo-test:
+	cargo test --workspace --exclude snakebridge_py
+
+# Builds the NIF and the worker's extension and installs them into priv/.
+compile:
+	mix compile
+
+pytest:
+	$(VENV_PYTHON) -m pytest python_worker/tests -q
+
+mix-test:
+	mix test
+
+clean:
+	mix clean

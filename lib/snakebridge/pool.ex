@@ -1,0 +1,285 @@
+defmodule SnakeBridge.Pool do
+  @moduledoc """
+  A pool of Python worker processes, run as a child of a supervisor.
+
+  The process owns the native pool: the Rust runtime spawns, watches and
+  restarts the Python processes, and calls go straight from the caller to the
+  runtime by pool name, never through this process. It forwards the workers'
+  stdout and stderr to `Logger` and stops the workers when it stops.
+
+      children = [
+        {SnakeBridge.Pool,
+         name: :ml,
+         size: 4,
+         python: ".venv/bin/python",
+         python_path: ["priv/py"],
+         env: [{"OMP_NUM_THREADS", "1"}]}
+      ]
+
+      Supervisor.start_link(children, strategy: :one_for_one)
+      SnakeBridge.call("my_model", "predict", [[1.0, 2.0]], pool: :ml)
+
+  A pool whose interpreter cannot be started still starts; its calls return
+  `{:error, %SnakeBridge.Error{reason: :python_unavailable}}` saying what was tried.
+
+  ## Options
+
+    * `:name` — the pool's name, used as the `:pool` option of calls.
+      Default `:default`.
+    * `:size` — the number of Python processes. Default `System.schedulers_online()`.
+    * `:python` — the interpreter: a path (relative paths are expanded against
+      the current directory) or a command looked up in `PATH`. Default: the
+      `SNAKEBRIDGE_PYTHON` environment variable, else `"python3"`.
+    * `:python_path` — directories prepended to `sys.path`, expanded to
+      absolute paths. Default `[]`.
+    * `:env` — extra environment variables for the workers, as
+      `[{"NAME", "value"}]`. Default `[]`.
+    * `:max_queue` — calls that may wait for a worker before new calls are
+      answered with `:overloaded`. Default `10_000`.
+    * `:max_calls` — recycle a worker after this many calls. Default `nil` (never).
+    * `:max_memory_mb` — recycle a worker whose resident memory exceeds this.
+      Default `nil` (never).
+
+  Log lines carry the metadata `python_worker: os_pid` and `pool: name`;
+  stdout lines are logged at `:info`, stderr lines at `:warning`.
+  """
+
+  use GenServer
+
+  require Logger
+
+  alias SnakeBridge.{Error, NIF}
+
+  @enforce_keys [:name, :resource]
+  defstruct [:name, :resource, config: %{}]
+
+  @typedoc "The state of a pool process: its name and the native pool resource."
+  @type t :: %__MODULE__{name: atom(), resource: reference(), config: map()}
+
+  @typedoc "An option of `start_link/1`; see the module documentation."
+  @type option ::
+          {:name, atom()}
+          | {:size, pos_integer()}
+          | {:python, String.t()}
+          | {:python_path, [Path.t()]}
+          | {:env, [{String.t(), String.t()}] | %{optional(String.t()) => String.t()}}
+          | {:max_queue, pos_integer()}
+          | {:max_calls, pos_integer() | nil}
+          | {:max_memory_mb, pos_integer() | nil}
+
+  @doc """
+  A child specification; its id is `{SnakeBridge.Pool, name}`, so several
+  pools can live under one supervisor.
+  """
+  @spec child_spec([option()]) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: {__MODULE__, Keyword.get(opts, :name, :default)},
+      start: {__MODULE__, :start_link, [opts]},
+      type: :worker,
+      shutdown: 10_000
+    }
+  end
+
+  @doc """
+  Starts a pool linked to the caller. See the module documentation for the
+  options.
+
+  Returns `{:error, %SnakeBridge.Error{reason: :already_started}}` when a pool
+  of that name is already running. Raises `ArgumentError` on invalid options.
+
+  ## Examples
+
+      {:ok, pid} = SnakeBridge.Pool.start_link(name: :scratch, size: 1)
+  """
+  @spec start_link([option()]) :: GenServer.on_start()
+  def start_link(opts \\ []) do
+    GenServer.start_link(__MODULE__, config!(opts))
+  end
+
+  @doc false
+  @spec config!([option()]) :: map()
+  def config!(opts) do
+    opts =
+      Keyword.validate!(opts,
+        name: :default,
+        size: System.schedulers_online(),
+        python: nil,
+        python_path: [],
+        env: [],
+        max_queue: 10_000,
+        max_calls: nil,
+        max_memory_mb: nil
+      )
+
+    %{
+      name: check!(opts, :name, &is_atom/1, "an atom"),
+      size: check!(opts, :size, &pos_integer?/1, "a positive integer"),
+      python: resolve_python(opts[:python] || default_python()),
+      python_path: python_path!(opts[:python_path]),
+      env: env!(opts[:env]),
+      max_queue: check!(opts, :max_queue, &pos_integer?/1, "a positive integer"),
+      max_calls:
+        check!(opts, :max_calls, &(&1 == nil or pos_integer?(&1)), "a positive integer or nil"),
+      max_memory_mb:
+        check!(opts, :max_memory_mb, &(&1 == nil or pos_integer?(&1)), "a positive integer or nil")
+    }
+  end
+
+  ## GenServer
+
+  @impl true
+  def init(config) do
+    # Trap exits so that a supervisor's shutdown runs terminate/2, which stops
+    # the Python processes right away instead of waiting for the resource to be
+    # garbage collected.
+    Process.flag(:trap_exit, true)
+
+    {name, native_config} = Map.pop(config, :name)
+
+    native_config =
+      Map.merge(native_config, %{
+        worker_path: Application.app_dir(:snakebridge, "priv/python"),
+        owner: self()
+      })
+
+    case NIF.pool_start(name, native_config) do
+      {:ok, resource} ->
+        # The resource lives in this process's state only: when the process
+        # dies, the resource is collected and the runtime stops the workers.
+        {:ok, %__MODULE__{name: name, resource: resource, config: native_config}}
+
+      {:error, %Error{} = error} ->
+        {:stop, error}
+    end
+  end
+
+  @impl true
+  def handle_info({:snakebridge_log, os_pid, stream, line}, state) do
+    metadata = [python_worker: os_pid, pool: state.name]
+    line = String.trim_trailing(line, "\n")
+
+    case stream do
+      :stderr -> Logger.warning(line, metadata)
+      _stdout -> Logger.info(line, metadata)
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:snakebridge_worker, os_pid, event}, state) do
+    metadata = [python_worker: os_pid, pool: state.name]
+
+    Logger.log(
+      event_level(event),
+      fn -> "Python worker #{os_pid}: #{describe(event)}" end,
+      metadata
+    )
+
+    {:noreply, state}
+  end
+
+  def handle_info({:EXIT, _from, _reason}, state) do
+    # Only the parent's exit matters, and GenServer handles that one itself.
+    {:noreply, state}
+  end
+
+  def handle_info(message, state) do
+    Logger.debug(fn ->
+      "#{inspect(__MODULE__)} #{inspect(state.name)} ignored #{inspect(message)}"
+    end)
+
+    {:noreply, state}
+  end
+
+  @impl true
+  def terminate(_reason, %__MODULE__{resource: resource}) do
+    NIF.pool_stop(resource)
+  end
+
+  ## Helpers
+
+  # Events from the runtime: {:started, python}, {:exited, %Error{}} (with
+  # :exit_status or :signal in its details) and {:start_failed, message}.
+  defp event_level({:started, _python}), do: :debug
+  defp event_level({:exited, %Error{details: %{exit_status: 0}}}), do: :debug
+  defp event_level({:exited, _}), do: :warning
+  defp event_level({:start_failed, _}), do: :warning
+  defp event_level(_), do: :debug
+
+  defp describe({:started, python}), do: "started (#{python})"
+  defp describe({:exited, %Error{} = error}), do: "exited: #{Exception.message(error)}"
+  defp describe({:start_failed, message}) when is_binary(message), do: "failed to start: #{message}"
+  defp describe(event), do: inspect(event)
+
+  defp default_python do
+    case System.get_env("SNAKEBRIDGE_PYTHON") do
+      nil -> "python3"
+      "" -> "python3"
+      python -> python
+    end
+  end
+
+  # A path is made absolute; a bare command is looked up in PATH and kept as
+  # given when it is not found, so the error names what was tried.
+  defp resolve_python(python) when is_binary(python) do
+    cond do
+      String.contains?(python, "/") -> Path.expand(python)
+      exe = System.find_executable(python) -> exe
+      true -> python
+    end
+  end
+
+  defp resolve_python(python) do
+    raise ArgumentError, "expected :python to be a string, got: #{inspect(python)}"
+  end
+
+  defp python_path!(paths) when is_list(paths) do
+    Enum.map(paths, fn
+      path when is_binary(path) ->
+        Path.expand(path)
+
+      other ->
+        raise ArgumentError, "expected :python_path entries to be strings, got: #{inspect(other)}"
+    end)
+  end
+
+  defp python_path!(other) do
+    raise ArgumentError, "expected :python_path to be a list of directories, got: #{inspect(other)}"
+  end
+
+  defp env!(env) when is_list(env) or is_map(env) do
+    Enum.map(env, fn
+      {key, value}
+      when (is_binary(key) or is_atom(key)) and (is_binary(value) or is_number(value)) ->
+        {to_string(key), to_string(value)}
+
+      other ->
+        raise ArgumentError,
+              "expected :env entries to be {\"NAME\", \"value\"}, got: #{inspect(other)}"
+    end)
+  end
+
+  defp env!(other) do
+    raise ArgumentError,
+          "expected :env to be a list of {\"NAME\", \"value\"}, got: #{inspect(other)}"
+  end
+
+  defp check!(opts, key, valid?, expected) do
+    value = Keyword.fetch!(opts, key)
+
+    if valid?.(value) do
+      value
+    else
+      raise ArgumentError, "expected #{inspect(key)} to be #{expected}, got: #{inspect(value)}"
+    end
+  end
+
+  defp pos_integer?(value), do: is_integer(value) and value > 0
+
+  defimpl Inspect do
+    def inspect(%SnakeBridge.Pool{name: name, config: config}, _opts) do
+      "#SnakeBridge.Pool<#{Kernel.inspect(name)}, size: #{Map.get(config, :size)}, python: #{Kernel.inspect(Map.get(config, :python))}>"
+    end
+  end
+end

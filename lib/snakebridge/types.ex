@@ -1,0 +1,44 @@
+defmodule SnakeBridge.Types do
+  @moduledoc """
+  Types shared by the SnakeBridge modules.
+
+  `t:reason/0` lists every `reason` a `SnakeBridge.Error` can carry, so callers
+  can match on them:
+
+    * `:timeout` — the call did not answer within its `:timeout`;
+    * `:unsupported_type` — an argument has no Python equivalent, or a result
+      has no Elixir one; the message names where (`"args[0][2]"`) and what;
+    * `:nesting_too_deep` — a value nests containers more than 100 levels deep;
+    * `:payload_too_large` — an encoded call or result is over the 64 MiB frame limit;
+    * `:pool_not_found` — no pool of that name is running;
+    * `:overloaded` — the pool's queue is full (`:max_queue`);
+    * `:worker_exited` — the Python process died while running the call;
+    * `:python_unavailable` — the pool's interpreter cannot be started;
+    * `:cancelled` — the call was cancelled;
+    * `:already_started` — a pool of that name is already running;
+    * `:protocol_error` — a worker sent bytes that are not a valid reply.
+  """
+
+  @typedoc "Why a call failed without a Python exception."
+  @type reason ::
+          :timeout
+          | :unsupported_type
+          | :nesting_too_deep
+          | :payload_too_large
+          | :pool_not_found
+          | :overloaded
+          | :worker_exited
+          | :python_unavailable
+          | :cancelled
+          | :already_started
+          | :protocol_error
+
+  @typedoc "A Python module or function name: `\"os.path\"` or `:math`."
+  @type name :: String.t() | atom()
+
+  @typedoc "The name of a pool."
+  @type pool :: atom()
+
+  @typedoc "What a call evaluates to."
+  @type result :: {:ok, term()} | {:error, SnakeBridge.PythonError.t() | SnakeBridge.Error.t()}
+end

@@ -1,0 +1,60 @@
+defmodule SnakeBridge.TestHelpers do
+  @moduledoc false
+  # Shared by the ExUnit suites: every test module starts its own named pool
+  # with test/support/python on the Python path.
+
+  import ExUnit.Assertions
+
+  @python_dir Path.expand("python", __DIR__)
+
+  @doc "The directory holding the Python helper modules (sbhelpers, sbpkg)."
+  def python_dir, do: @python_dir
+
+  @doc "Options for a test pool named `name`."
+  def pool_opts(name, opts \\ []) do
+    Keyword.merge([name: name, size: 2, python_path: [@python_dir]], opts)
+  end
+
+  @doc "Polls `fun` until it returns a truthy value, or fails after `timeout` ms."
+  def wait_until(fun, timeout \\ 5_000, interval \\ 20) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait_until(fun, deadline, interval)
+  end
+
+  defp do_wait_until(fun, deadline, interval) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline do
+          flunk("condition not met in time")
+        else
+          Process.sleep(interval)
+          do_wait_until(fun, deadline, interval)
+        end
+    end
+  end
+
+  @doc "Waits until every worker of `pool` has an OS pid; returns the stats."
+  def wait_for_workers(pool, size) do
+    wait_until(fn ->
+      stats = SnakeBridge.stats(pool)
+      pids = for %{os_pid: pid} <- stats.workers, is_integer(pid), do: pid
+      length(pids) == size and stats
+    end)
+  end
+
+  @doc "Whether an OS process exists (zombies count as gone)."
+  def os_process_alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} ->
+        # The state follows the last ")", which closes the command name.
+        state = stat |> String.split(")") |> List.last() |> String.trim_leading()
+        not String.starts_with?(state, "Z")
+
+      {:error, _} ->
+        false
+    end
+  end
+end
