@@ -1,0 +1,28 @@
+//! The SnakeBridge runtime: Python worker processes and the threads that feed
+//! them, kept free of BEAM types so it can be tested with `cargo test` alone.
+//!
+//! A [`Pool`] owns a fixed number of worker *slots*. Each slot has two
+//! long-lived threads: the *supervisor* spawns its Python process (so
+//! `PR_SET_PDEATHSIG` is tied to a thread that outlives the process), reads and
+//! routes its replies, and restarts it when it dies; the *writer* moves calls
+//! from the pool's bounded queue to the worker's socket in batches. A caller
+//! that finds an idle worker and an empty queue writes its frame itself,
+//! skipping the hand-off to the writer (see [`Pool::submit`]).
+//!
+//! Replies leave through [`Hooks`], which the NIF implements by sending BEAM
+//! messages and tests implement with channels.
+
+mod call;
+mod config;
+mod hooks;
+mod pool;
+mod slot;
+mod socket;
+mod spawn;
+mod stats;
+
+pub use call::{Call, CallTable, CancelOutcome};
+pub use config::PoolConfig;
+pub use hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, Stream, WorkerEvent};
+pub use pool::Pool;
+pub use stats::{PoolStats, WorkerStats};

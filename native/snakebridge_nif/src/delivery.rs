@@ -1,0 +1,100 @@
+//! The runtime's hooks: every reply, log line and worker event becomes a
+//! message to a BEAM process.
+//!
+//! These run only on runtime threads, which the VM does not manage: that is
+//! where `OwnedEnv::send_and_clear` is allowed (it panics on scheduler
+//! threads, dirty ones included).
+
+use rustler::{Encoder, LocalPid, OwnedEnv, Term};
+use snakebridge_protocol::{decode_value, DecodeError};
+use snakebridge_runtime::{Hooks, Outcome, Reason, Stream, WorkerEvent};
+
+use crate::atoms;
+use crate::decode::TermBuilder;
+use crate::errors;
+
+/// Where a call's reply goes: the calling process, and its reference in
+/// external term format (rebuilt in the runtime thread's environment).
+pub struct Caller {
+    pub pid: LocalPid,
+    pub reference: Box<[u8]>,
+}
+
+/// Hooks for one pool; logs and events go to the pool's owner process.
+pub struct Delivery {
+    pub owner: LocalPid,
+}
+
+impl Hooks for Delivery {
+    type Caller = Caller;
+    type Courier = OwnedEnv;
+
+    fn courier(&self) -> OwnedEnv {
+        OwnedEnv::new()
+    }
+
+    fn deliver(&self, env: &mut OwnedEnv, caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
+        let mut problem = None;
+        // A failed send means the caller is gone: nobody is waiting.
+        let _ = env.send_and_clear(&caller.pid, |env| {
+            let reference = env
+                .binary_to_term(&caller.reference)
+                .map(|(term, _)| term)
+                .expect("a reference encoded by term_to_binary decodes");
+            let result = match outcome {
+                Outcome::Ok(mut bytes) => {
+                    match decode_value(&mut bytes, &mut TermBuilder { env }, 0).and_then(|v| {
+                        if bytes.is_empty() {
+                            Ok(v)
+                        } else {
+                            Err(DecodeError::TrailingBytes(bytes.len()))
+                        }
+                    }) {
+                        Ok(value) => (atoms::ok(), value).encode(env),
+                        Err(e) => {
+                            let message = format!("the Python worker sent an undecodable result: {e}");
+                            problem = Some(e);
+                            errors::error_tuple(env, atoms::protocol_error(), &message)
+                        }
+                    }
+                }
+                Outcome::PythonError(e) => (atoms::error(), errors::python_error(env, &e)).encode(env),
+                Outcome::Failed(f) => (atoms::error(), errors::failure(env, &f)).encode(env),
+            };
+            (atoms::snakebridge(), reference, result)
+        });
+        problem.map_or(Ok(()), Err)
+    }
+
+    fn log(&self, env: &mut OwnedEnv, os_pid: u32, stream: Stream, line: &[u8]) {
+        let _ = env.send_and_clear(&self.owner, |env| {
+            let stream = match stream {
+                Stream::Stdout => atoms::stdout(),
+                Stream::Stderr => atoms::stderr(),
+            };
+            let mut bin = rustler::NewBinary::new(env, line.len());
+            bin.as_mut_slice().copy_from_slice(line);
+            let line: Term = bin.into();
+            (atoms::snakebridge_log(), os_pid, stream, line)
+        });
+    }
+
+    fn event(&self, env: &mut OwnedEnv, os_pid: u32, event: WorkerEvent) {
+        let _ = env.send_and_clear(&self.owner, |env| {
+            let event = match event {
+                WorkerEvent::Started { python } => (atoms::started(), python).encode(env),
+                WorkerEvent::Exited(exit) => {
+                    let failure = snakebridge_runtime::Failure {
+                        reason: Reason::WorkerExited,
+                        message: exit.to_string(),
+                        os_pid: Some(os_pid),
+                        exit: Some(exit),
+                    };
+                    (atoms::exited(), errors::failure(env, &failure)).encode(env)
+                }
+                WorkerEvent::StartFailed { message } => (atoms::start_failed(), message).encode(env),
+            };
+            (atoms::snakebridge_worker(), os_pid, event)
+        });
+    }
+}

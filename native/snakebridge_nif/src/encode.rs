@@ -1,0 +1,317 @@
+//! BEAM terms → msgpack, written straight into the request frame.
+//!
+//! Errors name where in the arguments the offending term is (`args[0][2]`,
+//! `kwargs[:opts]["key"]`), built while the recursion unwinds so the happy
+//! path pays nothing for it.
+
+use rustler::types::tuple::get_tuple;
+use rustler::{Binary, Term, TermType};
+use snakebridge_protocol::value::{self as wire, MAX_DEPTH};
+use snakebridge_protocol::EncodeError as WireError;
+
+use crate::atoms;
+
+/// Why a term could not be encoded.
+pub enum EncodeError {
+    Unsupported { what: String, path: Vec<String> },
+    TooDeep { path: Vec<String> },
+    TooLarge(String),
+    /// Over the normal-scheduler budget: encode again on a dirty scheduler.
+    NeedsDirty,
+}
+
+impl EncodeError {
+    fn at(mut self, segment: impl FnOnce() -> String) -> Self {
+        match &mut self {
+            EncodeError::Unsupported { path, .. } | EncodeError::TooDeep { path } => path.push(segment()),
+            EncodeError::TooLarge(_) | EncodeError::NeedsDirty => {}
+        }
+        self
+    }
+
+    /// A message naming the place, e.g. `"args[1][:key]: a pid is not supported"`.
+    pub fn describe(&self, root: &str) -> String {
+        let place = |path: &[String]| {
+            let mut s = root.to_owned();
+            for seg in path.iter().rev() {
+                s.push_str(seg);
+            }
+            s
+        };
+        match self {
+            EncodeError::Unsupported { what, path } => {
+                format!("{}: {what} cannot be sent to Python", place(path))
+            }
+            EncodeError::TooDeep { path } => {
+                format!("{}: nested deeper than {MAX_DEPTH} levels", place(path))
+            }
+            EncodeError::TooLarge(message) => message.clone(),
+            EncodeError::NeedsDirty => "needs a dirty scheduler".to_owned(),
+        }
+    }
+}
+
+impl From<WireError> for EncodeError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooDeep => EncodeError::TooDeep { path: Vec::new() },
+            other => EncodeError::TooLarge(other.to_string()),
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, EncodeError>;
+
+/// Writes terms into `out`, giving up with [`EncodeError::NeedsDirty`] once
+/// `out` grows past `budget` bytes (a normal scheduler must not be held for
+/// long).
+pub struct TermEncoder<'o> {
+    pub out: &'o mut Vec<u8>,
+    pub budget: usize,
+}
+
+impl TermEncoder<'_> {
+    fn check_budget(&self) -> Result {
+        if self.out.len() > self.budget {
+            Err(EncodeError::NeedsDirty)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Encodes a list of positional arguments as an array.
+    pub fn args(&mut self, args: Term) -> Result {
+        self.list(args, 0)
+    }
+
+    /// Encodes keyword arguments (a map, or a list of `{key, value}`) as a
+    /// map with string keys.
+    pub fn kwargs(&mut self, kwargs: Term) -> Result {
+        if kwargs.is_map() {
+            let len = kwargs.map_size().unwrap_or(0);
+            wire::write_map_len(self.out, len)?;
+            for (k, v) in rustler::types::map::MapIterator::new(kwargs).into_iter().flatten() {
+                self.kwarg(k, v)?;
+            }
+            return Ok(());
+        }
+        let Ok(len) = kwargs.list_length() else {
+            return Err(EncodeError::Unsupported {
+                what: "keyword arguments that are not a map or keyword list".into(),
+                path: Vec::new(),
+            });
+        };
+        wire::write_map_len(self.out, len)?;
+        for (i, pair) in kwargs.into_list_iterator().into_iter().flatten().enumerate() {
+            match get_tuple(pair) {
+                Ok(kv) if kv.len() == 2 => self.kwarg(kv[0], kv[1])?,
+                _ => {
+                    return Err(EncodeError::Unsupported {
+                        what: "an element that is not a {key, value} tuple".into(),
+                        path: vec![format!("[{i}]")],
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kwarg(&mut self, key: Term, value: Term) -> Result {
+        let name = if key.is_atom() {
+            key.atom_to_string().ok()
+        } else {
+            key.decode::<&str>().ok().map(str::to_owned)
+        };
+        let Some(name) = name else {
+            return Err(unsupported(
+                "a keyword argument name that is not an atom or string",
+                vec![format!("[{}]", short_repr(key))],
+            ));
+        };
+        wire::write_str(self.out, &name)?;
+        self.term(value, 1).map_err(|e| e.at(|| format!("[{}]", short_repr(key))))
+    }
+
+    fn term(&mut self, term: Term, depth: usize) -> Result {
+        match term.get_type() {
+            TermType::Atom => self.atom(term),
+            TermType::Integer => self.integer(term),
+            TermType::Float => {
+                let f: f64 = term.decode().map_err(|_| unsupported("a float", Vec::new()))?;
+                wire::write_f64(self.out, f);
+                Ok(())
+            }
+            TermType::Binary => self.binary(term),
+            TermType::List => self.list(term, depth),
+            TermType::Tuple => {
+                check_depth(depth)?;
+                let items = get_tuple(term).map_err(|_| unsupported("a tuple", Vec::new()))?;
+                let start = wire::begin_tuple(self.out, items.len())?;
+                for (i, item) in items.iter().enumerate() {
+                    self.term(*item, depth + 1).map_err(|e| e.at(|| format!("[{i}]")))?;
+                }
+                wire::finish_container(self.out, start)?;
+                self.check_budget()
+            }
+            TermType::Map => self.map(term, depth),
+            TermType::Pid => Err(unsupported("a pid", Vec::new())),
+            TermType::Port => Err(unsupported("a port", Vec::new())),
+            TermType::Ref => Err(unsupported("a reference", Vec::new())),
+            TermType::Fun => Err(unsupported("a function", Vec::new())),
+            TermType::Unknown => Err(unsupported("this term", Vec::new())),
+        }
+    }
+
+    fn atom(&mut self, term: Term) -> Result {
+        let env = term.get_env();
+        if term == atoms::nil().to_term(env) {
+            wire::write_nil(self.out);
+        } else if term == atoms::true_().to_term(env) {
+            wire::write_bool(self.out, true);
+        } else if term == atoms::false_().to_term(env) {
+            wire::write_bool(self.out, false);
+        } else if term == atoms::nan().to_term(env) {
+            wire::write_f64(self.out, f64::NAN);
+        } else if term == atoms::infinity().to_term(env) {
+            wire::write_f64(self.out, f64::INFINITY);
+        } else if term == atoms::neg_infinity().to_term(env) {
+            wire::write_f64(self.out, f64::NEG_INFINITY);
+        } else {
+            let name = term
+                .atom_to_string()
+                .map_err(|_| unsupported("an atom with characters outside Latin-1", Vec::new()))?;
+            wire::write_str(self.out, &name)?;
+        }
+        Ok(())
+    }
+
+    fn integer(&mut self, term: Term) -> Result {
+        if let Ok(i) = term.decode::<i64>() {
+            wire::write_i64(self.out, i);
+        } else if let Ok(u) = term.decode::<u64>() {
+            wire::write_u64(self.out, u);
+        } else {
+            // Big integers: the external term format already holds sign and
+            // little-endian magnitude, exactly what the wire wants.
+            let ext = term.to_binary();
+            let (negative, magnitude) =
+                bignum_parts(ext.as_slice()).ok_or_else(|| unsupported("this integer", Vec::new()))?;
+            wire::write_bigint(self.out, negative, magnitude)?;
+            self.check_budget()?;
+        }
+        Ok(())
+    }
+
+    fn binary(&mut self, term: Term) -> Result {
+        let Ok(bin) = Binary::from_term(term) else {
+            return Err(unsupported("a bitstring that is not a whole number of bytes", Vec::new()));
+        };
+        let bytes = bin.as_slice();
+        match std::str::from_utf8(bytes) {
+            Ok(s) => wire::write_str(self.out, s)?,
+            Err(_) => wire::write_bin(self.out, bytes)?,
+        }
+        self.check_budget()
+    }
+
+    fn list(&mut self, term: Term, depth: usize) -> Result {
+        check_depth(depth)?;
+        let Ok(len) = term.list_length() else {
+            return Err(unsupported("an improper list", Vec::new()));
+        };
+        wire::write_array_len(self.out, len)?;
+        let mut tail = term;
+        let mut i = 0;
+        while let Ok((head, rest)) = tail.list_get_cell() {
+            self.term(head, depth + 1).map_err(|e| e.at(|| format!("[{i}]")))?;
+            tail = rest;
+            i += 1;
+        }
+        self.check_budget()
+    }
+
+    fn map(&mut self, term: Term, depth: usize) -> Result {
+        check_depth(depth)?;
+        let env = term.get_env();
+        if let Ok(module) = term.map_get(atoms::struct_()) {
+            if module == atoms::mapset().to_term(env) {
+                return self.mapset(term, depth);
+            }
+            if module == atoms::bytes_struct().to_term(env) {
+                let data = term.map_get(atoms::data()).map_err(|_| unsupported("a malformed SnakeBridge.Bytes", Vec::new()))?;
+                let bin = Binary::from_term(data)
+                    .map_err(|_| unsupported("SnakeBridge.Bytes holding something other than a binary", Vec::new()))?;
+                wire::write_bin(self.out, bin.as_slice())?;
+                return self.check_budget();
+            }
+            let name = module.atom_to_string().unwrap_or_else(|_| "?".into());
+            let name = name.strip_prefix("Elixir.").unwrap_or(&name).to_owned();
+            return Err(unsupported(&format!("a %{name}{{}} struct"), Vec::new()));
+        }
+        let len = term.map_size().unwrap_or(0);
+        wire::write_map_len(self.out, len)?;
+        for (k, v) in rustler::types::map::MapIterator::new(term).into_iter().flatten() {
+            self.term(k, depth + 1).map_err(|e| e.at(|| format!("[key {}]", short_repr(k))))?;
+            self.term(v, depth + 1).map_err(|e| e.at(|| format!("[{}]", short_repr(k))))?;
+        }
+        self.check_budget()
+    }
+
+    fn mapset(&mut self, term: Term, depth: usize) -> Result {
+        let inner = term
+            .map_get(atoms::map())
+            .map_err(|_| unsupported("a malformed MapSet", Vec::new()))?;
+        let len = inner.map_size().map_err(|_| unsupported("a malformed MapSet", Vec::new()))?;
+        let start = wire::begin_set(self.out, len)?;
+        for (i, (k, _)) in rustler::types::map::MapIterator::new(inner).into_iter().flatten().enumerate() {
+            self.term(k, depth + 1).map_err(|e| e.at(|| format!("[element {i}]")))?;
+        }
+        wire::finish_container(self.out, start)?;
+        self.check_budget()
+    }
+}
+
+fn unsupported(what: &str, path: Vec<String>) -> EncodeError {
+    EncodeError::Unsupported { what: what.to_owned(), path }
+}
+
+fn check_depth(depth: usize) -> Result {
+    if depth >= MAX_DEPTH {
+        Err(EncodeError::TooDeep { path: Vec::new() })
+    } else {
+        Ok(())
+    }
+}
+
+/// A short, readable rendering of a map key for error paths.
+fn short_repr(term: Term) -> String {
+    if let Ok(s) = term.decode::<&str>() {
+        return format!("{s:?}");
+    }
+    if term.is_atom() {
+        if let Ok(name) = term.atom_to_string() {
+            return format!(":{name}");
+        }
+    }
+    if let Ok(i) = term.decode::<i64>() {
+        return i.to_string();
+    }
+    match term.get_type() {
+        TermType::Tuple => "{…}".into(),
+        TermType::List => "[…]".into(),
+        TermType::Map => "%{…}".into(),
+        _ => "…".into(),
+    }
+}
+
+/// Sign and magnitude of an integer in external term format
+/// (`131, SMALL_BIG_EXT n sign digits` or `131, LARGE_BIG_EXT n:32 sign digits`).
+fn bignum_parts(ext: &[u8]) -> Option<(bool, &[u8])> {
+    match ext {
+        [131, 110, n, sign, digits @ ..] if digits.len() == *n as usize => Some((*sign == 1, digits)),
+        [131, 111, a, b, c, d, sign, digits @ ..] if digits.len() == u32::from_be_bytes([*a, *b, *c, *d]) as usize => {
+            Some((*sign == 1, digits))
+        }
+        _ => None,
+    }
+}

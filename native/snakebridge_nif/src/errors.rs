@@ -1,0 +1,66 @@
+//! The two exception structs, built as maps so the runtime's threads can
+//! create them without calling into Elixir. Field sets must match
+//! `lib/snakebridge/error.ex` and `lib/snakebridge/python_error.ex`.
+
+use rustler::{Atom, Encoder, Env, Term};
+use snakebridge_runtime::{ExitInfo, Failure, PythonError};
+
+use crate::atoms;
+
+/// `%SnakeBridge.Error{reason: reason, message: message, details: details}`.
+pub fn error<'a>(env: Env<'a>, reason: Atom, message: &str, details: Term<'a>) -> Term<'a> {
+    let keys = [
+        atoms::struct_().encode(env),
+        atoms::exception().encode(env),
+        atoms::reason().encode(env),
+        atoms::message().encode(env),
+        atoms::details().encode(env),
+    ];
+    let values = [
+        atoms::error_struct().encode(env),
+        true.encode(env),
+        reason.encode(env),
+        message.encode(env),
+        details,
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// `{:error, %SnakeBridge.Error{}}` with empty details.
+pub fn error_tuple<'a>(env: Env<'a>, reason: Atom, message: &str) -> Term<'a> {
+    (atoms::error(), error(env, reason, message, Term::map_new(env))).encode(env)
+}
+
+pub fn failure<'a>(env: Env<'a>, failure: &Failure) -> Term<'a> {
+    let mut details = Term::map_new(env);
+    if let Some(pid) = failure.os_pid {
+        details = details.map_put(atoms::os_pid(), pid).expect("map");
+    }
+    match failure.exit {
+        Some(ExitInfo::Status(code)) => details = details.map_put(atoms::exit_status(), code).expect("map"),
+        Some(ExitInfo::Signal(sig)) => details = details.map_put(atoms::signal(), sig).expect("map"),
+        None => {}
+    }
+    let reason = Atom::from_str(env, failure.reason.as_str()).expect("reason names are valid atoms");
+    error(env, reason, &failure.message, details)
+}
+
+pub fn python_error<'a>(env: Env<'a>, e: &PythonError) -> Term<'a> {
+    let keys = [
+        atoms::struct_().encode(env),
+        atoms::exception().encode(env),
+        atoms::type_().encode(env),
+        atoms::module().encode(env),
+        atoms::message().encode(env),
+        atoms::traceback().encode(env),
+    ];
+    let values = [
+        atoms::python_error_struct().encode(env),
+        true.encode(env),
+        e.exc_type.encode(env),
+        e.exc_module.encode(env),
+        e.message.encode(env),
+        e.traceback.encode(env),
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}

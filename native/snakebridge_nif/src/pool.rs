@@ -1,0 +1,176 @@
+//! Pools: starting and stopping them, finding them by name, their stats.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use snakebridge_runtime::{CallTable, Pool, PoolConfig};
+
+use crate::atoms;
+use crate::delivery::{Caller, Delivery};
+use crate::errors;
+
+pub type NifPool = Pool<Delivery>;
+
+/// Every pending call of every pool, so `cancel/1` needs only the reference.
+pub fn call_table() -> &'static Arc<CallTable<Caller>> {
+    static TABLE: OnceLock<Arc<CallTable<Caller>>> = OnceLock::new();
+    TABLE.get_or_init(|| Arc::new(CallTable::default()))
+}
+
+/// Running pools by name. Keyed by the atom's term value: atoms are never
+/// garbage collected, so the value is a stable name.
+fn registry() -> &'static RwLock<HashMap<usize, Arc<NifPool>>> {
+    static POOLS: OnceLock<RwLock<HashMap<usize, Arc<NifPool>>>> = OnceLock::new();
+    POOLS.get_or_init(Default::default)
+}
+
+pub fn lookup(name: Atom) -> Option<Arc<NifPool>> {
+    registry().read().get(&name.as_c_arg()).cloned()
+}
+
+/// Held by the `SnakeBridge.Pool` process. When that process dies, the
+/// resource is collected and the pool stops with it.
+pub struct PoolResource {
+    name: usize,
+    pool: Arc<NifPool>,
+    stopped: AtomicBool,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for PoolResource {}
+
+impl PoolResource {
+    fn unregister(&self) {
+        let mut pools = registry().write();
+        if pools.get(&self.name).is_some_and(|p| Arc::ptr_eq(p, &self.pool)) {
+            pools.remove(&self.name);
+        }
+    }
+}
+
+impl Drop for PoolResource {
+    fn drop(&mut self) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        self.unregister();
+        // The destructor runs on a scheduler thread; stopping waits for
+        // processes to exit, so it happens elsewhere.
+        let pool = self.pool.clone();
+        let _ = std::thread::Builder::new()
+            .name("sb-pool-stop".into())
+            .spawn(move || pool.stop());
+    }
+}
+
+fn field<'a, T: rustler::Decoder<'a>>(config: Term<'a>, key: Atom) -> NifResult<T> {
+    config.map_get(key)?.decode()
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<'a>> {
+    let mut pool_config = PoolConfig::new(
+        field::<String>(config, atoms::python())?,
+        field::<String>(config, atoms::worker_path())?,
+    );
+    pool_config.size = field::<usize>(config, atoms::size())?.max(1);
+    pool_config.python_path = field(config, atoms::python_path())?;
+    pool_config.env = field(config, atoms::env())?;
+    pool_config.max_queue = field::<usize>(config, atoms::max_queue())?.max(1);
+    pool_config.stop_timeout = Duration::from_secs(5);
+    let owner: LocalPid = field(config, atoms::owner())?;
+
+    let mut pools = registry().write();
+    if pools.contains_key(&name.as_c_arg()) {
+        let message = format!("a pool named {} is already running", inspect_atom(name, env));
+        return Ok(errors::error_tuple(env, atoms::already_started(), &message));
+    }
+    let pool_name = inspect_atom(name, env);
+    let pool = match Pool::start(pool_name, pool_config, Arc::new(Delivery { owner }), call_table().clone()) {
+        Ok(pool) => Arc::new(pool),
+        Err(e) => {
+            let message = format!("could not start pool threads: {e}");
+            return Ok(errors::error_tuple(env, atoms::python_unavailable(), &message));
+        }
+    };
+    pools.insert(name.as_c_arg(), pool.clone());
+    let resource = ResourceArc::new(PoolResource {
+        name: name.as_c_arg(),
+        pool,
+        stopped: AtomicBool::new(false),
+    });
+    Ok((atoms::ok(), resource).encode(env))
+}
+
+/// Stops the pool and waits for its workers to exit (bounded by the stop
+/// timeout), on a dirty I/O scheduler since it blocks.
+#[rustler::nif(schedule = "DirtyIo")]
+fn pool_stop(resource: ResourceArc<PoolResource>) -> Atom {
+    resource.unregister();
+    resource.pool.stop();
+    resource.stopped.store(true, Ordering::Release);
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
+    let Some(pool) = lookup(name) else {
+        return not_found(env, name);
+    };
+    let stats = pool.stats();
+    let workers: Vec<Term> = stats
+        .workers
+        .iter()
+        .map(|w| {
+            let state = Atom::from_str(env, w.state).expect("state names are valid atoms");
+            let keys = [
+                atoms::os_pid().encode(env),
+                atoms::state().encode(env),
+                atoms::in_flight().encode(env),
+                atoms::calls().encode(env),
+                atoms::errors().encode(env),
+                atoms::restarts().encode(env),
+                atoms::rss().encode(env),
+            ];
+            let values = [
+                w.os_pid.encode(env),
+                state.encode(env),
+                w.in_flight.encode(env),
+                w.calls.encode(env),
+                w.errors.encode(env),
+                w.restarts.encode(env),
+                w.rss.encode(env),
+            ];
+            Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+        })
+        .collect();
+    let keys = [
+        atoms::queue_length().encode(env),
+        atoms::max_queue().encode(env),
+        atoms::size().encode(env),
+        atoms::workers().encode(env),
+    ];
+    let values = [
+        stats.queue_length.encode(env),
+        stats.max_queue.encode(env),
+        stats.workers.len().encode(env),
+        workers.encode(env),
+    ];
+    let map = Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys");
+    (atoms::ok(), map).encode(env)
+}
+
+pub fn not_found<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
+    let message = format!("no SnakeBridge pool named {} is running", inspect_atom(name, env));
+    errors::error_tuple(env, atoms::pool_not_found(), &message)
+}
+
+fn inspect_atom(name: Atom, env: Env) -> String {
+    name.to_term(env)
+        .atom_to_string()
+        .map_or_else(|_| "?".to_owned(), |s| format!(":{s}"))
+}

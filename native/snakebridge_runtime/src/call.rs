@@ -1,0 +1,254 @@
+//! Calls in flight and the table that finds them by id.
+//!
+//! A call's life is a small state machine on one atomic, so a reply, a
+//! cancellation and a worker's death can race without locks and still give
+//! the caller exactly one answer (or none, after a successful cancel):
+//!
+//! ```text
+//! QUEUED ──write──▶ SENT ──reply/death──▶ DELIVERING ──▶ (removed)
+//!    │                │
+//!    └────cancel──────┴──▶ CANCELLED ──▶ (removed)
+//! ```
+//!
+//! Whoever moves a call out of QUEUED/SENT owns its ending.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const DELIVERING: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// One request from one caller.
+pub struct Call<C> {
+    pub id: u64,
+    pub caller: C,
+    state: AtomicU8,
+    /// Incarnation of the worker process the call was written to (0: none yet).
+    worker: AtomicU64,
+}
+
+impl<C> Call<C> {
+    pub fn new(id: u64, caller: C) -> Arc<Self> {
+        Arc::new(Call {
+            id,
+            caller,
+            state: AtomicU8::new(QUEUED),
+            worker: AtomicU64::new(0),
+        })
+    }
+
+    /// Claims a queued call for writing to worker `incarnation`. False if it
+    /// was cancelled meanwhile.
+    pub(crate) fn mark_sent(&self, incarnation: u64) -> bool {
+        self.worker.store(incarnation, Ordering::Relaxed);
+        self.state
+            .compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Undoes [`Call::mark_sent`] for a call whose bytes never reached the
+    /// worker. False if it was cancelled or answered meanwhile.
+    pub(crate) fn mark_unsent(&self) -> bool {
+        self.state
+            .compare_exchange(SENT, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Claims the right to deliver the call's one reply.
+    pub(crate) fn claim_reply(&self) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        (state == QUEUED || state == SENT)
+            && self
+                .state
+                .compare_exchange(state, DELIVERING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn claim_cancel(&self) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        (state == QUEUED || state == SENT)
+            && self
+                .state
+                .compare_exchange(state, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn is_sent_to(&self, incarnation: u64) -> bool {
+        self.state.load(Ordering::Acquire) == SENT && self.worker.load(Ordering::Relaxed) == incarnation
+    }
+}
+
+/// What [`CallTable::cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No reply will be delivered.
+    Cancelled,
+    /// The reply is being (or has been) delivered.
+    Replied,
+    /// No call with that id is pending.
+    Unknown,
+}
+
+const SHARDS: usize = 32;
+
+/// Ids are already well-mixed hashes; hashing them again is wasted work.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Shard<C> = Mutex<HashMap<u64, Arc<Call<C>>, BuildHasherDefault<IdHasher>>>;
+
+/// Every pending call, by id, sharded so callers on different schedulers
+/// rarely meet on a lock.
+pub struct CallTable<C> {
+    shards: Box<[Shard<C>]>,
+}
+
+impl<C> Default for CallTable<C> {
+    fn default() -> Self {
+        CallTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+        }
+    }
+}
+
+impl<C> CallTable<C> {
+    fn shard(&self, id: u64) -> &Shard<C> {
+        &self.shards[(id ^ (id >> 32)) as usize % SHARDS]
+    }
+
+    /// Registers a call. False if its id is taken (the caller picks another).
+    pub fn insert(&self, call: Arc<Call<C>>) -> bool {
+        let mut shard = self.shard(call.id).lock();
+        if shard.contains_key(&call.id) {
+            return false;
+        }
+        shard.insert(call.id, call);
+        true
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Call<C>>> {
+        self.shard(id).lock().get(&id).cloned()
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.shard(id).lock().remove(&id);
+    }
+
+    /// Cancels call `id` if `belongs(caller)` confirms it is the one meant.
+    pub fn cancel(&self, id: u64, belongs: impl FnOnce(&C) -> bool) -> CancelOutcome {
+        let Some(call) = self.get(id) else {
+            return CancelOutcome::Unknown;
+        };
+        if !belongs(&call.caller) {
+            return CancelOutcome::Unknown;
+        }
+        if call.claim_cancel() {
+            self.remove(id);
+            CancelOutcome::Cancelled
+        } else {
+            CancelOutcome::Replied
+        }
+    }
+
+    /// Claims every call written to worker `incarnation` and not yet
+    /// answered, removing them from the table; the caller delivers their
+    /// failure.
+    pub(crate) fn claim_sent_to(&self, incarnation: u64) -> Vec<Arc<Call<C>>> {
+        let mut claimed = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|_, call| {
+                if call.is_sent_to(incarnation) && call.claim_reply() {
+                    claimed.push(call.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        claimed
+    }
+
+    /// Number of pending calls.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_of_reply_and_cancel_wins() {
+        let table = CallTable::default();
+        let call = Call::new(7, "caller");
+        assert!(table.insert(call.clone()));
+        assert!(!table.insert(Call::new(7, "other")));
+        assert!(call.mark_sent(1));
+        assert!(call.claim_reply());
+        assert_eq!(table.cancel(7, |c| *c == "caller"), CancelOutcome::Replied);
+        table.remove(7);
+        assert_eq!(table.cancel(7, |_| true), CancelOutcome::Unknown);
+    }
+
+    #[test]
+    fn cancelled_call_is_never_sent_or_answered() {
+        let table = CallTable::default();
+        let call = Call::new(9, ());
+        table.insert(call.clone());
+        assert_eq!(table.cancel(9, |_| true), CancelOutcome::Cancelled);
+        assert!(!call.mark_sent(1));
+        assert!(!call.claim_reply());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn cancel_checks_the_caller() {
+        let table = CallTable::default();
+        table.insert(Call::new(3, 1u32));
+        assert_eq!(table.cancel(3, |c| *c == 2), CancelOutcome::Unknown);
+        assert_eq!(table.cancel(3, |c| *c == 1), CancelOutcome::Cancelled);
+    }
+
+    #[test]
+    fn worker_death_claims_only_its_sent_calls() {
+        let table = CallTable::default();
+        let on_dead = Call::new(1, ());
+        let on_other = Call::new(2, ());
+        let queued = Call::new(3, ());
+        for c in [&on_dead, &on_other, &queued] {
+            table.insert(c.clone());
+        }
+        on_dead.mark_sent(10);
+        on_other.mark_sent(11);
+        let claimed = table.claim_sent_to(10);
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, 1);
+        assert_eq!(table.len(), 2);
+    }
+}

@@ -1,0 +1,269 @@
+//! A pool of worker slots sharing one bounded queue.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::call::{Call, CallTable};
+use crate::config::PoolConfig;
+use crate::hooks::{Failure, Hooks, Outcome, Reason};
+use crate::slot::{self, Slot};
+use crate::socket;
+use crate::stats::PoolStats;
+
+/// Frames up to this size may be written by the caller itself when a worker
+/// is idle: they fit the socket buffer, so the write cannot block.
+const DIRECT_MAX: usize = 64 * 1024;
+
+/// A call waiting for a worker, with its encoded frame.
+pub(crate) struct Job<C> {
+    pub call: Arc<Call<C>>,
+    pub frame: Vec<u8>,
+}
+
+/// State shared by a pool's handle and its threads.
+pub(crate) struct Shared<H: Hooks> {
+    pub name: String,
+    pub config: PoolConfig,
+    pub hooks: Arc<H>,
+    pub table: Arc<CallTable<H::Caller>>,
+    pub queue_tx: Sender<Job<H::Caller>>,
+    pub queue_rx: Receiver<Job<H::Caller>>,
+    pub slots: Vec<Arc<Slot>>,
+    pub stopping: AtomicBool,
+    /// Never carries a message: dropping the sender wakes every thread
+    /// waiting on the receiver, which is how a stop is broadcast.
+    pub stop_rx: Receiver<()>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    next_slot: AtomicUsize,
+}
+
+impl<H: Hooks> Shared<H> {
+    /// True when every slot has given up starting Python.
+    pub fn is_unavailable(&self) -> bool {
+        self.slots.iter().all(|s| s.is_unavailable())
+    }
+
+    pub fn unavailable_failure(&self) -> Failure {
+        let detail = self
+            .slots
+            .iter()
+            .find_map(|s| s.last_error())
+            .unwrap_or_else(|| "no worker is running".to_owned());
+        Failure::new(
+            Reason::PythonUnavailable,
+            format!("Python is unavailable for pool {}: {detail}", self.name),
+        )
+    }
+
+    pub fn stopped_failure(&self) -> Failure {
+        Failure::new(Reason::PythonUnavailable, format!("pool {} was stopped", self.name))
+    }
+
+    /// Answers a job that will not run. Only runtime threads may call this
+    /// (the NIF's delivery cannot run on a BEAM thread).
+    pub fn fail_job(&self, courier: &mut H::Courier, job: Job<H::Caller>, failure: Failure) {
+        if job.call.claim_reply() {
+            self.table.remove(job.call.id);
+            let _ = self.hooks.deliver(courier, &job.call.caller, Outcome::Failed(failure));
+        }
+    }
+
+    /// Puts back a job that was taken from the queue but not written.
+    pub fn requeue(&self, courier: &mut H::Courier, job: Job<H::Caller>) {
+        if let Err(e) = self.queue_tx.try_send(job) {
+            let job = e.into_inner();
+            let failure = Failure::new(Reason::Overloaded, self.overloaded_message());
+            self.fail_job(courier, job, failure);
+        }
+    }
+
+    fn overloaded_message(&self) -> String {
+        format!(
+            "pool {} has {} calls queued (max_queue)",
+            self.name, self.config.max_queue
+        )
+    }
+}
+
+/// A pool of Python workers.
+///
+/// Dropping the pool stops it (see [`Pool::stop`]).
+pub struct Pool<H: Hooks> {
+    shared: Arc<Shared<H>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<H: Hooks> Pool<H> {
+    /// Starts `config.size` workers. Returns at once: workers come up in the
+    /// background, and calls queue until one is ready.
+    pub fn start(
+        name: impl Into<String>,
+        config: PoolConfig,
+        hooks: Arc<H>,
+        table: Arc<CallTable<H::Caller>>,
+    ) -> std::io::Result<Pool<H>> {
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.max_queue.max(1));
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        let shared = Arc::new(Shared {
+            name: name.into(),
+            slots: (0..config.size.max(1)).map(|i| Arc::new(Slot::new(i))).collect(),
+            config,
+            hooks,
+            table,
+            queue_tx,
+            queue_rx,
+            stopping: AtomicBool::new(false),
+            stop_rx,
+            stop_tx: Mutex::new(Some(stop_tx)),
+            next_slot: AtomicUsize::new(0),
+        });
+        let pool = Pool {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for slot in &shared.slots {
+            let handles = slot::start_threads(shared.clone(), slot.clone())?;
+            pool.threads.lock().extend(handles);
+        }
+        Ok(pool)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Sends `call` (already in the call table) with its encoded `frame`.
+    ///
+    /// When nothing is queued and a worker is idle, the frame is written to
+    /// that worker's socket right here, in the caller's thread: one wake-up
+    /// fewer than handing it to the writer thread, which is most of a small
+    /// call's latency. Otherwise the call joins the queue, where writers take
+    /// it in batches. On error the call is removed from the table and no
+    /// reply will come.
+    pub fn submit(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
+        let shared = &self.shared;
+        let refused = if shared.stopping.load(Ordering::Acquire) {
+            Some(shared.stopped_failure())
+        } else if shared.is_unavailable() {
+            Some(shared.unavailable_failure())
+        } else {
+            None
+        };
+        if let Some(failure) = refused {
+            shared.table.remove(call.id);
+            return Err(failure);
+        }
+        if frame.len() <= DIRECT_MAX && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
+            return Ok(());
+        }
+        match shared.queue_tx.try_send(Job { call, frame }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                shared.table.remove(job.call.id);
+                Err(Failure::new(Reason::Overloaded, shared.overloaded_message()))
+            }
+        }
+    }
+
+    /// Writes the frame to an idle worker without blocking. False when no
+    /// worker could take it that way.
+    fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
+        let slots = &self.shared.slots;
+        let first = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
+        for i in 0..slots.len() {
+            let Some(conn) = slots[(first + i) % slots.len()].connection() else {
+                continue;
+            };
+            if conn.in_flight.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            // Never wait for the lock: if the writer thread holds it, it is
+            // busy with this worker anyway.
+            let Some(_guard) = conn.write_lock.try_lock() else {
+                continue;
+            };
+            if conn.in_flight.load(Ordering::Acquire) != 0 || conn.is_dead() {
+                continue;
+            }
+            if !call.mark_sent(conn.incarnation) {
+                return true;
+            }
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            match socket::try_send(conn.fd(), frame) {
+                Ok(n) if n == frame.len() => return true,
+                Ok(0) | Err(_) => {
+                    conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    if !call.mark_unsent() {
+                        return true;
+                    }
+                }
+                Ok(n) => {
+                    // Part of the frame is out, so the rest must follow
+                    // before anything else. The worker is idle and reading,
+                    // so this drains at once; if the worker dies instead,
+                    // the call fails with it like any call it was sent.
+                    let mut rest = [std::io::IoSlice::new(&frame[n..])];
+                    let _ = socket::send_all(conn.fd(), &mut rest);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Stops the pool: no new calls; workers see EOF on their socket and exit
+    /// once their current call is done; workers still running after
+    /// `stop_timeout` are killed. Every worker is reaped before this returns,
+    /// and calls still queued fail with `python_unavailable`.
+    pub fn stop(&self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::Release);
+        shared.stop_tx.lock().take();
+        for slot in &shared.slots {
+            slot.close_connection();
+        }
+        let deadline = Instant::now() + shared.config.stop_timeout;
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        while threads.iter().any(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                for slot in &shared.slots {
+                    slot.kill_process();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let mut courier = shared.hooks.courier();
+        while let Ok(job) = shared.queue_rx.try_recv() {
+            shared.fail_job(&mut courier, job, shared.stopped_failure());
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            queue_length: self.shared.queue_rx.len(),
+            max_queue: self.shared.config.max_queue,
+            workers: self.shared.slots.iter().map(|s| s.stats()).collect(),
+        }
+    }
+
+    /// OS pids of the running workers.
+    pub fn os_pids(&self) -> Vec<u32> {
+        self.shared.slots.iter().filter_map(|s| s.os_pid()).collect()
+    }
+}
+
+impl<H: Hooks> Drop for Pool<H> {
+    fn drop(&mut self) {
+        if !self.threads.lock().is_empty() {
+            self.stop();
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Starting one Python worker process.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::PoolConfig;
+use crate::hooks::{Hooks, Stream};
+use crate::socket;
+
+/// The worker's end of the socketpair appears as this fd in the worker.
+const WORKER_FD: libc::c_int = 3;
+/// Lines of stderr kept to explain a worker that fails to start.
+const STDERR_TAIL_LINES: usize = 20;
+/// Longest line forwarded as one log message.
+const MAX_LINE: usize = 16 * 1024;
+
+/// A running worker process and the host's end of its socket.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub socket: UnixStream,
+    pub os_pid: u32,
+    /// The last lines the worker wrote to stderr.
+    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Starts `python -m snakebridge_worker` with its socket on fd 3 and its
+/// stdout/stderr forwarded, line by line, to `hooks.log`.
+///
+/// Call this from a thread that outlives the process: `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child exits, not the process.
+pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result<WorkerProcess> {
+    let (host, worker) = UnixStream::pair()?;
+    socket::set_buffer_sizes(host.as_raw_fd());
+    let worker_fd = worker.as_raw_fd();
+    let parent = unsafe { libc::getpid() };
+
+    let mut command = Command::new(&config.python);
+    command
+        .args(["-m", "snakebridge_worker", "--fd", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PYTHONPATH", python_path(config))
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(config.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; prctl, getppid, dup2, fcntl and
+    // _exit all are, and nothing here allocates.
+    unsafe {
+        command.pre_exec(move || {
+            // The worker dies with the BEAM even after `kill -9`.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // dup2 clears FD_CLOEXEC on the copy, so exec keeps fd 3 open;
+            // when the fd already is 3, clear the flag by hand.
+            if worker_fd == WORKER_FD {
+                if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(worker_fd, WORKER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    drop(worker);
+    let os_pid = child.id();
+
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(stdout) = child.stdout.take() {
+        forward_lines(stdout, Stream::Stdout, os_pid, hooks.clone(), None);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        forward_lines(stderr, Stream::Stderr, os_pid, hooks.clone(), Some(stderr_tail.clone()));
+    }
+    Ok(WorkerProcess {
+        child,
+        socket: host,
+        os_pid,
+        stderr_tail,
+    })
+}
+
+fn python_path(config: &PoolConfig) -> String {
+    let mut parts = vec![config.worker_path.clone()];
+    parts.extend(config.python_path.iter().cloned());
+    if let Ok(existing) = std::env::var("PYTHONPATH") {
+        if !existing.is_empty() {
+            parts.push(existing);
+        }
+    }
+    parts.join(":")
+}
+
+/// Reads a worker's output stream on its own thread until EOF (the worker
+/// exited), forwarding each line.
+fn forward_lines<H: Hooks, R: Read + Send + 'static>(
+    source: R,
+    stream: Stream,
+    os_pid: u32,
+    hooks: Arc<H>,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let name = format!("sb-{}-{os_pid}", if stream == Stream::Stdout { "out" } else { "err" });
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let mut courier = hooks.courier();
+        let mut reader = BufReader::new(source);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if let Some(tail) = &tail {
+                let mut tail = tail.lock();
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(String::from_utf8_lossy(text).into_owned());
+            }
+            hooks.log(&mut courier, os_pid, stream, text);
+        }
+    });
+    // Without the thread the pipe fills and the worker blocks on output;
+    // it still serves calls until then, which beats failing the start.
+    drop(spawned);
+}

@@ -1,0 +1,35 @@
+//! Point-in-time numbers about a pool, for `SnakeBridge.stats/1`.
+
+/// One worker slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// OS pid of the current Python process, if one is running.
+    pub os_pid: Option<u32>,
+    /// `starting`, `ready`, `restarting`, `unavailable` or `stopped`.
+    pub state: &'static str,
+    pub in_flight: usize,
+    /// Calls answered, across restarts of the slot.
+    pub calls: u64,
+    /// Calls answered with an error, across restarts.
+    pub errors: u64,
+    pub restarts: u64,
+    /// Resident memory of the Python process in bytes (0 when none runs).
+    pub rss: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    pub queue_length: usize,
+    pub max_queue: usize,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Resident set size of a process, from `/proc/<pid>/statm`.
+pub fn rss_bytes(os_pid: u32) -> u64 {
+    let Ok(statm) = std::fs::read_to_string(format!("/proc/{os_pid}/statm")) else {
+        return 0;
+    };
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page_size.max(0) as u64
+}
