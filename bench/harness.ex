@@ -1,0 +1,278 @@
+defmodule SnakeBridgeBench.Harness do
+  @moduledoc """
+  Measurement loops and the report. Every call's result is checked against the
+  expected value, so a broken system is reported as broken instead of fast.
+  """
+
+  @type system :: SnakeBridgeBench.Systems.system()
+  @type scenario :: %{
+          id: atom(),
+          kind: :latency | :throughput,
+          label: String.t(),
+          mfa: {String.t(), String.t(), list()},
+          expected: term()
+        }
+
+  # ---- one call, smoke check ------------------------------------------------
+
+  @doc "Runs one call of `scenario` and checks the result."
+  @spec check(system(), scenario()) :: :ok | {:error, term()}
+  def check(%{call: call}, %{mfa: {m, f, a}, expected: expected}) do
+    case call.(m, f, a, 30_000) do
+      {:ok, ^expected} -> :ok
+      other -> {:error, other}
+    end
+  end
+
+  # ---- latency: one caller, sequential calls ---------------------------------
+
+  @doc """
+  Makes `n` sequential calls from this process and returns the p50 and p99
+  round-trip latency in microseconds.
+  """
+  @spec latency_chunk(system(), scenario(), pos_integer()) ::
+          {:ok, %{p50: float(), p99: float()}} | {:error, non_neg_integer(), term()}
+  def latency_chunk(%{call: call}, %{mfa: {m, f, a}, expected: expected}, n) do
+    {samples, errors, example} = latency_loop(call, m, f, a, {:ok, expected}, n, [], 0, nil)
+
+    if errors == 0 do
+      sorted = samples |> Enum.sort() |> List.to_tuple()
+      {:ok, %{p50: percentile_us(sorted, 0.50), p99: percentile_us(sorted, 0.99)}}
+    else
+      {:error, errors, example}
+    end
+  end
+
+  defp latency_loop(_call, _m, _f, _a, _expected, 0, samples, errors, example),
+    do: {samples, errors, example}
+
+  defp latency_loop(call, m, f, a, expected, n, samples, errors, example) do
+    t0 = :erlang.monotonic_time()
+    result = call.(m, f, a, 5_000)
+    dt = :erlang.monotonic_time() - t0
+
+    case result do
+      ^expected -> latency_loop(call, m, f, a, expected, n - 1, [dt | samples], errors, example)
+      bad -> latency_loop(call, m, f, a, expected, n - 1, samples, errors + 1, example || bad)
+    end
+  end
+
+  defp percentile_us(sorted, p) do
+    n = tuple_size(sorted)
+    index = min(max(ceil(p * n) - 1, 0), n - 1)
+    :erlang.convert_time_unit(elem(sorted, index), :native, :nanosecond) / 1_000
+  end
+
+  # ---- throughput: many concurrent callers ------------------------------------
+
+  @doc """
+  Runs `callers` processes that call in a loop for `seconds`, and returns the
+  completed calls per second (calls still in flight at the deadline finish and
+  count; the elapsed time runs until the last caller is done).
+  """
+  @spec throughput_chunk(system(), scenario(), pos_integer(), number()) ::
+          {:ok, float()} | {:error, non_neg_integer(), term()}
+  def throughput_chunk(%{call: call}, %{mfa: {m, f, a}, expected: expected}, callers, seconds) do
+    parent = self()
+    tag = make_ref()
+    expected = {:ok, expected}
+
+    pids =
+      for _ <- 1..callers do
+        spawn_link(fn ->
+          receive do
+            {^tag, :go, deadline} ->
+              send(
+                parent,
+                {tag, self(), caller_loop(call, m, f, a, expected, deadline, 0, 0, nil)}
+              )
+          end
+        end)
+      end
+
+    t0 = :erlang.monotonic_time()
+    deadline = t0 + :erlang.convert_time_unit(round(seconds * 1_000_000), :microsecond, :native)
+    Enum.each(pids, &send(&1, {tag, :go, deadline}))
+    results = for pid <- pids, do: receive(do: ({^tag, ^pid, result} -> result))
+
+    elapsed_s =
+      :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
+
+    {ok, errors, example} =
+      Enum.reduce(results, {0, 0, nil}, fn {ok, err, ex}, {ok_acc, err_acc, ex_acc} ->
+        {ok_acc + ok, err_acc + err, ex_acc || ex}
+      end)
+
+    if errors == 0, do: {:ok, ok / elapsed_s}, else: {:error, errors, example}
+  end
+
+  defp caller_loop(call, m, f, a, expected, deadline, ok, errors, example) do
+    if :erlang.monotonic_time() < deadline do
+      case call.(m, f, a, 30_000) do
+        ^expected -> caller_loop(call, m, f, a, expected, deadline, ok + 1, errors, example)
+        bad -> caller_loop(call, m, f, a, expected, deadline, ok, errors + 1, example || bad)
+      end
+    else
+      {ok, errors, example}
+    end
+  end
+
+  # ---- the whole run ----------------------------------------------------------
+
+  @doc """
+  Warms up, then runs `rounds` rounds; in each round every scenario runs one
+  chunk per system, systems alternating which goes first. Returns
+  `%{{scenario_id, system_name, metric} => [value]}` plus errors.
+  """
+  @spec run([system()], [scenario()], map()) :: %{results: map(), errors: map()}
+  def run(systems, scenarios, config) do
+    for system <- systems, do: warm_up(system, scenarios, config)
+
+    Enum.reduce(1..config.rounds, %{results: %{}, errors: %{}}, fn round, acc ->
+      order = if rem(round, 2) == 1, do: systems, else: Enum.reverse(systems)
+
+      acc =
+        for scenario <- scenarios, system <- order, reduce: acc do
+          acc -> record(acc, scenario, system, measure(system, scenario, config))
+        end
+
+      if config.verbose, do: IO.puts(:stderr, "round #{round}/#{config.rounds} done")
+      acc
+    end)
+  end
+
+  defp warm_up(system, scenarios, config) do
+    IO.puts(:stderr, "warming up #{system.name} ...")
+
+    for scenario <- scenarios do
+      case scenario.kind do
+        :latency ->
+          latency_chunk(system, scenario, config.latency_calls)
+
+        :throughput ->
+          throughput_chunk(system, scenario, config.callers, min(config.seconds, 0.5))
+      end
+    end
+  end
+
+  defp measure(system, %{kind: :latency} = scenario, config),
+    do: latency_chunk(system, scenario, config.latency_calls)
+
+  defp measure(system, %{kind: :throughput} = scenario, config) do
+    case throughput_chunk(system, scenario, config.callers, config.seconds) do
+      {:ok, rate} -> {:ok, %{rate: rate}}
+      error -> error
+    end
+  end
+
+  defp record(acc, scenario, system, {:ok, metrics}) do
+    Enum.reduce(metrics, acc, fn {metric, value}, acc ->
+      key = {scenario.id, system.name, metric}
+      update_in(acc, [:results, Access.key(key, [])], &[value | &1])
+    end)
+  end
+
+  defp record(acc, scenario, system, {:error, count, example}) do
+    update_in(acc, [:errors, Access.key({scenario.id, system.name}, {0, example})], fn {n, ex} ->
+      {n + count, ex}
+    end)
+  end
+
+  # ---- report -------------------------------------------------------------------
+
+  @doc "Median of a non-empty list of numbers."
+  @spec median([number()]) :: float()
+  def median(values) do
+    sorted = Enum.sort(values)
+    n = length(sorted)
+    mid = div(n, 2)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, mid) / 1,
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+  end
+
+  @doc """
+  Prints the results table: medians over rounds with [min-max], and with two
+  systems the ratio second/first of the medians.
+  """
+  @spec report(%{results: map(), errors: map()}, [system()], [scenario()]) :: :ok
+  def report(%{results: results, errors: errors}, systems, scenarios) do
+    names = Enum.map(systems, & &1.name)
+
+    rows =
+      for scenario <- scenarios, {metric, label, unit, better} <- metrics(scenario) do
+        cells =
+          for name <- names do
+            case {Map.get(results, {scenario.id, name, metric}),
+                  Map.get(errors, {scenario.id, name})} do
+              {_, {count, _example}} -> {:broken, "BROKEN: #{count} bad results"}
+              {nil, nil} -> {:none, "-"}
+              {values, nil} -> {:ok, median(values), Enum.min(values), Enum.max(values)}
+            end
+          end
+
+        [label <> " (#{unit})" | Enum.map(cells, &format_cell(&1, unit))] ++
+          [ratio_cell(cells, better)]
+      end
+
+    # With two systems the last column is second / first (snakebridge / baseline).
+    header =
+      ["metric" | names] ++
+        if(match?([_, _], names), do: [Enum.join(Enum.reverse(names), "/")], else: [])
+
+    print_table([header | Enum.map(rows, &Enum.take(&1, length(header)))])
+
+    for {{id, name}, {count, example}} <- errors do
+      IO.puts(
+        "\n#{name} gave #{count} wrong results in #{id}; first one: #{inspect(example, limit: 20, printable_limit: 200)}"
+      )
+    end
+
+    :ok
+  end
+
+  defp metrics(%{kind: :latency, label: label}),
+    do: [{:p50, label <> ", p50", "µs", :lower}, {:p99, label <> ", p99", "µs", :lower}]
+
+  defp metrics(%{kind: :throughput, label: label}), do: [{:rate, label, "calls/s", :higher}]
+
+  defp ratio_cell([{:ok, first, _, _}, {:ok, second, _, _}], better) when first > 0 do
+    "#{:erlang.float_to_binary(second / first, decimals: 2)}x (#{better} is better)"
+  end
+
+  defp ratio_cell(_, _), do: "n/a"
+
+  defp format_cell({:ok, median, min, max}, unit) do
+    "#{num(median, unit)} [#{num(min, unit)}-#{num(max, unit)}]"
+  end
+
+  defp format_cell({_, text}, _unit), do: text
+
+  defp num(value, "µs"), do: :erlang.float_to_binary(value / 1, decimals: 1)
+  defp num(value, _), do: value |> round() |> Integer.to_string() |> group_thousands()
+
+  defp group_thousands(digits) do
+    digits |> String.reverse() |> String.replace(~r/(\d{3})(?=\d)/, "\\1,") |> String.reverse()
+  end
+
+  defp print_table(rows) do
+    widths =
+      rows
+      |> Enum.zip_with(& &1)
+      |> Enum.map(fn column -> column |> Enum.map(&String.length/1) |> Enum.max() end)
+
+    [header | body] = rows
+
+    line = fn row ->
+      row
+      |> Enum.zip(widths)
+      |> Enum.map_join("  ", fn {cell, w} -> String.pad_trailing(cell, w) end)
+      |> String.trim_trailing()
+    end
+
+    IO.puts(line.(header))
+    IO.puts(widths |> Enum.map(&String.duplicate("-", &1)) |> Enum.join("  "))
+    Enum.each(body, &IO.puts(line.(&1)))
+  end
+end

@@ -1,0 +1,215 @@
+# SnakeBridge benchmark: SnakeBridge against a hand-rolled Port + msgpack baseline,
+# interleaved in one run. See bench/README.md.
+#
+#   mix run bench/run.exs                          # both systems
+#   BENCH_ONLY=baseline mix run bench/run.exs      # baseline alone (also: elixir bench/run.exs)
+#
+# Environment: BENCH_ONLY (baseline | snakebridge), BENCH_WORKERS (default
+# System.schedulers_online()), BENCH_ROUNDS (10), BENCH_SECONDS (per throughput
+# chunk, 1.0), BENCH_LATENCY_CALLS (per latency chunk, 2000), BENCH_CALLERS (64),
+# BENCH_PYTHON (interpreter for both systems), BENCH_VERBOSE=1,
+# BENCH_AA=1 (control run: the baseline against a second, identical baseline
+# instead of SnakeBridge, to see how large the noise on this machine is).
+
+bench_dir = __DIR__
+root = Path.expand("..", bench_dir)
+
+for file <- ~w(msgpack.ex port_worker.ex systems.ex harness.ex) do
+  Code.require_file(file, bench_dir)
+end
+
+alias SnakeBridgeBench.{Harness, Systems}
+
+# Workers' debug lines ("started ...") would break up the table; warnings still show.
+unless System.get_env("BENCH_VERBOSE") in ["1", "true"], do: Logger.configure(level: :info)
+
+env_int = fn name, default ->
+  case System.get_env(name) do
+    nil -> default
+    value -> String.to_integer(String.trim(value))
+  end
+end
+
+env_float = fn name, default ->
+  case System.get_env(name) do
+    nil -> default
+    value -> value |> String.trim() |> Float.parse() |> elem(0)
+  end
+end
+
+config = %{
+  workers: env_int.("BENCH_WORKERS", System.schedulers_online()),
+  rounds: env_int.("BENCH_ROUNDS", 10),
+  seconds: env_float.("BENCH_SECONDS", 1.0),
+  latency_calls: env_int.("BENCH_LATENCY_CALLS", 2_000),
+  callers: env_int.("BENCH_CALLERS", 64),
+  verbose: System.get_env("BENCH_VERBOSE") in ["1", "true"]
+}
+
+only = System.get_env("BENCH_ONLY")
+aa? = System.get_env("BENCH_AA") in ["1", "true"]
+
+unless only in [nil, "", "baseline", "snakebridge"] do
+  raise ArgumentError, "BENCH_ONLY must be baseline or snakebridge, got: #{inspect(only)}"
+end
+
+# One interpreter for both systems. The baseline needs the PyPI msgpack package,
+# so the project venv (.venv, which has it) wins over SNAKEBRIDGE_PYTHON / python3.
+venv_python = Path.join(root, ".venv/bin/python")
+
+python =
+  System.get_env("BENCH_PYTHON") ||
+    if(File.exists?(venv_python), do: venv_python) ||
+    System.get_env("SNAKEBRIDGE_PYTHON") ||
+    System.find_executable("python3") ||
+    raise("no python3 found; set BENCH_PYTHON")
+
+case System.cmd(python, ["-c", "import msgpack"], stderr_to_stdout: true) do
+  {_, 0} ->
+    :ok
+
+  {out, _} ->
+    IO.puts(:stderr, """
+    #{python} cannot import msgpack, which the baseline worker needs:
+    #{out}
+    Create the venv:  python3 -m venv #{Path.join(root, ".venv")} && #{venv_python} -m pip install msgpack
+    """)
+
+    System.halt(1)
+end
+
+py_dir = Path.join(bench_dir, "py")
+start_opts = [size: config.workers, python: python, python_path: [py_dir]]
+
+baseline =
+  if only != "snakebridge" do
+    {:ok, system} =
+      Systems.baseline([script: Path.join(bench_dir, "baseline_worker.py")] ++ start_opts)
+
+    system
+  end
+
+snakebridge =
+  cond do
+    only == "baseline" ->
+      nil
+
+    aa? ->
+      {:ok, system} =
+        Systems.baseline(
+          [name: "baseline_b", script: Path.join(bench_dir, "baseline_worker.py")] ++ start_opts
+        )
+
+      system
+
+    true ->
+      case Systems.snakebridge(start_opts) do
+        {:ok, system} ->
+          system
+
+        {:error, why} ->
+          IO.puts(:stderr, "SnakeBridge is not available, running the baseline alone: #{why}")
+          nil
+      end
+  end
+
+# Payloads: a map of 100 string keys to floats, and 64 KiB of random bytes that
+# are not valid UTF-8 (so both sides send and receive `bytes`, never `str`).
+:rand.seed(:exsss, {1, 2, 3})
+
+map100 =
+  Map.new(1..100, fn i ->
+    {"key_#{String.pad_leading(Integer.to_string(i), 3, "0")}", :rand.uniform() * 1000}
+  end)
+
+<<_, random::binary>> = :crypto.strong_rand_bytes(64 * 1024)
+bytes64k = <<0xFF, random::binary>>
+false = String.valid?(bytes64k)
+
+callers = config.callers
+
+scenarios = [
+  %{
+    id: :latency,
+    kind: :latency,
+    label: "latency operator.add(1, 2), 1 caller",
+    mfa: {"operator", "add", [1, 2]},
+    expected: 3
+  },
+  %{
+    id: :trivial,
+    kind: :throughput,
+    label: "#{callers} callers, operator.add(1, 2)",
+    mfa: {"operator", "add", [1, 2]},
+    expected: 3
+  },
+  %{
+    id: :map100,
+    kind: :throughput,
+    label: "#{callers} callers, identity(100-key str->float map)",
+    mfa: {"bench_funcs", "identity", [map100]},
+    expected: map100
+  },
+  %{
+    id: :bytes64k,
+    kind: :throughput,
+    label: "#{callers} callers, identity(64 KiB bytes)",
+    mfa: {"bench_funcs", "identity", [bytes64k]},
+    expected: bytes64k
+  }
+]
+
+# Smoke check: every scenario must return the right value once before timing.
+check = fn system ->
+  Enum.find_value(scenarios, :ok, fn scenario ->
+    case Harness.check(system, scenario) do
+      :ok -> nil
+      {:error, got} -> {:error, scenario.id, got}
+    end
+  end)
+end
+
+baseline =
+  baseline &&
+    case check.(baseline) do
+      :ok ->
+        baseline
+
+      {:error, id, got} ->
+        raise "the baseline gave a wrong result in #{id}: #{inspect(got, limit: 10)}"
+    end
+
+snakebridge =
+  snakebridge &&
+    case check.(snakebridge) do
+      :ok ->
+        snakebridge
+
+      {:error, id, got} ->
+        IO.puts(
+          :stderr,
+          "SnakeBridge gave a wrong result in #{id}, running the baseline alone: #{inspect(got, limit: 10)}"
+        )
+
+        nil
+    end
+
+systems = Enum.reject([baseline, snakebridge], &is_nil/1)
+if systems == [], do: raise("nothing to benchmark")
+
+IO.puts("""
+SnakeBridge benchmark: #{Enum.map_join(systems, " vs ", & &1.name)}
+  Elixir #{System.version()} / OTP #{System.otp_release()}, #{System.schedulers_online()} schedulers online
+  python #{python}, #{config.workers} workers per system
+  #{config.rounds} rounds; per round and system: #{config.latency_calls} latency calls, \
+#{config.seconds} s per throughput scenario
+  cells: median over rounds [min-max]
+""")
+
+started = System.monotonic_time(:millisecond)
+results = Harness.run(systems, scenarios, config)
+Harness.report(results, systems, scenarios)
+
+IO.puts(
+  "\n#{config.rounds} rounds in #{div(System.monotonic_time(:millisecond) - started, 1000)} s"
+)

@@ -1,0 +1,122 @@
+defmodule SnakeBridgeBench.Systems do
+  @moduledoc """
+  The two systems under test, each as `%{name: String.t(), call: fun}` where
+  `call.(module, function, args, timeout)` returns `{:ok, value}` or
+  `{:error, reason}` and never raises or exits (so a broken system shows up as
+  errors in the report, not as a crashed benchmark).
+  """
+
+  alias SnakeBridgeBench.PortPool
+
+  @type system :: %{
+          name: String.t(),
+          call: (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()})
+        }
+
+  @doc """
+  Starts the baseline: `size` port workers running bench/baseline_worker.py.
+  `:name` (default `"baseline"`) names the system and its pool, so a second,
+  independent baseline can run as a control.
+  """
+  @spec baseline(keyword()) :: {:ok, system()}
+  def baseline(opts) do
+    name = Keyword.get(opts, :name, "baseline")
+    pool = String.to_atom(name)
+
+    {:ok, _pids} =
+      PortPool.start_link(
+        name: pool,
+        size: Keyword.fetch!(opts, :size),
+        python: Keyword.fetch!(opts, :python),
+        script: Keyword.fetch!(opts, :script),
+        python_path: Keyword.fetch!(opts, :python_path)
+      )
+
+    call = fn module, function, args, timeout ->
+      try do
+        PortPool.call(pool, module, function, args, timeout)
+      rescue
+        e -> {:error, e}
+      catch
+        kind, reason -> {:error, {kind, reason}}
+      end
+    end
+
+    {:ok, %{name: name, call: call}}
+  end
+
+  @doc """
+  Starts a `SnakeBridge.Pool` named `:bench`, or returns `{:error, why}` when
+  SnakeBridge is not loadable or its pool does not start.
+  """
+  @spec snakebridge(keyword()) :: {:ok, system()} | {:error, String.t()}
+  def snakebridge(opts) do
+    if Code.ensure_loaded?(SnakeBridge) and Code.ensure_loaded?(SnakeBridge.Pool) do
+      start_pool(opts)
+    else
+      {:error,
+       "the SnakeBridge modules are not loadable (run through `mix run` once the project compiles)"}
+    end
+  end
+
+  defp start_pool(opts) do
+    pool_opts = [
+      name: :bench,
+      size: Keyword.fetch!(opts, :size),
+      python: Keyword.fetch!(opts, :python),
+      python_path: Keyword.fetch!(opts, :python_path)
+    ]
+
+    # A failing init of a linked process would kill this script on OTP 25: trap
+    # exits while starting, and stay linked afterwards so a dying pool is loud.
+    trap = Process.flag(:trap_exit, true)
+
+    result =
+      try do
+        apply(SnakeBridge.Pool, :start_link, [pool_opts])
+      rescue
+        e -> {:error, Exception.message(e)}
+      catch
+        kind, reason -> {:error, "#{kind}: #{inspect(reason)}"}
+      end
+
+    flushed = flush_exits([])
+    Process.flag(:trap_exit, trap)
+
+    case result do
+      {:ok, _pid} when flushed == [] ->
+        # The module goes through a variable so this file also compiles (without
+        # warnings) when SnakeBridge is absent and only the baseline runs.
+        snakebridge = SnakeBridge
+
+        call = fn module, function, args, timeout ->
+          call_snakebridge(snakebridge, module, function, args, timeout)
+        end
+
+        {:ok, %{name: "snakebridge", call: call}}
+
+      {:ok, _pid} ->
+        {:error, "SnakeBridge.Pool exited right after starting: #{inspect(flushed)}"}
+
+      other ->
+        {:error, "SnakeBridge.Pool.start_link failed: #{inspect(other)}"}
+    end
+  end
+
+  defp call_snakebridge(snakebridge, module, function, args, timeout) do
+    snakebridge.call(module, function, args, pool: :bench, timeout: timeout)
+  rescue
+    e -> {:error, e}
+  catch
+    kind, reason -> {:error, {kind, reason}}
+  end
+
+  defp flush_exits(acc) do
+    receive do
+      {:EXIT, _pid, :normal} -> flush_exits(acc)
+      {:EXIT, pid, reason} -> flush_exits([{pid, reason} | acc])
+    after
+      0 -> acc
+    end
+  end
+end
