@@ -141,7 +141,7 @@ impl Slot {
         if let Some(conn) = self.connection() {
             let _ = conn.socket.shutdown(Shutdown::Write);
         }
-        self.set_status(*self.status.lock());
+        self.status_cv.notify_all();
     }
 
     pub fn kill_process(&self) {
@@ -564,13 +564,20 @@ fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
         if !slot.wait_window(&conn, window) {
             continue;
         }
-        select! {
+        let job = select! {
             recv(shared.queue_rx) -> job => match job {
-                Ok(job) => batch.push(job),
+                Ok(job) => job,
                 Err(_) => return,
             },
             recv(shared.stop_rx) -> _ => return,
+        };
+        // Callers' direct writes may have filled the window while this
+        // thread was waiting for work.
+        if shared.stopping.load(Ordering::Acquire) || !slot.wait_window(&conn, window) {
+            shared.requeue(&mut courier, job);
+            continue;
         }
+        batch.push(job);
         let room = window.saturating_sub(conn.in_flight.load(Ordering::Acquire));
         let mut bytes = batch[0].frame.len();
         while batch.len() < room && bytes < MAX_BATCH_BYTES {

@@ -1,0 +1,314 @@
+//! The runtime against real Python worker processes.
+//!
+//! Needs the installed worker package (`priv/python`, put there by
+//! `mix compile`), or a directory named by `SNAKEBRIDGE_WORKER_PATH`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use snakebridge_protocol::{DecodeError, Message, Value};
+use snakebridge_runtime::{
+    Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Outcome, Pool, PoolConfig, Reason, Stream, WorkerEvent,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Ok(Value),
+    PythonError(String, String),
+    Failed(Failure),
+}
+
+/// Replies go to the channel the caller holds; log lines to a shared channel.
+struct TestHooks {
+    logs: Sender<(Stream, String)>,
+}
+
+impl Hooks for TestHooks {
+    type Caller = Sender<Reply>;
+    type Courier = ();
+
+    fn courier(&self) {}
+
+    fn deliver(&self, _: &mut (), caller: &Sender<Reply>, outcome: Outcome<'_>) -> Result<(), DecodeError> {
+        let reply = match outcome {
+            Outcome::Ok(bytes) => Reply::Ok(Value::decode(bytes)?),
+            Outcome::PythonError(e) => Reply::PythonError(e.exc_type, e.message),
+            Outcome::Failed(f) => Reply::Failed(f),
+        };
+        let _ = caller.send(reply);
+        Ok(())
+    }
+
+    fn log(&self, _: &mut (), _os_pid: u32, stream: Stream, line: &[u8]) {
+        let _ = self.logs.send((stream, String::from_utf8_lossy(line).into_owned()));
+    }
+
+    fn event(&self, _: &mut (), _os_pid: u32, _event: WorkerEvent) {}
+}
+
+fn worker_path() -> String {
+    let path = std::env::var("SNAKEBRIDGE_WORKER_PATH").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../priv/python")
+    });
+    assert!(
+        path.join("snakebridge_worker").is_dir(),
+        "no worker package at {path:?}: run `mix compile` first"
+    );
+    path.to_string_lossy().into_owned()
+}
+
+struct TestPool {
+    pool: Pool<TestHooks>,
+    table: Arc<CallTable<Sender<Reply>>>,
+    logs: Receiver<(Stream, String)>,
+}
+
+fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
+    let mut cfg = PoolConfig::new("python3", worker_path());
+    config(&mut cfg);
+    let (logs_tx, logs) = crossbeam_channel::unbounded();
+    let table = Arc::new(CallTable::default());
+    let pool = Pool::start("test", cfg, Arc::new(TestHooks { logs: logs_tx }), table.clone()).unwrap();
+    TestPool { pool, table, logs }
+}
+
+static IDS: AtomicU64 = AtomicU64::new(1);
+
+impl TestPool {
+    fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Receiver<Reply>, Result<(), Failure>) {
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let call = Call::new(id, tx);
+        assert!(self.table.insert(call.clone()));
+        let mut frame = Vec::new();
+        Message::Call {
+            id,
+            module: module.into(),
+            function: function.into(),
+            args,
+            kwargs: vec![],
+        }
+        .write_frame(&mut frame)
+        .unwrap();
+        (id, rx, self.pool.submit(call, frame))
+    }
+
+    fn call(&self, module: &str, function: &str, args: Vec<Value>) -> Reply {
+        let (_, rx, submitted) = self.submit(module, function, args);
+        if let Err(f) = submitted {
+            return Reply::Failed(f);
+        }
+        rx.recv_timeout(Duration::from_secs(20)).expect("a reply")
+    }
+
+    fn wait_ready(&self, workers: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = self.pool.stats();
+            let ready: Vec<u32> = stats
+                .workers
+                .iter()
+                .filter(|w| w.state == "ready")
+                .filter_map(|w| w.os_pid)
+                .collect();
+            if ready.len() >= workers {
+                return ready;
+            }
+            assert!(Instant::now() < deadline, "workers not ready: {stats:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+#[test]
+fn answers_calls_and_exceptions() {
+    let p = start(|_| {});
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+    assert_eq!(
+        p.call("operator", "truediv", vec![Value::Int(1), Value::Int(0)]),
+        Reply::PythonError("ZeroDivisionError".into(), "division by zero".into())
+    );
+    assert!(matches!(p.call("no_such_module_xyz", "f", vec![]), Reply::PythonError(t, _) if t == "ModuleNotFoundError"));
+    assert_eq!(p.call("operator", "neg", vec![Value::Int(5)]), Reply::Ok(Value::Int(-5)));
+}
+
+#[test]
+fn many_concurrent_calls_each_get_their_own_reply() {
+    let p = start(|c| c.size = 2);
+    let pending: Vec<_> = (0..2_000)
+        .map(|i| {
+            let (_, rx, submitted) = p.submit("operator", "mul", vec![Value::Int(i), Value::Int(3)]);
+            submitted.unwrap();
+            (i, rx)
+        })
+        .collect();
+    for (i, rx) in pending {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Int(i * 3)));
+    }
+    assert!(p.table.is_empty());
+}
+
+#[test]
+fn worker_output_is_forwarded_not_mixed_into_replies() {
+    let p = start(|_| {});
+    let reply = p.call("builtins", "print", vec![Value::Str("hello from python".into())]);
+    assert_eq!(reply, Reply::Ok(Value::Nil));
+    let (stream, line) = p.logs.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((stream, line.as_str()), (Stream::Stdout, "hello from python"));
+}
+
+#[test]
+fn a_dead_worker_fails_its_calls_and_is_replaced() {
+    let p = start(|c| c.size = 1);
+    let old = p.wait_ready(1)[0];
+    let (_, sleeping, submitted) = p.submit("time", "sleep", vec![Value::Float(30.0)]);
+    submitted.unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
+    match sleeping.recv_timeout(Duration::from_secs(10)).unwrap() {
+        Reply::Failed(f) => {
+            assert_eq!(f.reason, Reason::WorkerExited);
+            assert_eq!(f.os_pid, Some(old));
+            assert_eq!(f.exit, Some(ExitInfo::Signal(libc::SIGKILL)));
+        }
+        other => panic!("expected worker_exited, got {other:?}"),
+    }
+    assert_eq!(p.call("operator", "add", vec![Value::Int(2), Value::Int(2)]), Reply::Ok(Value::Int(4)));
+    let new = p.wait_ready(1)[0];
+    assert_ne!(new, old);
+    assert_eq!(p.pool.stats().workers[0].restarts, 1);
+}
+
+#[test]
+fn calls_queued_behind_a_crash_run_on_the_next_worker() {
+    let p = start(|c| c.size = 1);
+    p.wait_ready(1);
+    let (_, crashing, submitted) = p.submit("os", "_exit", vec![Value::Int(3)]);
+    submitted.unwrap();
+    let queued: Vec<_> = (0..20)
+        .map(|i| {
+            let (_, rx, s) = p.submit("operator", "add", vec![Value::Int(i), Value::Int(1)]);
+            s.unwrap();
+            (i, rx)
+        })
+        .collect();
+    match crashing.recv_timeout(Duration::from_secs(10)).unwrap() {
+        Reply::Failed(f) => assert_eq!((f.reason, f.exit), (Reason::WorkerExited, Some(ExitInfo::Status(3)))),
+        other => panic!("expected worker_exited, got {other:?}"),
+    }
+    for (i, rx) in queued {
+        match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+            Reply::Ok(v) => assert_eq!(v, Value::Int(i + 1)),
+            // Calls already written to the dead worker may have started.
+            Reply::Failed(f) => assert_eq!(f.reason, Reason::WorkerExited),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn cancelled_queued_call_never_runs_or_replies() {
+    let p = start(|c| {
+        c.size = 1;
+        c.window = 1;
+    });
+    p.wait_ready(1);
+    let (_, busy, s) = p.submit("time", "sleep", vec![Value::Float(0.3)]);
+    s.unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (id, cancelled, s) = p.submit("builtins", "print", vec![Value::Str("must not run".into())]);
+    s.unwrap();
+    assert_eq!(p.table.cancel(id, |_| true), CancelOutcome::Cancelled);
+    assert_eq!(busy.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Nil));
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
+    assert!(cancelled.recv_timeout(Duration::from_millis(200)).is_err());
+    assert!(p.logs.try_iter().all(|(_, line)| line != "must not run"));
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_at_once() {
+    let p = start(|c| {
+        c.size = 1;
+        c.window = 1;
+        c.max_queue = 2;
+    });
+    p.wait_ready(1);
+    let (_, _busy, s) = p.submit("time", "sleep", vec![Value::Float(0.5)]);
+    s.unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let results: Vec<_> = (0..5).map(|_| p.submit("operator", "add", vec![Value::Int(1), Value::Int(1)]).2).collect();
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(f) if f.reason == Reason::Overloaded))
+        .count();
+    assert!(overloaded >= 2, "{results:?}");
+}
+
+#[test]
+fn a_missing_interpreter_makes_the_pool_unavailable() {
+    let p = start(|c| {
+        c.python = "/nonexistent/python".into();
+        c.size = 2;
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]) {
+            Reply::Failed(f) if f.reason == Reason::PythonUnavailable => {
+                assert!(f.message.contains("/nonexistent/python"), "{}", f.message);
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_interpreter_that_exits_at_start_is_retried_then_reported() {
+    let p = start(|c| c.python = "false".into());
+    let reply = p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]);
+    match reply {
+        Reply::Failed(f) => {
+            assert_eq!(f.reason, Reason::PythonUnavailable);
+            assert!(f.message.contains("exited before it was ready"), "{}", f.message);
+        }
+        other => panic!("expected python_unavailable, got {other:?}"),
+    }
+    let stats = p.pool.stats();
+    assert_eq!(stats.workers[0].state, "unavailable");
+}
+
+#[test]
+fn stopping_the_pool_reaps_its_workers_and_fails_queued_calls() {
+    let p = start(|c| {
+        c.size = 2;
+        c.window = 1;
+    });
+    let pids = p.wait_ready(2);
+    let (_, first, _) = p.submit("time", "sleep", vec![Value::Float(0.2)]);
+    let (_, second, _) = p.submit("time", "sleep", vec![Value::Float(0.2)]);
+    let (_, queued, _) = p.submit("operator", "add", vec![Value::Int(1), Value::Int(1)]);
+    std::thread::sleep(Duration::from_millis(50));
+    p.pool.stop();
+    // In-flight calls finish: stopping drains them before the workers exit.
+    assert_eq!(first.recv_timeout(Duration::from_secs(1)).unwrap(), Reply::Ok(Value::Nil));
+    assert_eq!(second.recv_timeout(Duration::from_secs(1)).unwrap(), Reply::Ok(Value::Nil));
+    let reply = queued.recv_timeout(Duration::from_secs(1));
+    assert!(
+        matches!(&reply, Ok(Reply::Failed(f)) if f.reason == Reason::PythonUnavailable),
+        "{reply:?}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived stop");
+    }
+    assert!(matches!(
+        p.submit("operator", "add", vec![]).2,
+        Err(f) if f.reason == Reason::PythonUnavailable
+    ));
+}
