@@ -10,7 +10,9 @@
 //!    └────cancel──────┴──▶ CANCELLED ──▶ (removed)
 //! ```
 //!
-//! Whoever moves a call out of QUEUED/SENT owns its ending.
+//! Whoever moves a call out of QUEUED/SENT owns its ending. A delivered call
+//! leaves the table only *after* its reply was sent, so a cancel that does
+//! not find it knows the reply is already in the caller's mailbox.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -171,20 +173,15 @@ impl<C> CallTable<C> {
     }
 
     /// Claims every call written to worker `incarnation` and not yet
-    /// answered, removing them from the table; the caller delivers their
-    /// failure.
+    /// answered; the caller delivers their failure, then removes them.
     pub(crate) fn claim_sent_to(&self, incarnation: u64) -> Vec<Arc<Call<C>>> {
         let mut claimed = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.retain(|_, call| {
+            for call in shard.lock().values() {
                 if call.is_sent_to(incarnation) && call.claim_reply() {
                     claimed.push(call.clone());
-                    false
-                } else {
-                    true
                 }
-            });
+            }
         }
         claimed
     }
@@ -249,6 +246,7 @@ mod tests {
         let claimed = table.claim_sent_to(10);
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].id, 1);
-        assert_eq!(table.len(), 2);
+        assert_eq!(table.cancel(1, |_| true), CancelOutcome::Replied);
+        assert_eq!(table.cancel(2, |_| true), CancelOutcome::Cancelled);
     }
 }

@@ -68,8 +68,8 @@ impl<H: Hooks> Shared<H> {
     /// (the NIF's delivery cannot run on a BEAM thread).
     pub fn fail_job(&self, courier: &mut H::Courier, job: Job<H::Caller>, failure: Failure) {
         if job.call.claim_reply() {
-            self.table.remove(job.call.id);
             let _ = self.hooks.deliver(courier, &job.call.caller, Outcome::Failed(failure));
+            self.table.remove(job.call.id);
         }
     }
 

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -60,6 +60,7 @@ impl Connection {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Status {
     Starting,
     Ready,
@@ -69,6 +70,16 @@ enum Status {
 }
 
 impl Status {
+    fn from_u8(v: u8) -> Status {
+        match v {
+            0 => Status::Starting,
+            1 => Status::Ready,
+            2 => Status::Restarting,
+            3 => Status::Unavailable,
+            _ => Status::Stopped,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Status::Starting => "starting",
@@ -82,8 +93,10 @@ impl Status {
 
 pub(crate) struct Slot {
     index: usize,
-    status: Mutex<Status>,
-    /// Wakes the writer when the slot becomes ready or stops.
+    /// A `Status`, read lock-free on every submit.
+    status: AtomicU8,
+    /// With `status_cv`, lets the writer sleep until the slot is ready.
+    status_lock: Mutex<()>,
     status_cv: Condvar,
     connection: RwLock<Option<Arc<Connection>>>,
     /// The running process's pid, cleared under this lock before it is
@@ -101,7 +114,8 @@ impl Slot {
     pub fn new(index: usize) -> Self {
         Slot {
             index,
-            status: Mutex::new(Status::Starting),
+            status: AtomicU8::new(Status::Starting as u8),
+            status_lock: Mutex::new(()),
             status_cv: Condvar::new(),
             connection: RwLock::new(None),
             process: Mutex::new(None),
@@ -120,7 +134,7 @@ impl Slot {
     }
 
     pub fn is_unavailable(&self) -> bool {
-        *self.status.lock() == Status::Unavailable
+        self.status() == Status::Unavailable
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -131,8 +145,13 @@ impl Slot {
         *self.process.lock()
     }
 
+    fn status(&self) -> Status {
+        Status::from_u8(self.status.load(Ordering::Acquire))
+    }
+
     fn set_status(&self, status: Status) {
-        *self.status.lock() = status;
+        let _guard = self.status_lock.lock();
+        self.status.store(status as u8, Ordering::Release);
         self.status_cv.notify_all();
     }
 
@@ -141,6 +160,7 @@ impl Slot {
         if let Some(conn) = self.connection() {
             let _ = conn.socket.shutdown(Shutdown::Write);
         }
+        let _guard = self.status_lock.lock();
         self.status_cv.notify_all();
     }
 
@@ -156,7 +176,7 @@ impl Slot {
         let os_pid = self.os_pid();
         WorkerStats {
             os_pid,
-            state: self.status.lock().name(),
+            state: self.status().name(),
             in_flight: self.connection().map_or(0, |c| c.in_flight.load(Ordering::Relaxed)),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -168,17 +188,17 @@ impl Slot {
     /// Blocks the writer until the slot has a ready worker; None once the
     /// pool stops.
     fn wait_ready<H: Hooks>(&self, shared: &Shared<H>) -> Option<Arc<Connection>> {
-        let mut status = self.status.lock();
+        let mut guard = self.status_lock.lock();
         loop {
             if shared.stopping.load(Ordering::Acquire) {
                 return None;
             }
-            if *status == Status::Ready {
+            if self.status() == Status::Ready {
                 if let Some(conn) = self.connection() {
                     return Some(conn);
                 }
             }
-            self.status_cv.wait_for(&mut status, Duration::from_millis(200));
+            self.status_cv.wait_for(&mut guard, Duration::from_millis(200));
         }
     }
 
@@ -459,8 +479,9 @@ fn route_reply<H: Hooks>(
     if !call.claim_reply() {
         return Ok(());
     }
+    let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
     shared.table.remove(header.id);
-    shared.hooks.deliver(courier, &call.caller, outcome)
+    delivered
 }
 
 /// Waits for the worker to exit, killing it after `timeout`.
@@ -509,6 +530,7 @@ fn fail_sent_calls<H: Hooks>(
             exit: Some(exit),
         };
         let _ = shared.hooks.deliver(courier, &call.caller, Outcome::Failed(failure));
+        shared.table.remove(call.id);
     }
 }
 
