@@ -31,14 +31,21 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
     stamp_path = Path.join(root, @stamp)
     fingerprint = fingerprint(root)
 
-    if "--force" not in args and up_to_date?(root, stamp_path, fingerprint) do
-      {:noop, []}
-    else
-      cargo_build!(root)
-      install!(root)
-      File.write!(stamp_path, fingerprint)
-      {:ok, []}
-    end
+    result =
+      if "--force" not in args and up_to_date?(root, stamp_path, fingerprint) do
+        :noop
+      else
+        cargo_build!(root)
+        install!(root)
+        File.write!(stamp_path, fingerprint)
+        :ok
+      end
+
+    # Mix links _build/<env>/lib/snakebridge/priv to priv/ before the
+    # compilers run, and only when priv/ exists: on a fresh clone it is this
+    # task that creates priv/, so link it now or the NIF would not be found.
+    Mix.Project.build_structure()
+    {result, []}
   end
 
   @impl Mix.Task.Compiler
