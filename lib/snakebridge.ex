@@ -109,8 +109,21 @@ defmodule SnakeBridge do
   """
   @spec call(SnakeBridge.Types.name(), SnakeBridge.Types.name(), list(), [call_option()]) ::
           SnakeBridge.Types.result()
-  def call(module, function, args \\ [], opts \\ []) do
-    {timeout, opts} = Keyword.pop(opts, :timeout, @default_timeout)
+  def call(module, function, args \\ [], opts \\ [])
+
+  def call(module, function, args, []) do
+    case Native.call_async(module, function, args) do
+      {:ok, ref} -> await(ref, @default_timeout)
+      {:error, _} = error -> error
+    end
+  end
+
+  def call(module, function, args, opts) do
+    {timeout, opts} =
+      opts
+      |> Keyword.validate!([:kwargs, :pool, timeout: @default_timeout])
+      |> Keyword.pop!(:timeout)
+
     validate_timeout!(timeout)
 
     case Native.call_async(module, function, args, opts) do
