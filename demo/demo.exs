@@ -1,6 +1,9 @@
 # A few calls from Elixir into Python: `make demo` (or `mix run demo/demo.exs`).
 
-show = fn label, result -> IO.puts(String.pad_trailing(label, 44) <> " " <> inspect(result)) end
+require Logger
+Logger.configure(level: :info)
+
+show = fn label, result -> IO.puts(String.pad_trailing(label, 48) <> " " <> inspect(result)) end
 
 show.(~s|call("math", "sqrt", [2.0])|, SnakeBridge.call("math", "sqrt", [2.0]))
 show.(~s|call(:math, :factorial, [30])|, SnakeBridge.call(:math, :factorial, [30]))
