@@ -1,0 +1,98 @@
+//! `snakebridge_worker._native`: the Python worker's hot path, in Rust.
+//!
+//! - [`dumps`] / [`loads`]: the value codec (`encode` / `decode`), the same
+//!   wire format the host speaks, via the protocol crate.
+//! - [`serve`]: the worker loop (`worker`), reading calls from the protocol
+//!   socket and writing replies (`fd`).
+
+mod decode;
+mod encode;
+mod fd;
+mod worker;
+
+use std::os::fd::RawFd;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use snakebridge_protocol::{decode_value, DecodeError as WireDecodeError, MAX_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION};
+
+create_exception!(
+    snakebridge_worker._native,
+    ProtocolError,
+    PyException,
+    "The host sent bytes that are not a valid frame; the worker cannot go on."
+);
+create_exception!(
+    snakebridge_worker._native,
+    EncodeError,
+    PyValueError,
+    "A value has no wire form. `reason` is unsupported_type, nesting_too_deep or payload_too_large."
+);
+create_exception!(
+    snakebridge_worker._native,
+    DecodeError,
+    PyValueError,
+    "Bytes that are not one valid value, or a value Python cannot hold."
+);
+
+/// Encodes a Python value into the wire format (msgpack plus extensions).
+#[pyfunction]
+fn dumps<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let py = obj.py();
+    let mut out = Vec::new();
+    match encode::Encoder::new(&mut out, 0).encode(obj, 0) {
+        Ok(()) => Ok(PyBytes::new(py, &out)),
+        Err(failure) => {
+            let err = EncodeError::new_err(failure.message("value"));
+            err.value(py).setattr("reason", failure.reason())?;
+            Err(err)
+        }
+    }
+}
+
+/// Decodes exactly one wire value into Python objects.
+#[pyfunction]
+fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let mut input = data;
+    let value = decode_value(&mut input, &mut decode::PyBuilder::new(py), 0).map_err(|e| match e {
+        decode::BuildError::Decode(e) => DecodeError::new_err(e.to_string()),
+        decode::BuildError::Py(e) => {
+            let err = DecodeError::new_err(format!("cannot build the value in Python: {e}"));
+            err.set_cause(py, Some(e));
+            err
+        }
+    })?;
+    if !input.is_empty() {
+        return Err(DecodeError::new_err(WireDecodeError::TrailingBytes(input.len()).to_string()));
+    }
+    Ok(value)
+}
+
+/// Serves the protocol on socket `fd` until the host closes it.
+///
+/// `resolve(module, function)` returns the callable for a call (results are
+/// cached); `describe(exc)` returns `(type, module, message, traceback_lines)`
+/// for an exception. Returns on EOF; raises `ProtocolError` on a malformed
+/// frame.
+#[pyfunction]
+fn serve(py: Python<'_>, fd: RawFd, resolve: Bound<'_, PyAny>, describe: Bound<'_, PyAny>) -> PyResult<()> {
+    worker::serve(py, fd, resolve, describe)
+}
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_function(wrap_pyfunction!(dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(loads, m)?)?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
+    m.add("EncodeError", py.get_type::<EncodeError>())?;
+    m.add("DecodeError", py.get_type::<DecodeError>())?;
+    m.add("PROTOCOL_VERSION", PROTOCOL_VERSION)?;
+    m.add("MAX_DEPTH", MAX_DEPTH)?;
+    m.add("MAX_FRAME_LEN", MAX_FRAME_LEN)?;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Wire values → Python objects, through the protocol crate's [`Builder`].
+//!
+//! nil → `None`, bool → `bool`, ints and bigints → `int`, float → `float`,
+//! str → `str`, bin → `bytes`, array → `list`, ext 2 → `tuple`, map → `dict`,
+//! ext 3 → `set`, or `frozenset` where it must be hashable: as a dict key or a
+//! set element (also inside a tuple used that way).
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+use snakebridge_protocol::{Builder, DecodeError};
+
+/// Malformed bytes are a protocol error; a well-formed value that Python
+/// cannot hold (a list used as a dict key) is the caller's problem.
+#[derive(Debug)]
+pub(crate) enum BuildError {
+    Decode(DecodeError),
+    Py(PyErr),
+}
+
+impl From<DecodeError> for BuildError {
+    fn from(e: DecodeError) -> Self {
+        BuildError::Decode(e)
+    }
+}
+
+impl From<PyErr> for BuildError {
+    fn from(e: PyErr) -> Self {
+        BuildError::Py(e)
+    }
+}
+
+pub(crate) struct PyBuilder<'py> {
+    py: Python<'py>,
+}
+
+impl<'py> PyBuilder<'py> {
+    pub(crate) fn new(py: Python<'py>) -> Self {
+        PyBuilder { py }
+    }
+}
+
+impl<'py> Builder for PyBuilder<'py> {
+    type Value = Bound<'py, PyAny>;
+    type Error = BuildError;
+
+    fn nil(&mut self) -> Result<Self::Value, BuildError> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+
+    fn bool(&mut self, v: bool) -> Result<Self::Value, BuildError> {
+        Ok(PyBool::new(self.py, v).to_owned().into_any())
+    }
+
+    fn int(&mut self, v: i64) -> Result<Self::Value, BuildError> {
+        Ok(PyInt::new(self.py, v).into_any())
+    }
+
+    fn uint(&mut self, v: u64) -> Result<Self::Value, BuildError> {
+        Ok(PyInt::new(self.py, v).into_any())
+    }
+
+    /// Rare, so it goes through `int.from_bytes` (`_PyLong_FromByteArray` is
+    /// not in the stable ABI).
+    fn bigint(&mut self, negative: bool, magnitude_le: &[u8]) -> Result<Self::Value, BuildError> {
+        let int = self.py.get_type::<PyInt>();
+        let magnitude = int.call_method1("from_bytes", (PyBytes::new(self.py, magnitude_le), "little"))?;
+        Ok(if negative { magnitude.neg()? } else { magnitude })
+    }
+
+    fn float(&mut self, v: f64) -> Result<Self::Value, BuildError> {
+        Ok(PyFloat::new(self.py, v).into_any())
+    }
+
+    fn str(&mut self, v: &str) -> Result<Self::Value, BuildError> {
+        Ok(PyString::new(self.py, v).into_any())
+    }
+
+    fn bin(&mut self, v: &[u8]) -> Result<Self::Value, BuildError> {
+        Ok(PyBytes::new(self.py, v).into_any())
+    }
+
+    fn list(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, BuildError> {
+        Ok(PyList::new(self.py, items)?.into_any())
+    }
+
+    fn tuple(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, BuildError> {
+        Ok(PyTuple::new(self.py, items)?.into_any())
+    }
+
+    fn set(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, BuildError> {
+        let set = PySet::empty(self.py)?;
+        for item in items {
+            set.add(hashable(item)?)?;
+        }
+        Ok(set.into_any())
+    }
+
+    fn map(&mut self, pairs: Vec<(Self::Value, Self::Value)>) -> Result<Self::Value, BuildError> {
+        let dict = PyDict::new(self.py);
+        for (key, value) in pairs {
+            dict.set_item(hashable(key)?, value)?;
+        }
+        Ok(dict.into_any())
+    }
+}
+
+/// Turns sets (also inside tuples) into frozensets, so a value built bottom-up
+/// as a `set` can still be a dict key or a set element. Returns `obj` itself
+/// when nothing needs freezing; lists and dicts stay unhashable and fail at
+/// insertion with Python's own `TypeError`.
+fn hashable(obj: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    let ptr = obj.as_ptr();
+    // SAFETY: type checks on a live object.
+    let (is_set, is_tuple) = unsafe {
+        let ty = ffi::Py_TYPE(ptr);
+        (ty == &raw mut ffi::PySet_Type, ty == &raw mut ffi::PyTuple_Type)
+    };
+    if is_set {
+        // Elements are already hashable: `set` above froze them.
+        return Ok(PyFrozenSet::new(obj.py(), obj.try_iter()?.collect::<PyResult<Vec<_>>>()?)?.into_any());
+    }
+    if is_tuple {
+        // SAFETY: just checked that it is exactly a tuple.
+        let tuple = unsafe { obj.cast_unchecked::<PyTuple>() };
+        let mut frozen: Option<Vec<Bound<'_, PyAny>>> = None;
+        for (i, item) in tuple.iter().enumerate() {
+            let item_ptr = item.as_ptr();
+            let new = hashable(item)?;
+            match &mut frozen {
+                Some(items) => items.push(new),
+                None if new.as_ptr() != item_ptr => {
+                    let mut items: Vec<_> = tuple.iter().take(i).collect();
+                    items.push(new);
+                    frozen = Some(items);
+                }
+                None => {}
+            }
+        }
+        return match frozen {
+            Some(items) => Ok(PyTuple::new(obj.py(), items)?.into_any()),
+            None => Ok(obj),
+        };
+    }
+    Ok(obj)
+}
+
+/// Builds the Python error for a kwargs key that is not a string.
+pub(crate) fn non_string_keyword(key: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "keyword argument names must be strings, got Python type {}",
+        crate::encode::type_name(key)
+    ))
+}

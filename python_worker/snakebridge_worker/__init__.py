@@ -1,0 +1,8 @@
+"""SnakeBridge's Python worker.
+
+Started by the Elixir host as ``python -m snakebridge_worker --fd N``; it
+answers calls on that socket until the host closes it. The protocol loop and
+the value codec live in the native module ``snakebridge_worker._native``;
+``snakebridge_worker.dispatch`` says how a call finds its function and how an
+exception is reported.
+"""

@@ -1,0 +1,32 @@
+"""``python -m snakebridge_worker --fd N``: serve calls on socket ``N``.
+
+Exits 0 when the host closes the socket, 2 when it sends a malformed frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from snakebridge_worker import _native
+from snakebridge_worker.dispatch import describe, resolve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m snakebridge_worker", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the protocol socket's file descriptor")
+    args = parser.parse_args(argv)
+    # Subprocesses started by user code must not inherit the channel, or the
+    # host would not see EOF when this process dies.
+    os.set_inheritable(args.fd, False)
+    try:
+        _native.serve(args.fd, resolve, describe)
+    except _native.ProtocolError as exc:
+        print(f"snakebridge_worker: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Runs real workers (``python -m snakebridge_worker --fd N``) over real socketpairs.
+
+The worker under test is the installed one in ``<repo>/priv/python``, built
+and copied there by ``mix compile`` (or by hand, see INSTALL_HINT).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parents[1]
+PRIV_PYTHON = REPO / "priv" / "python"
+
+INSTALL_HINT = f"""\
+snakebridge_worker._native is not installed in {PRIV_PYTHON}.
+Run `mix compile`, or install by hand from {REPO}:
+    cargo build --release -p snakebridge_py
+    rm -rf priv/python && mkdir -p priv/python/snakebridge_worker
+    cp python_worker/snakebridge_worker/*.py priv/python/snakebridge_worker/
+    cp target/release/libsnakebridge_py.so priv/python/snakebridge_worker/_native.abi3.so"""
+
+if not list((PRIV_PYTHON / "snakebridge_worker").glob("_native*.so")):
+    pytest.exit(INSTALL_HINT, returncode=1)
+
+# Ahead of the current directory, so the source package (which has no
+# _native) never shadows the installed one.
+sys.path.insert(0, str(PRIV_PYTHON))
+
+from snakebridge_worker import _native  # noqa: E402
+
+CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG = 1, 2, 3, 4, 5, 6, 7
+TIMEOUT = 20.0
+
+
+def frame(message: Any) -> bytes:
+    """A frame holding ``message``; a Python list encodes as the msgpack array a message is."""
+    return frame_body(_native.dumps(message))
+
+
+def frame_body(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def call_frame(call_id: int, module: str, function: str, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+    """A call frame written field by field, as the host does: the arguments
+    list is a value of its own (depth 0), not nested inside the message."""
+    dumps = _native.dumps
+    return frame_body(b"\x96" + dumps(CALL) + dumps(call_id) + dumps(module) + dumps(function) + dumps(args) + dumps(kwargs))
+
+
+class Worker:
+    """One worker process, spoken to like the host does."""
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TESTS_DIR)])
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakebridge_worker", "--fd", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=TESTS_DIR,
+        )
+        self.fd = child.fileno()  # the same number in the worker
+        child.close()
+        self.sock = parent
+        self.sock.settimeout(TIMEOUT)
+        self.closed = False
+        self.buffer = bytearray()
+        self.next_id = 1
+        # Drained continuously, like the host does, so a chatty worker never
+        # blocks on a full pipe.
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+        try:
+            self.hello = self.recv()
+        except BaseException:
+            self.kill()
+            raise
+
+    @staticmethod
+    def _drain(pipe: Any, lines: list[str]) -> None:
+        for line in pipe:
+            lines.append(line.decode("utf-8", "replace"))
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def send(self, message: Any) -> None:
+        self.sock.sendall(frame(message))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> list[Any]:
+        return _native.loads(self.recv_body())
+
+    def recv_body(self) -> bytes:
+        (length,) = struct.unpack(">I", self._read_exactly(4))
+        return self._read_exactly(length)
+
+    def _read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError(f"worker closed the socket; stderr: {''.join(self.stderr)}")
+            self.buffer += chunk
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    def call(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> list[Any]:
+        call_id = self.new_id()
+        self.send_raw(call_frame(call_id, module, function, args or [], kwargs or {}))
+        reply = self.recv()
+        assert reply[1] == call_id, reply
+        return reply
+
+    def ok(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
+        reply = self.call(module, function, args, kwargs)
+        assert reply[0] == OK, reply
+        return reply[2]
+
+    def close(self) -> int:
+        """Closes the host's end; returns the worker's exit status."""
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+        status = self.proc.wait(timeout=TIMEOUT)
+        for reader in self.readers:
+            reader.join(timeout=TIMEOUT)
+        return status
+
+    def wait(self) -> int:
+        """Waits for the worker to exit on its own (socket left open)."""
+        status = self.proc.wait(timeout=TIMEOUT)
+        for reader in self.readers:
+            reader.join(timeout=TIMEOUT)
+        return status
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    w = Worker()
+    try:
+        yield w
+    finally:
+        w.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_worker() -> Iterator[Worker]:
+    """One worker for many independent calls (round-trip tables)."""
+    w = Worker()
+    try:
+        yield w
+    finally:
+        w.kill()
+
+
+def assert_same(expected: Any, actual: Any, path: str = "value") -> None:
+    """Equal and of exactly the same types, all the way down (NaN equals NaN)."""
+    assert type(actual) is type(expected), f"{path}: {type(actual).__name__} != {type(expected).__name__} ({actual!r})"
+    if isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(actual), path
+    elif isinstance(expected, float):
+        assert actual == expected and math.copysign(1, actual) == math.copysign(1, expected), f"{path}: {actual!r}"
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), path
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_same(e, a, f"{path}[{i}]")
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected), path
+        for ek, ak in zip(expected, actual):
+            assert_same(ek, ak, f"{path} key {ek!r}")
+            assert_same(expected[ek], actual[ak], f"{path}[{ek!r}]")
+    elif isinstance(expected, (set, frozenset)):
+        assert actual == expected, path
+        elements = {a: a for a in actual}
+        for e in expected:
+            assert_same(e, elements[e], f"{path} element {e!r}")
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
