@@ -237,6 +237,12 @@ pub trait Builder {
     fn tuple(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
     fn set(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
     fn map(&mut self, pairs: Vec<(Self::Value, Self::Value)>) -> Result<Self::Value, Self::Error>;
+
+    /// A string that is a map key. Keys repeat across messages far more than
+    /// other strings do, so a builder may cache what it makes of them.
+    fn key_str(&mut self, v: &str) -> Result<Self::Value, Self::Error> {
+        self.str(v)
+    }
 }
 
 /// Builds [`Value`]s.
@@ -430,11 +436,36 @@ fn decode_map<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth:
     }
     let mut pairs = Vec::with_capacity(len);
     for _ in 0..len {
-        let k = decode_value(input, builder, depth + 1)?;
+        let k = match str_len(input)? {
+            Some((header, len)) => {
+                take(input, header)?;
+                let bytes = take(input, len)?;
+                builder.key_str(std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?)?
+            }
+            None => decode_value(input, builder, depth + 1)?,
+        };
         let v = decode_value(input, builder, depth + 1)?;
         pairs.push((k, v));
     }
     builder.map(pairs)
+}
+
+/// If `input` starts with a string, the size of its header and its length.
+fn str_len(input: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let Some(&first) = input.first() else {
+        return Err(DecodeError::Truncated);
+    };
+    let be = |n: usize| -> Result<usize, DecodeError> {
+        let bytes = input.get(1..1 + n).ok_or(DecodeError::Truncated)?;
+        Ok(bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize))
+    };
+    Ok(match Marker::from_u8(first) {
+        Marker::FixStr(len) => Some((1, len as usize)),
+        Marker::Str8 => Some((2, be(1)?)),
+        Marker::Str16 => Some((3, be(2)?)),
+        Marker::Str32 => Some((5, be(4)?)),
+        _ => None,
+    })
 }
 
 fn decode_ext<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth: usize) -> Result<B::Value, B::Error> {

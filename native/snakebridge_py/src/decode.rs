@@ -5,6 +5,10 @@
 //! ext 3 → `set`, or `frozenset` where it must be hashable: as a dict key or a
 //! set element (also inside a tuple used that way).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -28,6 +32,42 @@ impl From<DecodeError> for BuildError {
 impl From<PyErr> for BuildError {
     fn from(e: PyErr) -> Self {
         BuildError::Py(e)
+    }
+}
+
+/// Longest map key kept in [`KEYS`].
+const MAX_CACHED_KEY: usize = 64;
+/// Keys remembered before the cache starts over, bounding its memory.
+const MAX_CACHED_KEYS: usize = 4096;
+
+thread_local! {
+    /// `str` objects for recently decoded map keys. Only the thread running
+    /// the worker loop (holding the GIL) decodes, so no lock is needed.
+    static KEYS: RefCell<HashMap<Box<[u8]>, Py<PyString>, BuildHasherDefault<KeyHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// A multiply-rotate hash (FxHash's): keys are short and come from the host,
+/// not an adversary who could exploit collisions beyond slowing one worker,
+/// and SipHash would cost more than the lookup saves.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
     }
 }
 
@@ -95,6 +135,26 @@ impl<'py> Builder for PyBuilder<'py> {
             set.add(hashable(item)?)?;
         }
         Ok(set.into_any())
+    }
+
+    /// Records sent again and again carry the same keys: reusing one `str`
+    /// per key skips creating it and, since a `str` caches its hash,
+    /// hashing it again on every dict insertion.
+    fn key_str(&mut self, v: &str) -> Result<Self::Value, BuildError> {
+        if v.len() > MAX_CACHED_KEY {
+            return self.str(v);
+        }
+        KEYS.with_borrow_mut(|keys| {
+            if let Some(key) = keys.get(v.as_bytes()) {
+                return Ok(key.bind(self.py).clone().into_any());
+            }
+            if keys.len() >= MAX_CACHED_KEYS {
+                keys.clear();
+            }
+            let key = PyString::new(self.py, v);
+            keys.insert(v.as_bytes().into(), key.clone().unbind());
+            Ok(key.into_any())
+        })
     }
 
     fn map(&mut self, pairs: Vec<(Self::Value, Self::Value)>) -> Result<Self::Value, BuildError> {
