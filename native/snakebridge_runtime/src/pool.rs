@@ -15,8 +15,8 @@ use crate::slot::{self, Slot};
 use crate::socket;
 use crate::stats::PoolStats;
 
-/// Frames up to this size may be written by the caller itself when a worker
-/// is idle: they fit the socket buffer, so the write cannot block.
+/// Frames up to this size may be written by the caller itself: well under
+/// half the socket buffer, so the kernel takes them whole or not at all.
 const DIRECT_MAX: usize = 64 * 1024;
 
 /// A call waiting for a worker, with its encoded frame.
@@ -139,12 +139,13 @@ impl<H: Hooks> Pool<H> {
 
     /// Sends `call` (already in the call table) with its encoded `frame`.
     ///
-    /// When nothing is queued and a worker is idle, the frame is written to
-    /// that worker's socket right here, in the caller's thread: one wake-up
-    /// fewer than handing it to the writer thread, which is most of a small
-    /// call's latency. Otherwise the call joins the queue, where writers take
-    /// it in batches. On error the call is removed from the table and no
-    /// reply will come.
+    /// When nothing is queued, the frame is written to the least busy
+    /// worker's socket right here, in the caller's thread: waking a writer
+    /// thread instead costs a context switch per hand-off, which on a small
+    /// machine is most of a small call's cost. The call joins the queue
+    /// (where writer threads take calls in batches) only when every worker's
+    /// window is full, its socket busy, or the frame large. On error the
+    /// call is removed from the table and no reply will come.
     pub fn submit(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
         let shared = &self.shared;
         let refused = if shared.stopping.load(Ordering::Acquire) {
@@ -170,24 +171,25 @@ impl<H: Hooks> Pool<H> {
         }
     }
 
-    /// Writes the frame to an idle worker without blocking. False when no
-    /// worker could take it that way.
+    /// Writes the frame to a worker with room in its window, without
+    /// blocking. False when no worker could take it that way.
     fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
         let slots = &self.shared.slots;
+        let window = self.shared.config.window;
         let first = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
-        for i in 0..slots.len() {
-            let Some(conn) = slots[(first + i) % slots.len()].connection() else {
-                continue;
-            };
-            if conn.in_flight.load(Ordering::Acquire) != 0 {
-                continue;
-            }
-            // Never wait for the lock: if the writer thread holds it, it is
-            // busy with this worker anyway.
+        let mut candidates: Vec<_> = (0..slots.len())
+            .filter_map(|i| slots[(first + i) % slots.len()].connection())
+            .map(|conn| (conn.in_flight.load(Ordering::Acquire), conn))
+            .filter(|(in_flight, _)| *in_flight < window)
+            .collect();
+        candidates.sort_by_key(|(in_flight, _)| *in_flight);
+        for (_, conn) in candidates {
+            // Never wait for the lock: its holder is writing to this worker
+            // already, and the call can queue for it instead.
             let Some(_guard) = conn.write_lock.try_lock() else {
                 continue;
             };
-            if conn.in_flight.load(Ordering::Acquire) != 0 || conn.is_dead() {
+            if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_dead() {
                 continue;
             }
             if !call.mark_sent(conn.incarnation) {
@@ -203,10 +205,12 @@ impl<H: Hooks> Pool<H> {
                     }
                 }
                 Ok(n) => {
-                    // Part of the frame is out, so the rest must follow
-                    // before anything else. The worker is idle and reading,
-                    // so this drains at once; if the worker dies instead,
-                    // the call fails with it like any call it was sent.
+                    // A Unix stream socket sends a frame this small as one
+                    // buffer, all or nothing; should the kernel ever split
+                    // it, the rest must follow before any other frame. The
+                    // worker is reading (its window has room), so this
+                    // drains promptly, and if it dies instead, the call
+                    // fails with it like any call it was sent.
                     let mut rest = [std::io::IoSlice::new(&frame[n..])];
                     let _ = socket::send_all(conn.fd(), &mut rest);
                     return true;
