@@ -112,7 +112,7 @@ defmodule SnakeBridge do
   def call(module, function, args \\ [], opts \\ [])
 
   def call(module, function, args, []) do
-    case Native.call_async(module, function, args) do
+    case Native.start_call(module, function, args, [], @default_timeout) do
       {:ok, ref} -> await(ref, @default_timeout)
       {:error, _} = error -> error
     end
@@ -126,7 +126,7 @@ defmodule SnakeBridge do
 
     validate_timeout!(timeout)
 
-    case Native.call_async(module, function, args, opts) do
+    case Native.start_call(module, function, args, opts, timeout) do
       {:ok, ref} -> await(ref, timeout)
       {:error, _} = error -> error
     end

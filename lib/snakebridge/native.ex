@@ -58,11 +58,17 @@ defmodule SnakeBridge.Native do
           {:ok, reference()} | {:error, SnakeBridge.Error.t()}
   def call_async(module, function, args \\ [], opts \\ [])
 
-  def call_async(module, function, args, []) do
-    submit(:default, name!(module, :module), name!(function, :function), args!(args), [])
+  def call_async(module, function, args, opts), do: start_call(module, function, args, opts, :infinity)
+
+  # call_async/4 with a deadline: the worker skips the call instead of
+  # starting it once `timeout` milliseconds have passed. Used by
+  # SnakeBridge.call/4.
+  @doc false
+  def start_call(module, function, args, [], timeout) do
+    submit(:default, name!(module, :module), name!(function, :function), args!(args), [], timeout)
   end
 
-  def call_async(module, function, args, opts) do
+  def start_call(module, function, args, opts, timeout) do
     opts = Keyword.validate!(opts, kwargs: [], pool: :default)
     pool = opts[:pool]
 
@@ -75,16 +81,17 @@ defmodule SnakeBridge.Native do
       name!(module, :module),
       name!(function, :function),
       args!(args),
-      kwargs!(opts[:kwargs])
+      kwargs!(opts[:kwargs]),
+      timeout
     )
   end
 
-  defp submit(pool, module, function, args, kwargs) do
+  defp submit(pool, module, function, args, kwargs, timeout) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
-    case NIF.submit(pool, module, function, args, kwargs) do
-      :dirty -> NIF.submit_dirty(pool, module, function, args, kwargs)
+    case NIF.submit(pool, module, function, args, kwargs, timeout) do
+      :dirty -> NIF.submit_dirty(pool, module, function, args, kwargs, timeout)
       result -> result
     end
   end

@@ -15,7 +15,12 @@ defmodule SnakeBridge.NIF do
 
       priv ->
         # No extension: load_nif/2 appends the platform's own (.so).
-        :erlang.load_nif(:filename.join(priv, ~c"native/libsnakebridge_nif"), 0)
+        # The MapSet struct's fields other than :map tell the NIF how this
+        # Elixir version builds sets.
+        :erlang.load_nif(
+          :filename.join(priv, ~c"native/libsnakebridge_nif"),
+          Map.drop(MapSet.new(), [:__struct__, :map])
+        )
     end
   end
 
@@ -26,10 +31,11 @@ defmodule SnakeBridge.NIF do
   def pool_stop(_pool), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit(_pool, _module, _function, _args, _kwargs), do: :erlang.nif_error(:nif_not_loaded)
+  def submit(_pool, _module, _function, _args, _kwargs, _timeout),
+    do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit_dirty(_pool, _module, _function, _args, _kwargs),
+  def submit_dirty(_pool, _module, _function, _args, _kwargs, _timeout),
     do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

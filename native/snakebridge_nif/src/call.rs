@@ -24,8 +24,16 @@ const ID_OFFSET: usize = 4 + 1 + 1 + 1;
 /// the arguments are too big for that, and the caller retries with
 /// [`submit_dirty`].
 #[rustler::nif]
-fn submit<'a>(env: Env<'a>, pool: Atom, module: Binary, function: Binary, positional: Term<'a>, kwargs: Term<'a>) -> NifResult<Term<'a>> {
-    submit_call(env, pool, module, function, positional, kwargs, NORMAL_BUDGET)
+fn submit<'a>(
+    env: Env<'a>,
+    pool: Atom,
+    module: Binary,
+    function: Binary,
+    positional: Term<'a>,
+    kwargs: Term<'a>,
+    timeout: Term<'a>,
+) -> NifResult<Term<'a>> {
+    submit_call(env, pool, module, function, positional, kwargs, timeout, NORMAL_BUDGET)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -36,8 +44,9 @@ fn submit_dirty<'a>(
     function: Binary,
     positional: Term<'a>,
     kwargs: Term<'a>,
+    timeout: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    submit_call(env, pool, module, function, positional, kwargs, usize::MAX)
+    submit_call(env, pool, module, function, positional, kwargs, timeout, usize::MAX)
 }
 
 fn submit_call<'a>(
@@ -47,8 +56,10 @@ fn submit_call<'a>(
     function: Binary,
     positional: Term<'a>,
     kwargs: Term<'a>,
+    timeout: Term<'a>,
     budget: usize,
 ) -> NifResult<Term<'a>> {
+    let deadline = deadline_after(timeout)?;
     let Some(pool) = lookup(pool_name) else {
         return Ok(not_found(env, pool_name));
     };
@@ -58,9 +69,11 @@ fn submit_call<'a>(
 
     let mut frame = Vec::with_capacity(128);
     let start = FrameWriter::begin(&mut frame);
-    // [1, id, module, function, args, kwargs], with the id as a fixed-width
-    // uint64 so it can be filled in once the call has its reference.
-    frame.extend_from_slice(&[0x96, Kind::Call as u8, 0xcf, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // [1, id, deadline, module, function, args, kwargs], with the id as a
+    // fixed-width uint64 so it can be filled in once the call has its
+    // reference.
+    frame.extend_from_slice(&[0x97, Kind::Call as u8, 0xcf, 0, 0, 0, 0, 0, 0, 0, 0]);
+    snakebridge_protocol::value::write_u64(&mut frame, deadline);
     let encoded = (|| {
         let names = |e: snakebridge_protocol::EncodeError| (EncodeError::from(e), "");
         snakebridge_protocol::value::write_str(&mut frame, module).map_err(names)?;
@@ -98,6 +111,20 @@ fn submit_call<'a>(
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),
         Err(failure) => Ok((atoms::error(), errors::failure(env, &failure)).encode(env)),
     }
+}
+
+/// The protocol's deadline for a call that may take `timeout` (milliseconds
+/// or `:infinity`): `CLOCK_MONOTONIC` microseconds, 0 for none.
+fn deadline_after(timeout: Term) -> NifResult<u64> {
+    if timeout.is_atom() {
+        return if timeout == atoms::infinity().to_term(timeout.get_env()) {
+            Ok(0)
+        } else {
+            Err(rustler::Error::BadArg)
+        };
+    }
+    let ms: u64 = timeout.decode()?;
+    Ok(snakebridge_runtime::monotonic_micros().saturating_add(ms.saturating_mul(1000)).max(1))
 }
 
 /// A call's id is a hash of its reference, so `cancel/1` finds it from the

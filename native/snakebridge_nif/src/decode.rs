@@ -1,10 +1,28 @@
 //! msgpack → BEAM terms, built in the runtime thread's own environment.
 
+use std::sync::OnceLock;
+
 use rustler::types::tuple::make_tuple;
 use rustler::{Encoder, Env, NewBinary, Term};
 use snakebridge_protocol::{Builder, DecodeError};
 
 use crate::atoms;
+
+/// Largest map built in one `enif_make_map_from_arrays` (see `map`).
+const MAX_MAP_FROM_ARRAYS: usize = 32;
+
+/// Fields of `%MapSet{}` besides `:map` (Elixir 1.14 has `version: 2`, later
+/// versions none), with integer values, learned from the Elixir side when the
+/// NIF loads so built sets equal `MapSet.new/1`'s.
+static MAPSET_FIELDS: OnceLock<Vec<(String, i64)>> = OnceLock::new();
+
+pub fn set_mapset_fields(fields: Vec<(String, i64)>) {
+    let _ = MAPSET_FIELDS.set(fields);
+}
+
+fn mapset_fields() -> &'static [(String, i64)] {
+    MAPSET_FIELDS.get().map_or(&[], Vec::as_slice)
+}
 
 pub struct TermBuilder<'a> {
     pub env: Env<'a>,
@@ -81,31 +99,41 @@ impl<'a> Builder for TermBuilder<'a> {
     }
 
     fn set(&mut self, items: Vec<Term<'a>>) -> Result<Term<'a>, DecodeError> {
-        // %MapSet{map: %{element => []}}, the representation MapSet uses.
+        // %MapSet{map: %{element => []}}, plus whatever other fields this
+        // Elixir's MapSet struct has (see `mapset_fields`).
         let empty = Vec::<Term>::new().encode(self.env);
         let mut inner = Term::map_new(self.env);
         for item in items {
             inner = inner.map_put(item, empty).map_err(|_| DecodeError::Invalid("bad set".into()))?;
         }
-        let keys = [atoms::struct_().encode(self.env), atoms::map().encode(self.env)];
-        let values = [atoms::mapset().encode(self.env), inner];
-        Term::map_from_term_arrays(self.env, &keys, &values).map_err(|_| DecodeError::Invalid("bad set".into()))
+        let mut set = Term::map_new(self.env)
+            .map_put(atoms::struct_(), atoms::mapset())
+            .and_then(|m| m.map_put(atoms::map(), inner))
+            .map_err(|_| DecodeError::Invalid("bad set".into()))?;
+        for (field, value) in mapset_fields() {
+            let key = rustler::Atom::from_str(self.env, field).map_err(|_| DecodeError::Invalid("bad set".into()))?;
+            set = set.map_put(key, *value).map_err(|_| DecodeError::Invalid("bad set".into()))?;
+        }
+        Ok(set)
     }
 
     fn map(&mut self, pairs: Vec<(Term<'a>, Term<'a>)>) -> Result<Term<'a>, DecodeError> {
-        let (keys, values): (Vec<Term<'a>>, Vec<Term<'a>>) = pairs.into_iter().unzip();
-        match Term::map_from_term_arrays(self.env, &keys, &values) {
-            Ok(map) => Ok(map),
-            // Distinct Python keys can become equal terms (`b"a"` and `"a"`
-            // are both the binary "a"); the slower path keeps the last value,
-            // as building a dict from those pairs would.
-            Err(_) => {
-                let mut map = Term::map_new(self.env);
-                for (k, v) in keys.into_iter().zip(values) {
-                    map = map.map_put(k, v).map_err(|_| DecodeError::Invalid("bad map".into()))?;
-                }
-                Ok(map)
+        // enif_make_map_from_arrays sorts large maps with a helper that
+        // crashes off the VM's own threads on OTP 25/26 (fixed in 27.3), and
+        // this runs on a runtime thread: only small maps take that path.
+        if pairs.len() <= MAX_MAP_FROM_ARRAYS {
+            let (keys, values): (Vec<Term<'a>>, Vec<Term<'a>>) = pairs.iter().copied().unzip();
+            if let Ok(map) = Term::map_from_term_arrays(self.env, &keys, &values) {
+                return Ok(map);
             }
         }
+        // One put per pair; also where distinct Python keys became equal
+        // terms (`b"a"` and `"a"` are both the binary "a"): the last value
+        // wins, as building a dict from those pairs would.
+        let mut map = Term::map_new(self.env);
+        for (k, v) in pairs {
+            map = map.map_put(k, v).map_err(|_| DecodeError::Invalid("bad map".into()))?;
+        }
+        Ok(map)
     }
 }

@@ -19,4 +19,37 @@ mod encode;
 mod errors;
 mod pool;
 
-rustler::init!("Elixir.SnakeBridge.NIF");
+rustler::init!("Elixir.SnakeBridge.NIF", load = load);
+
+/// `load_info` is `%MapSet{}` without its `:map` field, so replies can build
+/// sets exactly as this Elixir version does.
+fn load(_env: rustler::Env, load_info: rustler::Term) -> bool {
+    let fields = rustler::types::map::MapIterator::new(load_info)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.atom_to_string().ok()?, v.decode::<i64>().ok()?)))
+        .collect();
+    decode::set_mapset_fields(fields);
+    reap_own_children();
+    true
+}
+
+/// The BEAM ignores SIGCHLD, which makes the kernel reap children on its
+/// own: the runtime could then never learn a worker's exit status, and
+/// `std::process::Command` panics when it cannot wait for a child whose exec
+/// failed. Port programs are children of erl_child_setup, not of the VM, so
+/// restoring the default action only affects children the VM's own threads
+/// start, which their starters reap (the runtime always does).
+fn reap_own_children() {
+    // SAFETY: reads, and possibly resets, the process's SIGCHLD disposition.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+        {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGCHLD, &default, std::ptr::null_mut());
+        }
+    }
+}

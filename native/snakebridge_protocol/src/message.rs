@@ -3,13 +3,18 @@
 //! | kind | direction | fields after `kind, id` |
 //! |------|-----------|-------------------------|
 //! | 0 hello    | worker → host | protocol version, worker OS pid, Python version string (id is 0) |
-//! | 1 call     | host → worker | module, function, args (array), kwargs (map) |
+//! | 1 call     | host → worker | deadline, module, function, args (array), kwargs (map) |
 //! | 2 ok       | worker → host | result value |
 //! | 3 py_error | worker → host | exception type, its module, `str(exc)`, traceback lines (array of str) |
 //! | 4 failure  | worker → host | reason (str, an atom name on the Elixir side), message |
 //! | 5 cancel   | host → worker | — |
 //! | 6 ping     | host → worker | — |
 //! | 7 pong     | worker → host | — |
+//!
+//! A call's deadline is the `CLOCK_MONOTONIC` time, in microseconds, after
+//! which its caller no longer waits (0: no deadline). Both processes run on
+//! one machine, so they share that clock; a worker skips a call whose
+//! deadline has passed instead of starting it.
 //!
 //! The host and the worker write the hot messages (call, ok) field by field
 //! straight from their native values; [`Message`] is the typed form used for
@@ -23,7 +28,7 @@ use crate::{DecodeError, EncodeError};
 
 /// Bumped on any incompatible change; the host refuses a worker that speaks
 /// another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -57,7 +62,7 @@ impl Kind {
     pub fn arity(self) -> usize {
         match self {
             Kind::Hello => 5,
-            Kind::Call => 6,
+            Kind::Call => 7,
             Kind::Ok => 3,
             Kind::PyError => 6,
             Kind::Failure => 4,
@@ -107,6 +112,7 @@ pub enum Message {
     },
     Call {
         id: u64,
+        deadline: u64,
         module: String,
         function: String,
         args: Vec<Value>,
@@ -175,12 +181,14 @@ impl Message {
                 value::write_str(out, python)?;
             }
             Message::Call {
+                deadline,
                 module,
                 function,
                 args,
                 kwargs,
                 ..
             } => {
+                value::write_u64(out, *deadline);
                 value::write_str(out, module)?;
                 value::write_str(out, function)?;
                 Value::List(args.clone()).encode(out)?;
@@ -225,6 +233,7 @@ impl Message {
                 python: read_string(&mut input)?,
             },
             Kind::Call => {
+                let deadline = read_uint(&mut input)?;
                 let module = read_string(&mut input)?;
                 let function = read_string(&mut input)?;
                 let args = match decode_value(&mut input, &mut ValueBuilder, 0)? {
@@ -237,6 +246,7 @@ impl Message {
                 };
                 Message::Call {
                     id,
+                    deadline,
                     module,
                     function,
                     args,
@@ -327,13 +337,20 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<u32>(), text).prop_map(|(version, pid, python)| Message::Hello { version, pid, python }),
             (
-                id,
+                (id, any::<u64>()),
                 text,
                 text,
                 proptest::collection::vec(leaf.clone(), 0..5),
                 proptest::collection::vec((leaf.clone(), leaf.clone()), 0..5)
             )
-                .prop_map(|(id, module, function, args, kwargs)| Message::Call { id, module, function, args, kwargs }),
+                .prop_map(|((id, deadline), module, function, args, kwargs)| Message::Call {
+                    id,
+                    deadline,
+                    module,
+                    function,
+                    args,
+                    kwargs
+                }),
             (id, leaf).prop_map(|(id, value)| Message::Ok { id, value }),
             (id, text, text, text, proptest::collection::vec(text, 0..4)).prop_map(
                 |(id, exc_type, exc_module, message, traceback)| Message::PyError { id, exc_type, exc_module, message, traceback }

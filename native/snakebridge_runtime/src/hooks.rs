@@ -38,6 +38,8 @@ pub enum Reason {
     NestingTooDeep,
     PayloadTooLarge,
     ProtocolError,
+    Timeout,
+    Cancelled,
 }
 
 impl Reason {
@@ -50,6 +52,8 @@ impl Reason {
             Reason::NestingTooDeep => "nesting_too_deep",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::ProtocolError => "protocol_error",
+            Reason::Timeout => "timeout",
+            Reason::Cancelled => "cancelled",
         }
     }
 
@@ -60,6 +64,8 @@ impl Reason {
             "unsupported_type" => Some(Reason::UnsupportedType),
             "nesting_too_deep" => Some(Reason::NestingTooDeep),
             "payload_too_large" => Some(Reason::PayloadTooLarge),
+            "timeout" => Some(Reason::Timeout),
+            "cancelled" => Some(Reason::Cancelled),
             _ => None,
         }
     }

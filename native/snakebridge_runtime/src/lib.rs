@@ -26,3 +26,12 @@ pub use config::PoolConfig;
 pub use hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, Stream, WorkerEvent};
 pub use pool::Pool;
 pub use stats::{PoolStats, WorkerStats};
+
+/// `CLOCK_MONOTONIC` in microseconds: the clock of call deadlines, shared by
+/// every process on the machine.
+pub fn monotonic_micros() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}

@@ -86,6 +86,7 @@ impl TestPool {
         let mut frame = Vec::new();
         Message::Call {
             id,
+            deadline: 0,
             module: module.into(),
             function: function.into(),
             args,
