@@ -5,8 +5,8 @@
 #   make bench  the benchmark in bench/
 #
 # Missing tools are installed on the way: Elixir/Erlang with apt-get when mix
-# is absent, Rust with rustup when cargo is absent, and a virtualenv in .venv
-# with python_worker/requirements-test.txt for pytest.
+# is absent, and a virtualenv in .venv with python_worker/requirements-test.txt
+# for pytest. Rust (cargo) and Python 3 must be present.
 
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -26,7 +26,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo bench setup tools elixir rust venv compile cargo-test pytest mix-test clean
 
-test: setup cargo-test compile pytest mix-test
+# compile first: the runtime's Rust tests run real workers from priv/python.
+test: setup compile cargo-test pytest mix-test
 
 demo: setup compile
 	mix run demo/demo.exs
@@ -48,11 +49,7 @@ elixir:
 	@mix --version | tail -n 1
 
 rust:
-	@if ! command -v cargo >/dev/null 2>&1; then \
-	  echo "==> cargo not found: installing Rust with rustup"; \
-	  command -v curl >/dev/null 2>&1 || { $(SUDO) apt-get update; $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y curl ca-certificates; }; \
-	  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; \
-	fi
+	@command -v cargo >/dev/null 2>&1 || { echo "==> cargo not found: install a Rust toolchain and retry" >&2; exit 1; }
 	@command -v cc >/dev/null 2>&1 || { echo "==> no C compiler/linker: installing build-essential"; \
 	  $(SUDO) apt-get update; $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y build-essential; }
 	@cargo --version
