@@ -38,7 +38,17 @@ defmodule SnakeBridge.Pool do
       answered with `:overloaded`. Default `10_000`.
     * `:max_calls` — recycle a worker after this many calls. Default `nil` (never).
     * `:max_memory_mb` — recycle a worker whose resident memory exceeds this.
-      Default `nil` (never).
+      Default `nil` (never). Checked every second.
+    * `:health_check_interval` — ping a worker that has been idle this many
+      milliseconds. Default `5_000`.
+    * `:health_check_timeout` — replace a worker that leaves a ping
+      unanswered this many milliseconds. Default `5_000`.
+    * `:cancel_grace` — milliseconds a cancelled or timed-out call may keep
+      running (stuck in C code that ignores the interruption) before its
+      worker is killed and replaced. Default `2_000`.
+
+  A recycled worker gets no new calls, answers the ones it has, exits, and
+  is replaced.
 
   Log lines carry the metadata `python_worker: os_pid` and `pool: name`;
   stdout lines are logged at `:info`, stderr lines at `:warning`.
@@ -66,6 +76,9 @@ defmodule SnakeBridge.Pool do
           | {:max_queue, pos_integer()}
           | {:max_calls, pos_integer() | nil}
           | {:max_memory_mb, pos_integer() | nil}
+          | {:health_check_interval, pos_integer()}
+          | {:health_check_timeout, pos_integer()}
+          | {:cancel_grace, pos_integer()}
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -109,7 +122,10 @@ defmodule SnakeBridge.Pool do
         env: [],
         max_queue: 10_000,
         max_calls: nil,
-        max_memory_mb: nil
+        max_memory_mb: nil,
+        health_check_interval: 5_000,
+        health_check_timeout: 5_000,
+        cancel_grace: 2_000
       )
 
     %{
@@ -122,7 +138,12 @@ defmodule SnakeBridge.Pool do
       max_calls:
         check!(opts, :max_calls, &(&1 == nil or pos_integer?(&1)), "a positive integer or nil"),
       max_memory_mb:
-        check!(opts, :max_memory_mb, &(&1 == nil or pos_integer?(&1)), "a positive integer or nil")
+        check!(opts, :max_memory_mb, &(&1 == nil or pos_integer?(&1)), "a positive integer or nil"),
+      health_check_interval:
+        check!(opts, :health_check_interval, &pos_integer?/1, "a positive integer"),
+      health_check_timeout:
+        check!(opts, :health_check_timeout, &pos_integer?/1, "a positive integer"),
+      cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer")
     }
   end
 

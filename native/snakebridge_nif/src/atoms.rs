@@ -59,4 +59,9 @@ rustler::atoms! {
     env,
     worker_path,
     owner,
+    max_calls,
+    max_memory_mb,
+    health_check_interval,
+    health_check_timeout,
+    cancel_grace,
 }

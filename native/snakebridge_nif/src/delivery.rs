@@ -79,6 +79,11 @@ impl Hooks for Delivery {
         });
     }
 
+    fn caller_alive(&self, env: &mut OwnedEnv, caller: &Caller) -> bool {
+        // enif_is_process_alive supports threads the VM does not manage.
+        env.run(|env| caller.pid.is_alive(env))
+    }
+
     fn event(&self, env: &mut OwnedEnv, os_pid: u32, event: WorkerEvent) {
         let _ = env.send_and_clear(&self.owner, |env| {
             let event = match event {

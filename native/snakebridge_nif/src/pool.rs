@@ -82,6 +82,11 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.env = field(config, atoms::env())?;
     pool_config.max_queue = field::<usize>(config, atoms::max_queue())?.max(1);
     pool_config.stop_timeout = Duration::from_secs(5);
+    pool_config.max_calls = field(config, atoms::max_calls())?;
+    pool_config.max_memory = field::<Option<u64>>(config, atoms::max_memory_mb())?.map(|mb| mb * 1024 * 1024);
+    pool_config.ping_interval = Duration::from_millis(field(config, atoms::health_check_interval())?);
+    pool_config.ping_timeout = Duration::from_millis(field(config, atoms::health_check_timeout())?);
+    pool_config.cancel_grace = Duration::from_millis(field(config, atoms::cancel_grace())?);
     let owner: LocalPid = field(config, atoms::owner())?;
 
     let mut pools = registry().write();

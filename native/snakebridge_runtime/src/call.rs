@@ -72,13 +72,21 @@ impl<C> Call<C> {
                 .is_ok()
     }
 
-    fn claim_cancel(&self) -> bool {
+    /// Claims the call's ending for a cancellation; returns the state it was
+    /// taken from.
+    fn claim_cancel(&self) -> Option<u8> {
         let state = self.state.load(Ordering::Acquire);
-        (state == QUEUED || state == SENT)
+        ((state == QUEUED || state == SENT)
             && self
                 .state
                 .compare_exchange(state, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+                .is_ok())
+        .then_some(state)
+    }
+
+    /// The worker incarnation a sent call went to.
+    pub(crate) fn sent_to(&self) -> Option<u64> {
+        (self.state.load(Ordering::Acquire) == SENT).then(|| self.worker.load(Ordering::Relaxed))
     }
 
     fn is_sent_to(&self, incarnation: u64) -> bool {
@@ -164,11 +172,16 @@ impl<C> CallTable<C> {
         if !belongs(&call.caller) {
             return CancelOutcome::Unknown;
         }
-        if call.claim_cancel() {
-            self.remove(id);
-            CancelOutcome::Cancelled
-        } else {
-            CancelOutcome::Replied
+        match call.claim_cancel() {
+            Some(state) => {
+                self.remove(id);
+                if state == SENT {
+                    // Running (or about to run) in a worker: stop it there.
+                    crate::connection::interrupt(call.worker.load(Ordering::Relaxed), id);
+                }
+                CancelOutcome::Cancelled
+            }
+            None => CancelOutcome::Replied,
         }
     }
 
@@ -184,6 +197,20 @@ impl<C> CallTable<C> {
             }
         }
         claimed
+    }
+
+    /// Calls that were written to one of `incarnations` and are still
+    /// running.
+    pub(crate) fn sent_to_any(&self, incarnations: &[u64]) -> Vec<Arc<Call<C>>> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            for call in shard.lock().values() {
+                if call.sent_to().is_some_and(|w| incarnations.contains(&w)) {
+                    found.push(call.clone());
+                }
+            }
+        }
+        found
     }
 
     /// Number of pending calls.

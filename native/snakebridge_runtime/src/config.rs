@@ -23,6 +23,17 @@ pub struct PoolConfig {
     pub start_timeout: Duration,
     /// How long stopping the pool waits for workers to exit before killing them.
     pub stop_timeout: Duration,
+    /// How long a cancelled call may keep running (stuck in C code, say)
+    /// before its worker is killed and replaced.
+    pub cancel_grace: Duration,
+    /// An idle worker is pinged after this long without a word from it.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long gets the worker killed and replaced.
+    pub ping_timeout: Duration,
+    /// Replace a worker after it has answered this many calls.
+    pub max_calls: Option<u64>,
+    /// Replace a worker whose resident memory exceeds this many bytes.
+    pub max_memory: Option<u64>,
 }
 
 impl PoolConfig {
@@ -37,6 +48,11 @@ impl PoolConfig {
             window: 32,
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(5),
+            cancel_grace: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
+            max_calls: None,
+            max_memory: None,
         }
     }
 }

@@ -134,5 +134,8 @@ pub trait Hooks: Send + Sync + 'static {
     /// `Err`, so the runtime replaces the worker that sent it.
     fn deliver(&self, courier: &mut Self::Courier, caller: &Self::Caller, outcome: Outcome<'_>) -> Result<(), DecodeError>;
     fn log(&self, courier: &mut Self::Courier, os_pid: u32, stream: Stream, line: &[u8]);
+    /// Whether the caller still waits for replies: calls of a caller that
+    /// died are dropped or cancelled.
+    fn caller_alive(&self, courier: &mut Self::Courier, caller: &Self::Caller) -> bool;
     fn event(&self, courier: &mut Self::Courier, os_pid: u32, event: WorkerEvent);
 }

@@ -14,12 +14,15 @@
 
 mod call;
 mod config;
+mod connection;
 mod hooks;
 mod pool;
 mod slot;
 mod socket;
 mod spawn;
 mod stats;
+mod watchdog;
+mod writer;
 
 pub use call::{Call, CallTable, CancelOutcome};
 pub use config::PoolConfig;

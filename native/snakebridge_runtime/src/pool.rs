@@ -12,6 +12,7 @@ use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
 use crate::hooks::{Failure, Hooks, Outcome, Reason};
 use crate::slot::{self, Slot};
+use crate::watchdog;
 use crate::socket;
 use crate::stats::PoolStats;
 
@@ -130,6 +131,11 @@ impl<H: Hooks> Pool<H> {
             let handles = slot::start_threads(shared.clone(), slot.clone())?;
             pool.threads.lock().extend(handles);
         }
+        let watched = shared.clone();
+        let watchdog = std::thread::Builder::new()
+            .name(format!("sb-watch-{}", shared.name))
+            .spawn(move || watchdog::watch(&watched))?;
+        pool.threads.lock().push(watchdog);
         Ok(pool)
     }
 
@@ -189,7 +195,7 @@ impl<H: Hooks> Pool<H> {
             let Some(_guard) = conn.write_lock.try_lock() else {
                 continue;
             };
-            if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_dead() {
+            if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
                 continue;
             }
             if !call.mark_sent(conn.incarnation) {

@@ -1,63 +1,34 @@
-//! One worker slot: its supervisor thread (spawn, handshake, read replies,
-//! reap, restart) and its writer thread (queue → socket, in batches).
+//! One worker slot and its supervisor thread: spawn, handshake, read and
+//! route replies, reap, restart with backoff. (Its writer thread is in
+//! `writer.rs`.)
 
-use std::io::{self, IoSlice};
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use snakebridge_protocol::{DecodeError, FrameDecoder, Header, Kind, Message, PROTOCOL_VERSION};
 
+use crate::connection::{Connection, Control};
 use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, WorkerEvent};
-use crate::pool::{Job, Shared};
+use crate::pool::Shared;
 use crate::socket;
+use crate::writer;
 use crate::spawn::{spawn_worker, WorkerProcess};
 use crate::stats::{rss_bytes, WorkerStats};
 
-/// Most bytes the writer gathers into one `sendmsg`.
-const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Consecutive failed starts after which a slot reports Python unavailable.
 const MAX_START_FAILURES: u32 = 3;
 /// A worker that dies sooner than this after starting counts as a failed start.
 const MIN_HEALTHY_LIFETIME: Duration = Duration::from_secs(1);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Process-wide counter so a call can name the exact worker process it was
-/// written to, across slots, pools and restarts.
-static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
-
-/// The host's view of one running worker process.
-pub(crate) struct Connection {
-    pub incarnation: u64,
-    pub os_pid: u32,
-    socket: UnixStream,
-    /// Serialises writes to the socket so frames never interleave. Held by
-    /// the writer thread for a whole batch, and by a caller's fast path only
-    /// through `try_lock` and a non-blocking write.
-    pub write_lock: Mutex<()>,
-    pub in_flight: AtomicUsize,
-    dead: AtomicBool,
-    writer_waiting: AtomicBool,
-}
-
-impl Connection {
-    pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
-    }
-
-    pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire)
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -102,8 +73,13 @@ pub(crate) struct Slot {
     /// The running process's pid, cleared under this lock before it is
     /// reaped so a kill can never hit a recycled pid.
     process: Mutex<Option<u32>>,
-    window_lock: Mutex<()>,
-    window_cv: Condvar,
+    /// Frames for the writer thread to send (cancel, ping).
+    pub control_tx: Sender<Control>,
+    pub control_rx: Receiver<Control>,
+    /// Wakes a writer waiting for room in its worker's window.
+    wake_tx: Sender<()>,
+    pub wake_rx: Receiver<()>,
+    pub writer_waiting: AtomicBool,
     last_error: Mutex<Option<String>>,
     calls: AtomicU64,
     errors: AtomicU64,
@@ -112,6 +88,8 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub fn new(index: usize) -> Self {
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         Slot {
             index,
             status: AtomicU8::new(Status::Starting as u8),
@@ -119,8 +97,11 @@ impl Slot {
             status_cv: Condvar::new(),
             connection: RwLock::new(None),
             process: Mutex::new(None),
-            window_lock: Mutex::new(()),
-            window_cv: Condvar::new(),
+            control_tx,
+            control_rx,
+            wake_tx,
+            wake_rx,
+            writer_waiting: AtomicBool::new(false),
             last_error: Mutex::new(None),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -158,7 +139,7 @@ impl Slot {
     /// Half-closes the socket so the worker sees EOF after its current call.
     pub fn close_connection(&self) {
         if let Some(conn) = self.connection() {
-            let _ = conn.socket.shutdown(Shutdown::Write);
+            conn.close();
         }
         let _guard = self.status_lock.lock();
         self.status_cv.notify_all();
@@ -187,7 +168,7 @@ impl Slot {
 
     /// Blocks the writer until the slot has a ready worker; None once the
     /// pool stops.
-    fn wait_ready<H: Hooks>(&self, shared: &Shared<H>) -> Option<Arc<Connection>> {
+    pub fn wait_ready<H: Hooks>(&self, shared: &Shared<H>) -> Option<Arc<Connection>> {
         let mut guard = self.status_lock.lock();
         loop {
             if shared.stopping.load(Ordering::Acquire) {
@@ -202,27 +183,10 @@ impl Slot {
         }
     }
 
-    /// Blocks the writer while `conn` has a full window of calls. False if
-    /// the worker died meanwhile.
-    fn wait_window(&self, conn: &Connection, window: usize) -> bool {
-        while conn.in_flight.load(Ordering::SeqCst) >= window {
-            if conn.is_dead() {
-                return false;
-            }
-            let mut guard = self.window_lock.lock();
-            conn.writer_waiting.store(true, Ordering::SeqCst);
-            if conn.in_flight.load(Ordering::SeqCst) >= window && !conn.is_dead() {
-                self.window_cv.wait_for(&mut guard, Duration::from_millis(100));
-            }
-            conn.writer_waiting.store(false, Ordering::SeqCst);
-        }
-        !conn.is_dead()
-    }
-
-    fn wake_writer(&self, conn: &Connection) {
-        if conn.writer_waiting.load(Ordering::SeqCst) {
-            let _guard = self.window_lock.lock();
-            self.window_cv.notify_all();
+    /// Wakes the writer if it waits for room in the window.
+    pub fn wake_writer(&self) {
+        if self.writer_waiting.load(Ordering::SeqCst) {
+            let _ = self.wake_tx.try_send(());
         }
     }
 }
@@ -238,7 +202,7 @@ pub(crate) fn start_threads<H: Hooks>(shared: Arc<Shared<H>>, slot: Arc<Slot>) -
     };
     let writer = std::thread::Builder::new()
         .name(format!("sb-wr-{name}-{index}"))
-        .spawn(move || write_loop(&shared, &slot))?;
+        .spawn(move || writer::write_loop(&shared, &slot))?;
     Ok(vec![supervisor, writer])
 }
 
@@ -279,26 +243,31 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
 
                 let ended = read_replies(shared, slot, &conn, decoder, &mut courier);
 
-                conn.dead.store(true, Ordering::Release);
+                conn.mark_dead();
                 *slot.connection.write() = None;
-                slot.wake_writer(&conn);
+                slot.wake_writer();
                 if !shared.stopping.load(Ordering::Acquire) {
                     slot.set_status(Status::Restarting);
                 }
-                if let Err(problem) = &ended {
-                    // A worker that speaks garbage cannot be trusted with
-                    // another call.
-                    slot.kill_process();
-                    *slot.last_error.lock() = Some(problem.clone());
-                }
+                let problem = match ended {
+                    Err(problem) => {
+                        // A worker that speaks garbage cannot be trusted with
+                        // another call.
+                        slot.kill_process();
+                        *slot.last_error.lock() = Some(problem.clone());
+                        Some(problem)
+                    }
+                    Ok(()) => conn.kill_reason.lock().clone(),
+                };
                 let exit = reap(slot, &mut process.child, shared.config.stop_timeout);
-                fail_sent_calls(shared, &conn, exit, ended.err(), &mut courier);
+                fail_sent_calls(shared, &conn, exit, problem, &mut courier);
                 shared.hooks.event(&mut courier, conn.os_pid, WorkerEvent::Exited(exit));
                 if shared.stopping.load(Ordering::Acquire) {
                     break;
                 }
                 slot.restarts.fetch_add(1, Ordering::Relaxed);
-                if started.elapsed() < MIN_HEALTHY_LIFETIME {
+                // A recycled worker exits because it was asked to.
+                if started.elapsed() < MIN_HEALTHY_LIFETIME && !conn.is_draining() {
                     failures += 1;
                 } else {
                     failures = 0;
@@ -327,18 +296,11 @@ fn start<H: Hooks>(
     *slot.process.lock() = Some(process.os_pid);
     match handshake(shared, &process) {
         Ok((decoder, python)) => {
-            let conn = Arc::new(Connection {
-                incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
-                os_pid: process.os_pid,
-                socket: process.socket.try_clone().map_err(|e| StartFailure {
-                    message: format!("socket: {e}"),
-                    definitive: false,
-                })?,
-                write_lock: Mutex::new(()),
-                in_flight: AtomicUsize::new(0),
-                dead: AtomicBool::new(false),
-                writer_waiting: AtomicBool::new(false),
-            });
+            let socket = process.socket.try_clone().map_err(|e| StartFailure {
+                message: format!("socket: {e}"),
+                definitive: false,
+            })?;
+            let conn = Connection::new(process.os_pid, socket, slot.control_tx.clone(), config.cancel_grace);
             Ok((process, conn, decoder, python))
         }
         Err(problem) => {
@@ -412,12 +374,12 @@ fn read_replies<H: Hooks>(
     mut decoder: FrameDecoder,
     courier: &mut H::Courier,
 ) -> Result<(), String> {
-    let mut socket = &conn.socket;
+    let mut socket = conn.socket();
     loop {
         while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
             route_reply(shared, slot, conn, body, courier).map_err(|e| format!("worker sent a bad message: {e}"))?;
         }
-        slot.wake_writer(conn);
+        slot.wake_writer();
         match decoder.fill_from(&mut socket) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
@@ -437,7 +399,10 @@ fn route_reply<H: Hooks>(
     let header = Header::read(&mut fields)?;
     match header.kind {
         Kind::Ok | Kind::PyError | Kind::Failure => {}
-        Kind::Pong => return Ok(()),
+        Kind::Pong => {
+            conn.pong();
+            return Ok(());
+        }
         other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
     }
     let in_flight = conn.in_flight.load(Ordering::Acquire);
@@ -445,6 +410,11 @@ fn route_reply<H: Hooks>(
         return Err(DecodeError::Invalid(format!("reply to call {} that was never sent", header.id)));
     }
     conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    let replies = conn.replies.fetch_add(1, Ordering::Relaxed) + 1;
+    if shared.config.max_calls == Some(replies) {
+        conn.drain();
+    }
+    conn.answered(header.id);
     slot.calls.fetch_add(1, Ordering::Relaxed);
     if header.kind != Kind::Ok {
         slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -576,75 +546,4 @@ fn jitter(delay: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos() as u64);
     let spread = delay.as_millis() as u64 / 4 + 1;
     delay + Duration::from_millis(nanos % spread)
-}
-
-fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
-    let mut courier = shared.hooks.courier();
-    let window = shared.config.window.max(1);
-    let mut batch: Vec<Job<H::Caller>> = Vec::with_capacity(window);
-    while let Some(conn) = slot.wait_ready(shared) {
-        if !slot.wait_window(&conn, window) {
-            continue;
-        }
-        let job = select! {
-            recv(shared.queue_rx) -> job => match job {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-            recv(shared.stop_rx) -> _ => return,
-        };
-        // Callers' direct writes may have filled the window while this
-        // thread was waiting for work.
-        if shared.stopping.load(Ordering::Acquire) || !slot.wait_window(&conn, window) {
-            shared.requeue(&mut courier, job);
-            continue;
-        }
-        batch.push(job);
-        let room = window.saturating_sub(conn.in_flight.load(Ordering::Acquire));
-        let mut bytes = batch[0].frame.len();
-        while batch.len() < room && bytes < MAX_BATCH_BYTES {
-            match shared.queue_rx.try_recv() {
-                Ok(job) => {
-                    bytes += job.frame.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        write_batch(shared, &conn, &mut batch, &mut courier);
-    }
-}
-
-/// Writes a batch of calls with one `sendmsg` (more only for partial writes).
-fn write_batch<H: Hooks>(
-    shared: &Shared<H>,
-    conn: &Connection,
-    batch: &mut Vec<Job<H::Caller>>,
-    courier: &mut H::Courier,
-) {
-    if conn.is_dead() {
-        for job in batch.drain(..) {
-            shared.requeue(courier, job);
-        }
-        return;
-    }
-    let _guard = conn.write_lock.lock();
-    batch.retain(|job| job.call.mark_sent(conn.incarnation));
-    conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|j| IoSlice::new(&j.frame)).collect();
-    let result = socket::send_all(conn.fd(), &mut slices);
-    drop(slices);
-    if let Err((_, written)) = result {
-        // Frames wholly written may have started: they fail with the
-        // worker. The rest never reached it and go back to the queue.
-        let mut offset = 0;
-        for job in batch.drain(..) {
-            offset += job.frame.len();
-            if offset > written && job.call.mark_unsent() {
-                conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-                shared.requeue(courier, job);
-            }
-        }
-    }
-    batch.clear();
 }

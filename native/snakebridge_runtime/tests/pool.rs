@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,29 +21,51 @@ enum Reply {
     Failed(Failure),
 }
 
+/// A test's stand-in for a calling process: it is alive while its [`Waiter`] is.
+struct Caller {
+    replies: Sender<Reply>,
+    alive: Weak<()>,
+}
+
+/// What a test holds for one call.
+struct Waiter {
+    replies: Receiver<Reply>,
+    _alive: Arc<()>,
+}
+
+impl Waiter {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Reply, crossbeam_channel::RecvTimeoutError> {
+        self.replies.recv_timeout(timeout)
+    }
+}
+
 /// Replies go to the channel the caller holds; log lines to a shared channel.
 struct TestHooks {
     logs: Sender<(Stream, String)>,
 }
 
 impl Hooks for TestHooks {
-    type Caller = Sender<Reply>;
+    type Caller = Caller;
     type Courier = ();
 
     fn courier(&self) {}
 
-    fn deliver(&self, _: &mut (), caller: &Sender<Reply>, outcome: Outcome<'_>) -> Result<(), DecodeError> {
+    fn deliver(&self, _: &mut (), caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
         let reply = match outcome {
             Outcome::Ok(bytes) => Reply::Ok(Value::decode(bytes)?),
             Outcome::PythonError(e) => Reply::PythonError(e.exc_type, e.message),
             Outcome::Failed(f) => Reply::Failed(f),
         };
-        let _ = caller.send(reply);
+        let _ = caller.replies.send(reply);
         Ok(())
     }
 
     fn log(&self, _: &mut (), _os_pid: u32, stream: Stream, line: &[u8]) {
         let _ = self.logs.send((stream, String::from_utf8_lossy(line).into_owned()));
+    }
+
+    fn caller_alive(&self, _: &mut (), caller: &Caller) -> bool {
+        caller.alive.strong_count() > 0
     }
 
     fn event(&self, _: &mut (), _os_pid: u32, _event: WorkerEvent) {}
@@ -62,7 +84,7 @@ fn worker_path() -> String {
 
 struct TestPool {
     pool: Pool<TestHooks>,
-    table: Arc<CallTable<Sender<Reply>>>,
+    table: Arc<CallTable<Caller>>,
     logs: Receiver<(Stream, String)>,
 }
 
@@ -78,10 +100,21 @@ fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
 static IDS: AtomicU64 = AtomicU64::new(1);
 
 impl TestPool {
-    fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Receiver<Reply>, Result<(), Failure>) {
+    fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Waiter, Result<(), Failure>) {
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let call = Call::new(id, tx);
+        let alive = Arc::new(());
+        let call = Call::new(
+            id,
+            Caller {
+                replies: tx,
+                alive: Arc::downgrade(&alive),
+            },
+        );
+        let rx = Waiter {
+            replies: rx,
+            _alive: alive,
+        };
         assert!(self.table.insert(call.clone()));
         let mut frame = Vec::new();
         Message::Call {
@@ -312,4 +345,123 @@ fn stopping_the_pool_reaps_its_workers_and_fails_queued_calls() {
         p.submit("operator", "add", vec![]).2,
         Err(f) if f.reason == Reason::PythonUnavailable
     ));
+}
+
+fn exec(p: &TestPool, code: &str) -> (u64, Waiter, Result<(), Failure>) {
+    p.submit("builtins", "exec", vec![Value::Str(code.into())])
+}
+
+#[test]
+fn cancelling_a_running_call_interrupts_it_in_python() {
+    let p = start(|c| c.size = 1);
+    let pid = p.wait_ready(1)[0];
+    let (id, sleeping, s) = p.submit("time", "sleep", vec![Value::Float(30.0)]);
+    s.unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(p.table.cancel(id, |_| true), CancelOutcome::Cancelled);
+    let started = Instant::now();
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
+    assert!(started.elapsed() < Duration::from_secs(2), "the sleep was not interrupted");
+    assert_eq!(p.wait_ready(1), vec![pid], "the same worker serves the next call");
+    assert!(sleeping.recv_timeout(Duration::from_millis(100)).is_err(), "a cancelled call gets no reply");
+}
+
+#[test]
+fn a_call_that_ignores_cancellation_gets_its_worker_replaced() {
+    let p = start(|c| {
+        c.size = 1;
+        c.cancel_grace = Duration::from_millis(300);
+    });
+    let pid = p.wait_ready(1)[0];
+    let stubborn = "import time\nwhile True:\n    try:\n        time.sleep(10)\n    except BaseException:\n        pass\n";
+    let (id, _stuck, s) = exec(&p, stubborn);
+    s.unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(p.table.cancel(id, |_| true), CancelOutcome::Cancelled);
+    assert_eq!(p.call("operator", "add", vec![Value::Int(2), Value::Int(3)]), Reply::Ok(Value::Int(5)));
+    assert_ne!(p.wait_ready(1), vec![pid]);
+}
+
+#[test]
+fn a_worker_that_stops_answering_pings_is_replaced() {
+    let p = start(|c| {
+        c.size = 1;
+        c.ping_interval = Duration::from_millis(100);
+        c.ping_timeout = Duration::from_millis(300);
+    });
+    let pid = p.wait_ready(1)[0];
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.pool.os_pids().contains(&pid) || p.pool.os_pids().is_empty() {
+        assert!(Instant::now() < deadline, "a frozen worker was not replaced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z")));
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+}
+
+#[test]
+fn max_calls_recycles_workers_without_failing_calls() {
+    let p = start(|c| {
+        c.size = 1;
+        c.max_calls = Some(5);
+    });
+    let first = p.wait_ready(1)[0];
+    for i in 0..40 {
+        assert_eq!(p.call("operator", "add", vec![Value::Int(i), Value::Int(1)]), Reply::Ok(Value::Int(i + 1)));
+    }
+    assert_ne!(p.wait_ready(1), vec![first]);
+    assert!(p.pool.stats().workers[0].restarts >= 2);
+}
+
+#[test]
+fn max_memory_recycles_a_worker_that_grows() {
+    let p = start(|c| {
+        c.size = 1;
+        c.max_memory = Some(64 * 1024 * 1024);
+    });
+    let first = p.wait_ready(1)[0];
+    let (_, grow, s) = exec(&p, "import builtins\nbuiltins._ballast = bytearray(100 * 1024 * 1024)\n");
+    s.unwrap();
+    assert_eq!(grow.recv_timeout(Duration::from_secs(10)).unwrap(), Reply::Ok(Value::Nil));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.pool.os_pids() == vec![first] || p.pool.os_pids().is_empty() {
+        assert!(Instant::now() < deadline, "the worker was not recycled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+}
+
+#[test]
+fn a_dead_callers_running_call_is_cancelled() {
+    let p = start(|c| c.size = 1);
+    let pid = p.wait_ready(1)[0];
+    let (_, waiter, s) = p.submit("time", "sleep", vec![Value::Float(30.0)]);
+    s.unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(waiter);
+    let started = Instant::now();
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
+    assert!(started.elapsed() < Duration::from_secs(5), "the dead caller's call kept running");
+    assert_eq!(p.wait_ready(1), vec![pid]);
+}
+
+#[test]
+fn a_worker_that_writes_garbage_is_replaced_and_its_call_fails() {
+    for garbage in ["b'\\x00\\x00\\x00\\x03abc'", "b'\\xff\\xff\\xff\\xff'", "b'\\x00\\x00\\x00\\x09\\x93\\x02\\x01'"] {
+        let p = start(|c| c.size = 1);
+        let pid = p.wait_ready(1)[0];
+        let code = format!("import os\nos.write(3, {garbage})\nimport time\ntime.sleep(0.5)\n");
+        let (_, rogue, s) = exec(&p, &code);
+        s.unwrap();
+        match rogue.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Reply::Failed(f) => {
+                assert_eq!(f.reason, Reason::WorkerExited, "{garbage}");
+                assert_eq!(f.os_pid, Some(pid));
+            }
+            other => panic!("{garbage}: expected worker_exited, got {other:?}"),
+        }
+        assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
+        assert_ne!(p.wait_ready(1), vec![pid]);
+    }
 }

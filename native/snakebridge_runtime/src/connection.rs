@@ -1,0 +1,203 @@
+//! The host's view of one running worker process, and the registry that finds
+//! it from a call's worker incarnation (for cancellation).
+
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use snakebridge_protocol::Message;
+
+use crate::monotonic_micros;
+
+/// Process-wide counter so a call can name the exact worker process it was
+/// written to, across slots, pools and restarts.
+static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Work for the writer thread of a slot, addressed to one incarnation
+/// (dropped if that worker is gone by then). The writer thread owns the
+/// socket's write side, so it is the one to change it.
+pub(crate) struct Control {
+    pub incarnation: u64,
+    pub action: Action,
+}
+
+pub(crate) enum Action {
+    Send(Vec<u8>),
+    /// Half-close the socket: the worker answers what it has read, sees EOF
+    /// and exits.
+    Shutdown,
+}
+
+pub(crate) struct Connection {
+    pub incarnation: u64,
+    pub os_pid: u32,
+    socket: UnixStream,
+    /// Serialises writes to the socket so frames never interleave. Held by
+    /// the writer thread for a whole batch, and by a caller's fast path only
+    /// through `try_lock` and a non-blocking write.
+    pub write_lock: Mutex<()>,
+    pub in_flight: AtomicUsize,
+    /// Replies received from this process, for `max_calls`.
+    pub replies: AtomicU64,
+    /// When the worker last answered anything (monotonic µs).
+    pub last_heard: AtomicU64,
+    dead: AtomicBool,
+    /// No new calls: the worker finishes what it has, then exits.
+    draining: AtomicBool,
+    /// Cancelled calls still running in the worker, with the time by which
+    /// each must have stopped.
+    cancelling: Mutex<HashMap<u64, Instant>>,
+    cancelling_count: AtomicUsize,
+    /// When an unanswered ping was sent.
+    ping_sent: Mutex<Option<Instant>>,
+    /// Why the host killed the worker, if it did.
+    pub kill_reason: Mutex<Option<String>>,
+    control: Sender<Control>,
+    cancel_grace: Duration,
+}
+
+impl Connection {
+    pub fn new(os_pid: u32, socket: UnixStream, control: Sender<Control>, cancel_grace: Duration) -> Arc<Connection> {
+        let conn = Arc::new(Connection {
+            incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
+            os_pid,
+            socket,
+            write_lock: Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            replies: AtomicU64::new(0),
+            last_heard: AtomicU64::new(monotonic_micros()),
+            dead: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            cancelling: Mutex::new(HashMap::new()),
+            cancelling_count: AtomicUsize::new(0),
+            ping_sent: Mutex::new(None),
+            kill_reason: Mutex::new(None),
+            control,
+            cancel_grace,
+        });
+        registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
+        conn
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    pub fn socket(&self) -> &UnixStream {
+        &self.socket
+    }
+
+    /// True when no new call may be written to this worker: it is gone,
+    /// being replaced, or still has to show that a cancelled call stopped
+    /// (if it doesn't, it is killed, and calls sent meanwhile would die too).
+    pub fn is_closed(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+            || self.draining.load(Ordering::Acquire)
+            || self.cancelling_count.load(Ordering::Acquire) > 0
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// The worker's socket closed; forget it.
+    pub fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+        registry().write().remove(&self.incarnation);
+    }
+
+    /// Stops sending calls to the worker and has the writer half-close its
+    /// socket once the write in progress, if any, is done.
+    pub fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let _ = self.control.send(Control {
+                incarnation: self.incarnation,
+                action: Action::Shutdown,
+            });
+        }
+    }
+
+    /// Half-closes the socket now, for a pool that is stopping (its writer
+    /// threads are gone).
+    pub fn close(&self) {
+        self.draining.store(true, Ordering::Release);
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Asks the worker to interrupt call `id`, which must stop within the
+    /// pool's cancel grace period or the worker is killed.
+    fn interrupt(&self, id: u64) {
+        let mut frame = Vec::new();
+        Message::Cancel { id }.write_frame(&mut frame).expect("a cancel frame is small");
+        self.cancelling.lock().insert(id, Instant::now() + self.cancel_grace);
+        self.cancelling_count.fetch_add(1, Ordering::Release);
+        let _ = self.control.send(Control {
+            incarnation: self.incarnation,
+            action: Action::Send(frame),
+        });
+    }
+
+    /// Called for every reply: a cancelled call that answered has stopped.
+    pub fn answered(&self, id: u64) {
+        self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
+        if self.cancelling_count.load(Ordering::Acquire) > 0 && self.cancelling.lock().remove(&id).is_some() {
+            self.cancelling_count.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// The first cancelled call that overran its grace period, if any.
+    pub fn overdue_cancel(&self, now: Instant) -> Option<u64> {
+        if self.cancelling_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.cancelling.lock().iter().find(|(_, by)| **by <= now).map(|(id, _)| *id)
+    }
+
+    /// Sends a ping if the worker has been idle for `interval`; returns true
+    /// if an earlier ping has gone unanswered for `timeout`.
+    pub fn health_check(&self, interval: Duration, timeout: Duration, now: Instant) -> bool {
+        let mut ping_sent = self.ping_sent.lock();
+        if let Some(sent) = *ping_sent {
+            return now.duration_since(sent) > timeout;
+        }
+        let idle_for = monotonic_micros().saturating_sub(self.last_heard.load(Ordering::Relaxed));
+        if self.in_flight.load(Ordering::Acquire) == 0 && idle_for >= interval.as_micros() as u64 {
+            let mut frame = Vec::new();
+            Message::Ping { id: 0 }.write_frame(&mut frame).expect("a ping frame is small");
+            *ping_sent = Some(now);
+            let _ = self.control.send(Control {
+                incarnation: self.incarnation,
+                action: Action::Send(frame),
+            });
+        }
+        false
+    }
+
+    pub fn pong(&self) {
+        self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
+        *self.ping_sent.lock() = None;
+    }
+}
+
+fn registry() -> &'static RwLock<HashMap<u64, Weak<Connection>>> {
+    static CONNECTIONS: OnceLock<RwLock<HashMap<u64, Weak<Connection>>>> = OnceLock::new();
+    CONNECTIONS.get_or_init(Default::default)
+}
+
+/// Asks worker `incarnation`, if it still runs, to interrupt call `id`.
+pub(crate) fn interrupt(incarnation: u64, id: u64) {
+    let conn = registry().read().get(&incarnation).and_then(Weak::upgrade);
+    if let Some(conn) = conn {
+        conn.interrupt(id);
+    }
+}

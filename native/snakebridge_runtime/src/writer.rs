@@ -1,0 +1,137 @@
+//! A slot's writer thread: moves calls from the pool's queue to its worker's
+//! socket in batches, and writes control frames (cancel, ping).
+
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{never, select};
+
+use crate::connection::{Action, Connection, Control};
+use crate::hooks::Hooks;
+use crate::pool::{Job, Shared};
+use crate::slot::Slot;
+use crate::socket;
+
+/// Most bytes the writer gathers into one `sendmsg`.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
+    let mut courier = shared.hooks.courier();
+    let window = shared.config.window.max(1);
+    let no_jobs = never::<Job<H::Caller>>();
+    let mut batch: Vec<Job<H::Caller>> = Vec::with_capacity(window);
+    // A call taken from the queue just as callers' direct writes filled the
+    // window: it waits here for room rather than overrunning the window.
+    let mut held: Option<Job<H::Caller>> = None;
+    loop {
+        let Some(conn) = slot.wait_ready(shared) else {
+            break;
+        };
+        let has_room = conn.in_flight.load(Ordering::Acquire) < window && !conn.is_closed();
+        if has_room {
+            batch.extend(held.take());
+        }
+        if batch.is_empty() {
+            // The reader wakes this thread when replies free room.
+            slot.writer_waiting.store(!has_room, Ordering::SeqCst);
+            let jobs = if has_room { &shared.queue_rx } else { &no_jobs };
+            select! {
+                recv(jobs) -> job => match job {
+                    Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
+                    Ok(job) => {
+                        held = Some(job);
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                recv(slot.control_rx) -> control => {
+                    if let Ok(control) = control {
+                        write_control(&conn, control);
+                    }
+                    continue;
+                }
+                recv(slot.wake_rx) -> _ => continue,
+                recv(shared.stop_rx) -> _ => break,
+                default(Duration::from_millis(100)) => continue,
+            }
+        }
+        slot.writer_waiting.store(false, Ordering::SeqCst);
+        let room = window.saturating_sub(conn.in_flight.load(Ordering::Acquire));
+        let mut bytes: usize = batch.iter().map(|j| j.frame.len()).sum();
+        while batch.len() < room && bytes < MAX_BATCH_BYTES {
+            match shared.queue_rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.frame.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        write_batch(shared, &conn, &mut batch, &mut courier);
+    }
+    if let Some(job) = held {
+        shared.requeue(&mut courier, job);
+    }
+}
+
+fn write_control(conn: &Connection, control: Control) {
+    if control.incarnation != conn.incarnation || conn.is_dead() {
+        return;
+    }
+    let _guard = conn.write_lock.lock();
+    match control.action {
+        Action::Send(frame) => {
+            let mut slices = [IoSlice::new(&frame)];
+            let _ = socket::send_all(conn.fd(), &mut slices);
+        }
+        Action::Shutdown => {
+            let _ = conn.socket().shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+/// Writes a batch of calls with one `sendmsg` (more only for partial
+/// writes). Calls whose caller has died are dropped instead: nobody waits
+/// for their reply.
+fn write_batch<H: Hooks>(
+    shared: &Shared<H>,
+    conn: &Connection,
+    batch: &mut Vec<Job<H::Caller>>,
+    courier: &mut H::Courier,
+) {
+    if conn.is_closed() || shared.stopping.load(Ordering::Acquire) {
+        for job in batch.drain(..) {
+            shared.requeue(courier, job);
+        }
+        return;
+    }
+    batch.retain(|job| {
+        if shared.hooks.caller_alive(courier, &job.call.caller) {
+            return true;
+        }
+        if job.call.claim_reply() {
+            shared.table.remove(job.call.id);
+        }
+        false
+    });
+    let _guard = conn.write_lock.lock();
+    batch.retain(|job| job.call.mark_sent(conn.incarnation));
+    conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|j| IoSlice::new(&j.frame)).collect();
+    let result = socket::send_all(conn.fd(), &mut slices);
+    drop(slices);
+    if let Err((_, written)) = result {
+        // Frames wholly written may have started: they fail with the
+        // worker. The rest never reached it and go back to the queue.
+        let mut offset = 0;
+        for job in batch.drain(..) {
+            offset += job.frame.len();
+            if offset > written && job.call.mark_unsent() {
+                conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+                shared.requeue(courier, job);
+            }
+        }
+    }
+    batch.clear();
+}
