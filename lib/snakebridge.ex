@@ -250,17 +250,19 @@ defmodule SnakeBridge do
   def bytes(data) when is_binary(data), do: %SnakeBridge.Bytes{data: data}
 
   @doc """
-  Returns the state of a pool: a map with at least `:queue_length` (calls
-  waiting for a worker) and `:workers`, one map per worker with `:os_pid`,
-  `:state`, `:in_flight`, `:calls`, `:errors`, `:restarts` and `:rss` (bytes,
-  of the Python process).
+  Returns the state of a pool: a map with `:queue_length` (calls waiting for
+  a worker), `:max_queue`, `:size`, the pool's totals `:calls`, `:errors` and
+  `:restarts`, and `:workers`, one map per worker slot with `:os_pid` (`nil`
+  while none runs), `:state` (`:starting`, `:ready`, `:restarting`,
+  `:unavailable` or `:stopped`), `:in_flight`, `:calls`, `:errors`,
+  `:restarts` and `:rss` (bytes, of the Python process).
 
   Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs.
 
   ## Examples
 
       SnakeBridge.stats()
-      #=> %{queue_length: 0, workers: [%{os_pid: 4242, state: :idle, in_flight: 0, ...}, ...]}
+      #=> %{queue_length: 0, size: 2, calls: 10, workers: [%{os_pid: 4242, state: :ready, in_flight: 0, ...}, ...], ...}
   """
   @spec stats(SnakeBridge.Types.pool()) :: %{
           required(:queue_length) => non_neg_integer(),

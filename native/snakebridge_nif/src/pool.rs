@@ -153,16 +153,23 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
             Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
         })
         .collect();
+    let total = |f: fn(&snakebridge_runtime::WorkerStats) -> u64| stats.workers.iter().map(f).sum::<u64>();
     let keys = [
         atoms::queue_length().encode(env),
         atoms::max_queue().encode(env),
         atoms::size().encode(env),
+        atoms::calls().encode(env),
+        atoms::errors().encode(env),
+        atoms::restarts().encode(env),
         atoms::workers().encode(env),
     ];
     let values = [
         stats.queue_length.encode(env),
         stats.max_queue.encode(env),
         stats.workers.len().encode(env),
+        total(|w| w.calls).encode(env),
+        total(|w| w.errors).encode(env),
+        total(|w| w.restarts).encode(env),
         workers.encode(env),
     ];
     let map = Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys");
