@@ -182,14 +182,22 @@ impl<H: Hooks> Pool<H> {
     fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
         let slots = &self.shared.slots;
         let window = self.shared.config.window;
+        // Least busy worker first; the rotating start spreads ties.
         let first = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
-        let mut candidates: Vec<_> = (0..slots.len())
-            .filter_map(|i| slots[(first + i) % slots.len()].connection())
-            .map(|conn| (conn.in_flight.load(Ordering::Acquire), conn))
-            .filter(|(in_flight, _)| *in_flight < window)
-            .collect();
-        candidates.sort_by_key(|(in_flight, _)| *in_flight);
-        for (_, conn) in candidates {
+        let in_flight = |i: usize| {
+            slots[i]
+                .connection()
+                .map_or(usize::MAX, |c| c.in_flight.load(Ordering::Acquire))
+        };
+        let best = (0..slots.len())
+            .map(|i| (first + i) % slots.len())
+            .min_by_key(|&i| in_flight(i))
+            .unwrap_or(0);
+        let order = std::iter::once(best).chain((0..slots.len()).map(|i| (first + i) % slots.len()).filter(|&i| i != best));
+        for i in order {
+            let Some(conn) = slots[i].connection() else {
+                continue;
+            };
             // Never wait for the lock: its holder is writing to this worker
             // already, and the call can queue for it instead.
             let Some(_guard) = conn.write_lock.try_lock() else {
