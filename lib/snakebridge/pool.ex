@@ -61,10 +61,15 @@ defmodule SnakeBridge.Pool do
   alias SnakeBridge.{Error, NIF}
 
   @enforce_keys [:name, :resource]
-  defstruct [:name, :resource, config: %{}]
+  defstruct [:name, :resource, config: %{}, last_start_failure: nil]
 
   @typedoc "The state of a pool process: its name and the native pool resource."
-  @type t :: %__MODULE__{name: atom(), resource: reference(), config: map()}
+  @type t :: %__MODULE__{
+          name: atom(),
+          resource: reference(),
+          config: map(),
+          last_start_failure: String.t() | nil
+        }
 
   @typedoc "An option of `start_link/1`; see the module documentation."
   @type option ::
@@ -188,6 +193,16 @@ defmodule SnakeBridge.Pool do
     {:noreply, state}
   end
 
+  # A slot that cannot start Python retries with backoff for as long as the
+  # pool runs; the same failure is logged as a warning once, then at debug.
+  def handle_info({:snakebridge_worker, _os_pid, {:start_failed, message}}, state) do
+    level = if message == state.last_start_failure, do: :debug, else: :warning
+
+    Logger.log(level, fn -> "Python worker failed to start: #{message}" end, pool: state.name)
+
+    {:noreply, %{state | last_start_failure: message}}
+  end
+
   def handle_info({:snakebridge_worker, os_pid, event}, state) do
     metadata = [python_worker: os_pid, pool: state.name]
 
@@ -196,6 +211,12 @@ defmodule SnakeBridge.Pool do
       fn -> "Python worker #{os_pid}: #{describe(event)}" end,
       metadata
     )
+
+    state =
+      case event do
+        {:started, _} -> %{state | last_start_failure: nil}
+        _ -> state
+      end
 
     {:noreply, state}
   end
