@@ -1,12 +1,15 @@
 """``python -m snakebridge_worker --fd N``: serve calls on socket ``N``.
 
 Exits 0 when the host closes the socket, 2 when it sends a malformed frame.
+The worker owns SIGUSR1: it is how a cancel from the host interrupts the
+running call (with ``snakebridge_worker.CallCancelled``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from snakebridge_worker import _native
@@ -20,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     # Subprocesses started by user code must not inherit the channel, or the
     # host would not see EOF when this process dies.
     os.set_inheritable(args.fd, False)
+    # The native reader thread sends SIGUSR1 to this (the main) thread to
+    # cancel the running call; this handler raises CallCancelled only if the
+    # call it was meant for is still the one running.
+    signal.signal(signal.SIGUSR1, _native.cancel_running_call)
     try:
         _native.serve(args.fd, resolve, describe)
     except _native.ProtocolError as exc:

@@ -1,5 +1,6 @@
 """Type stub for the native module (native/snakebridge_py)."""
 
+from types import FrameType
 from typing import Any, Callable
 
 PROTOCOL_VERSION: int
@@ -8,6 +9,9 @@ MAX_FRAME_LEN: int
 
 class ProtocolError(Exception):
     """The host sent bytes that are not a valid frame."""
+
+class CallCancelled(BaseException):
+    """The host cancelled the call while it ran (re-exported as snakebridge_worker.CallCancelled)."""
 
 class EncodeError(ValueError):
     """A value has no wire form."""
@@ -19,6 +23,9 @@ class DecodeError(ValueError):
 
 def dumps(obj: Any) -> bytes: ...
 def loads(data: bytes) -> Any: ...
+def cancel_running_call(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1 handler: raises CallCancelled in the call the host cancelled, if it still runs."""
+
 def serve(
     fd: int,
     resolve: Callable[[str, str], Callable[..., Any]],

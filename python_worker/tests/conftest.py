@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,11 +53,21 @@ def frame_body(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def call_frame(call_id: int, module: str, function: str, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+def call_frame(
+    call_id: int, module: str, function: str, args: list[Any], kwargs: dict[str, Any], deadline: int = 0
+) -> bytes:
     """A call frame written field by field, as the host does: the arguments
-    list is a value of its own (depth 0), not nested inside the message."""
+    list is a value of its own (depth 0), not nested inside the message.
+    ``deadline`` is a CLOCK_MONOTONIC time in microseconds (0: none)."""
     dumps = _native.dumps
-    return frame_body(b"\x96" + dumps(CALL) + dumps(call_id) + dumps(module) + dumps(function) + dumps(args) + dumps(kwargs))
+    return frame_body(
+        b"\x97" + dumps(CALL) + dumps(call_id) + dumps(deadline) + dumps(module) + dumps(function) + dumps(args) + dumps(kwargs)
+    )
+
+
+def monotonic_micros() -> int:
+    """The clock of call deadlines (time.monotonic is CLOCK_MONOTONIC on Linux)."""
+    return time.monotonic_ns() // 1000
 
 
 class Worker:
@@ -131,9 +142,24 @@ class Worker:
         del self.buffer[:n]
         return data
 
-    def call(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> list[Any]:
+    def start(
+        self,
+        module: str,
+        function: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        deadline: int = 0,
+    ) -> int:
+        """Sends a call without waiting for its reply; returns its id."""
         call_id = self.new_id()
-        self.send_raw(call_frame(call_id, module, function, args or [], kwargs or {}))
+        self.send_raw(call_frame(call_id, module, function, args or [], kwargs or {}, deadline))
+        return call_id
+
+    def cancel(self, call_id: int) -> None:
+        self.send([CANCEL, call_id])
+
+    def call(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> list[Any]:
+        call_id = self.start(module, function, args, kwargs)
         reply = self.recv()
         assert reply[1] == call_id, reply
         return reply

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import datetime
 import enum
 import sys
+import time
 from typing import Any
+
+from snakebridge_worker import CallCancelled
 
 
 class CustomError(Exception):
@@ -122,3 +126,77 @@ def add_import_path(path: str) -> None:
 
     sys.path.append(path)
     importlib.invalidate_caches()
+
+
+# ---- cancellation -----------------------------------------------------------
+
+
+def record(path: str, tag: str) -> str:
+    """Appends ``tag`` to the file at ``path``: proof that a call ran."""
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    return tag
+
+
+def sleep_marked(path: str, tag: str, seconds: float) -> str:
+    """Records ``tag``, then sleeps: the test knows when the call is running."""
+    record(path, tag)
+    time.sleep(seconds)
+    return tag
+
+
+def stubborn_sleep(path: str, seconds: float) -> str:
+    """Sleeps, swallowing every Exception: a cancel must get through anyway."""
+    record(path, "stubborn")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except Exception:  # noqa: BLE001 - the point of the helper
+            pass
+    return "slept"
+
+
+def catch_cancel(path: str, seconds: float) -> str:
+    """Catches CallCancelled on purpose and returns normally."""
+    record(path, "catching")
+    try:
+        time.sleep(seconds)
+    except CallCancelled:
+        return "caught"
+    return "not cancelled"
+
+
+def spin(n: int) -> int:
+    """Short pure-Python work: a pending signal handler would run between its bytecodes."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def libc_sleep(path: str, seconds: int) -> int:
+    """sleep(3) through ctypes: a signal ends it early (it returns the seconds left)."""
+    record(path, "libc_sleep")
+    return ctypes.CDLL(None).sleep(seconds)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def blocked_in_c(path: str, seconds: float) -> int:
+    """Waits ``seconds`` in C code that ignores signals.
+
+    pthread_mutex_timedlock on a mutex this thread already holds: POSIX says
+    it never fails with EINTR, and glibc simply resumes its futex wait after
+    a signal handler ran. Returns ETIMEDOUT.
+    """
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on glibc
+    if libc.pthread_mutex_lock(mutex) != 0:
+        raise OSError("pthread_mutex_lock failed")
+    end = time.time() + seconds  # CLOCK_REALTIME, as timedlock expects
+    abstime = _Timespec(int(end), int((end % 1) * 1e9))
+    record(path, "blocked")
+    return libc.pthread_mutex_timedlock(mutex, ctypes.byref(abstime))

@@ -13,7 +13,7 @@ from snakebridge_worker import _native
 
 def raw_call(call_id: int, args: bytes, kwargs: bytes = b"\x80", function: str = "identity") -> bytes:
     dumps = _native.dumps
-    return frame_body(b"\x96" + dumps(CALL) + dumps(call_id) + dumps("sb_helpers") + dumps(function) + args + kwargs)
+    return frame_body(b"\x97" + dumps(CALL) + dumps(call_id) + dumps(0) + dumps("sb_helpers") + dumps(function) + args + kwargs)
 
 
 def py_error(worker: Worker, module: str, function: str, args: list[Any] | None = None) -> list[Any]:
@@ -187,7 +187,7 @@ def test_non_string_keyword_name(worker: Worker) -> None:
 @pytest.mark.parametrize("count", [1, 50])
 def test_errors_in_a_pipelined_batch_keep_order(worker: Worker, count: int) -> None:
     batch = b"".join(
-        frame([CALL, i, "operator", "truediv", [1, i % 2], {}]) for i in range(count * 2)
+        frame([CALL, i, 0, "operator", "truediv", [1, i % 2], {}]) for i in range(count * 2)
     )
     worker.send_raw(batch)
     replies = [worker.recv() for _ in range(count * 2)]

@@ -1,48 +1,35 @@
 //! Blocking I/O on the raw protocol file descriptor.
 //!
 //! The descriptor belongs to the Python process (`--fd N`); these helpers
-//! never close it. They run with the GIL released.
+//! never close it. They run without the GIL: reads on the reader thread,
+//! writes on the main thread.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::RawFd;
 
-/// `Read` over a borrowed descriptor.
-///
-/// EINTR is reported as [`SignalArrived`] rather than
-/// `ErrorKind::Interrupted`, which `FrameDecoder::fill_from` would silently
-/// retry: the loop wants to run Python's signal handlers first.
-pub(crate) struct FdReader(pub(crate) RawFd);
-
-impl Read for FdReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
-        let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+/// Reads once into the spare capacity of `buf` (which must have some),
+/// appending what arrived; returns the number of bytes, 0 at end of stream.
+/// Retries EINTR: the reader thread blocks signals (they are for the main
+/// thread). No zero-filling of the buffer first: buffers are handed over
+/// whole after each read, so fresh ones would be cleared every time.
+pub(crate) fn read_appending(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    debug_assert!(!spare.is_empty());
+    loop {
+        // SAFETY: the kernel writes at most `spare.len()` bytes into spare
+        // capacity we own; only those it reports written are exposed below.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
         if n >= 0 {
-            return Ok(n as usize);
+            let n = n as usize;
+            // SAFETY: `n` bytes past the old length were just initialised.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
         }
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINTR) {
-            Err(io::Error::other(SignalArrived))
-        } else {
-            Err(err)
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
         }
     }
-}
-
-/// A signal interrupted a blocking read.
-#[derive(Debug)]
-pub(crate) struct SignalArrived;
-
-impl std::fmt::Display for SignalArrived {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted by a signal")
-    }
-}
-
-impl std::error::Error for SignalArrived {}
-
-pub(crate) fn signal_arrived(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|inner| inner.is::<SignalArrived>())
 }
 
 /// Writes all of `buf`, retrying on EINTR and partial writes.
@@ -98,6 +85,16 @@ mod tests {
         unsafe { libc::close(fd) };
     }
 
+    fn read_to_end(fd: RawFd) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            got.reserve(64 * 1024);
+            if read_appending(fd, &mut got).unwrap() == 0 {
+                return got;
+            }
+        }
+    }
+
     #[test]
     fn writes_more_than_the_socket_buffer() {
         let (a, b) = socketpair();
@@ -107,8 +104,7 @@ mod tests {
             write_all(a, &data).unwrap();
             close(a);
         });
-        let mut got = Vec::new();
-        FdReader(b).read_to_end(&mut got).unwrap();
+        let got = read_to_end(b);
         writer.join().unwrap();
         close(b);
         assert_eq!(got, expected);
@@ -124,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn eintr_is_reported_not_retried() {
+    fn eintr_is_retried() {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
 
@@ -135,27 +131,46 @@ mod tests {
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as *const () as usize;
-            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
         }
-        // Aimed at this thread (tests share the process), and repeated in
-        // case the first one lands before the read blocks.
+        // Aimed at this thread (tests share the process), several times
+        // before the data comes.
         let reader = unsafe { libc::pthread_self() };
         let done = Arc::new(AtomicBool::new(false));
         let kicker = {
             let done = done.clone();
             std::thread::spawn(move || {
-                while !done.load(Ordering::SeqCst) {
+                for _ in 0..5 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     // SAFETY: the reader thread outlives this loop (joined below).
-                    unsafe { libc::pthread_kill(reader, libc::SIGUSR1) };
+                    unsafe { libc::pthread_kill(reader, libc::SIGUSR2) };
                 }
+                write_all(a, b"after signals").unwrap();
+                done.store(true, Ordering::SeqCst);
             })
         };
-        let err = FdReader(b).read(&mut [0; 16]).unwrap_err();
-        done.store(true, Ordering::SeqCst);
+        let mut buf = Vec::with_capacity(64);
+        assert_eq!(read_appending(b, &mut buf).unwrap(), 13);
         kicker.join().unwrap();
-        assert!(signal_arrived(&err), "{err}");
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(buf, b"after signals");
         close(a);
+        close(b);
+    }
+
+    #[test]
+    fn read_appending_fills_spare_capacity_only() {
+        let (a, b) = socketpair();
+        write_all(a, b"hello world").unwrap();
+        let mut buf = Vec::with_capacity(5);
+        buf.extend_from_slice(b">");
+        assert_eq!(read_appending(b, &mut buf).unwrap(), 4);
+        assert_eq!(buf, b">hell");
+        buf.reserve(100);
+        assert_eq!(read_appending(b, &mut buf).unwrap(), 7);
+        assert_eq!(buf, b">hello world");
+        close(a);
+        assert_eq!(read_appending(b, &mut buf).unwrap(), 0);
         close(b);
     }
 
@@ -166,8 +181,7 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         write_all(fds[1], b"pipe").unwrap();
         close(fds[1]);
-        let mut got = Vec::new();
-        FdReader(fds[0]).read_to_end(&mut got).unwrap();
+        let got = read_to_end(fds[0]);
         close(fds[0]);
         assert_eq!(got, b"pipe");
     }

@@ -2,18 +2,24 @@
 //!
 //! - [`dumps`] / [`loads`]: the value codec (`encode` / `decode`), the same
 //!   wire format the host speaks, via the protocol crate.
-//! - [`serve`]: the worker loop (`worker`), reading calls from the protocol
-//!   socket and writing replies (`fd`).
+//! - [`serve`]: the worker loop (`worker`): calls run on the main thread,
+//!   fed through an `inbox` by a `reader` thread that keeps reading the
+//!   protocol socket (`fd`) so that cancels arrive while a call runs.
+//! - `cancel_running_call`: the SIGUSR1 handler through which a cancel
+//!   interrupts the running call with `CallCancelled` (`cancel`).
 
+mod cancel;
 mod decode;
 mod encode;
 mod fd;
+mod inbox;
+mod reader;
 mod worker;
 
 use std::os::fd::RawFd;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use snakebridge_protocol::{decode_value, DecodeError as WireDecodeError, MAX_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION};
@@ -35,6 +41,14 @@ create_exception!(
     DecodeError,
     PyValueError,
     "Bytes that are not one valid value, or a value Python cannot hold."
+);
+
+create_exception!(
+    snakebridge_worker,
+    CallCancelled,
+    PyBaseException,
+    "The host cancelled the call while it ran. A BaseException, like KeyboardInterrupt, \
+     so that `except Exception` does not swallow it."
 );
 
 /// Encodes a Python value into the wire format (msgpack plus extensions).
@@ -75,7 +89,8 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 /// `resolve(module, function)` returns the callable for a call (results are
 /// cached); `describe(exc)` returns `(type, module, message, traceback_lines)`
 /// for an exception. Returns on EOF; raises `ProtocolError` on a malformed
-/// frame.
+/// frame. Must run on the main thread; a cancel interrupts the running call
+/// only if SIGUSR1's handler is `cancel_running_call`.
 #[pyfunction]
 fn serve(py: Python<'_>, fd: RawFd, resolve: Bound<'_, PyAny>, describe: Bound<'_, PyAny>) -> PyResult<()> {
     worker::serve(py, fd, resolve, describe)
@@ -88,6 +103,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(cancel::cancel_running_call, m)?)?;
+    m.add("CallCancelled", py.get_type::<CallCancelled>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;
     m.add("DecodeError", py.get_type::<DecodeError>())?;

@@ -1,32 +1,47 @@
-//! The worker loop: read frames, run calls on this (the main) thread, write
-//! replies.
+//! The worker loop: calls run on this (the main) thread; a reader thread
+//! (see `reader`) reads the socket meanwhile, so that a cancel can interrupt
+//! the call running here.
 //!
-//! One read drains whatever the host has sent; every frame in it is handled
-//! and the replies go back in one write. Under load that amortises the
-//! syscalls and GIL hand-offs over many calls; a lone call still gets its
-//! reply as soon as it returns, because the loop flushes whenever it runs out
-//! of frames. The GIL is released only while blocked in `read`/`write`.
+//! Each wake-up takes every frame read since the last one (the reader's
+//! buffers themselves, no copy); every frame is handled and the replies go
+//! back in one write. Under load that amortises
+//! the syscalls, wake-ups and GIL hand-offs over many calls; a lone call
+//! still gets its reply as soon as it returns, because the loop flushes
+//! whenever it runs out of frames. This thread is the only writer of the
+//! socket; the GIL is released while it writes and while it waits for work.
 //!
 //! Batching must not hold a finished reply hostage to a slow call behind it,
 //! so pending replies are flushed before a call to a function that was slow
 //! last time (or has never run), before a cache miss (imports can be slow),
 //! and once they have waited [`FLUSH_AFTER`].
+//!
+//! Before a call starts, the loop checks that the host has not cancelled it
+//! ([`Inbox::begin`]) and that its deadline has not passed; either way it
+//! replies with a Failure instead of running it. A call that is running is
+//! interrupted by the reader thread (see `cancel`), never by its deadline:
+//! the host sends a cancel for that.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
-use snakebridge_protocol::{DecodeError, FrameDecoder, FrameWriter, Header, Kind, Message, PROTOCOL_VERSION};
+use snakebridge_protocol::{DecodeError, FrameWriter, Header, Kind, Message, PROTOCOL_VERSION};
 
+use crate::cancel::{self, monotonic_micros, Running};
 use crate::decode::{non_string_keyword, BuildError, PyBuilder};
 use crate::encode::Encoder;
-use crate::fd::{host_gone, signal_arrived, write_all, FdReader};
+use crate::fd::{host_gone, write_all};
+use crate::inbox::{self, Chunk, End, Inbox, Took};
+use crate::reader;
 use crate::ProtocolError;
 
 /// Longest a finished reply waits for the replies batched after it.
@@ -67,6 +82,13 @@ struct Worker<'py> {
     fd: RawFd,
     resolve: Bound<'py, PyAny>,
     describe: Bound<'py, PyAny>,
+    /// Frames from the reader thread.
+    inbox: Arc<Inbox>,
+    /// The reader thread reported why it stopped (so it has returned).
+    reader_done: bool,
+    /// Seq of the last call read: calls are numbered from 1 in the order
+    /// they arrive, by the reader thread and by this one.
+    seq: u64,
     /// `len(module) ++ module ++ function` → index into `entries`. Only
     /// successful resolutions are cached.
     cache: HashMap<Vec<u8>, usize>,
@@ -85,29 +107,57 @@ pub(crate) fn serve(
     resolve: Bound<'_, PyAny>,
     describe: Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    ensure_main_thread(py)?;
+    cancel::reset();
     let mut worker = Worker {
         py,
         fd,
         resolve,
         describe,
+        inbox: Arc::new(Inbox::default()),
+        reader_done: false,
+        seq: 0,
         cache: HashMap::new(),
         entries: Vec::new(),
         key: Vec::new(),
         out: Vec::with_capacity(64 * 1024),
         pending_since: None,
     };
-    match worker.run() {
+    match worker.hello() {
+        Ok(()) => {}
+        Err(Stop::HostGone) => return Ok(()),
+        Err(Stop::Fatal(err)) => return Err(err),
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let main = unsafe { libc::pthread_self() };
+    let reader = reader::spawn(fd, worker.inbox.clone(), main)?;
+    let result = worker.run();
+    if let Err(Stop::Fatal(_)) = &result {
+        // Replies already computed still go out before the error.
+        let _ = worker.flush();
+    }
+    worker.stop_reader(reader);
+    match result {
         Ok(()) | Err(Stop::HostGone) => Ok(()),
-        Err(Stop::Fatal(err)) => {
-            // Replies already computed still go out before the error.
-            let _ = worker.flush();
-            Err(err)
-        }
+        Err(Stop::Fatal(err)) => Err(err),
     }
 }
 
+/// Cancels reach a call as a signal, and Python runs signal handlers on its
+/// main thread only.
+fn ensure_main_thread(py: Python<'_>) -> PyResult<()> {
+    let threading = py.import("threading")?;
+    let main = threading.call_method0("main_thread")?.getattr("ident")?;
+    if !main.eq(threading.call_method0("get_ident")?)? {
+        return Err(PyRuntimeError::new_err(
+            "serve() must run on the main thread, where Python runs signal handlers",
+        ));
+    }
+    Ok(())
+}
+
 impl<'py> Worker<'py> {
-    fn run(&mut self) -> Result<(), Stop> {
+    fn hello(&mut self) -> Result<(), Stop> {
         let version = self.py.version_info();
         Message::Hello {
             version: PROTOCOL_VERSION,
@@ -116,32 +166,58 @@ impl<'py> Worker<'py> {
         }
         .write_frame(&mut self.out)
         .expect("a hello frame is small");
-        self.flush()?;
+        self.flush()
+    }
 
-        let mut decoder = FrameDecoder::default();
-        let fd = self.fd;
+    fn run(&mut self) -> Result<(), Stop> {
+        // Chunks taken from the inbox; given back with the next `take`.
+        let mut batch = Vec::new();
         loop {
             self.idle_signals()?;
-            // Blocked in read(2) without the GIL, so the user's own threads
-            // keep running between calls.
-            match self.py.detach(|| decoder.fill_from(&mut FdReader(fd))) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if signal_arrived(&e) => continue,
-                Err(e) if host_gone(&e) => return Ok(()),
-                Err(e) => return Err(Stop::Fatal(e.into())),
+            match self.inbox.take(&mut batch) {
+                Took::Frames => {
+                    self.handle_all(&batch)?;
+                    self.flush()?;
+                }
+                Took::End(end) => {
+                    self.reader_done = true;
+                    return match end {
+                        End::HostGone => Ok(()),
+                        End::Protocol(message) => Err(protocol(message)),
+                        End::Io(e) => Err(Stop::Fatal(e.into())),
+                    };
+                }
+                // Asleep without the GIL, so the user's own threads keep
+                // running between calls. A signal wakes this up: the next
+                // turn runs its Python handler.
+                Took::Empty(ticket) => {
+                    let inbox = &*self.inbox;
+                    self.py.detach(|| inbox.wait(ticket));
+                }
             }
-            while let Some(body) = decoder.next_frame()? {
-                self.handle(body)?;
-            }
-            self.flush()?;
         }
+    }
+
+    /// Ends the reader thread. It has returned already unless the loop
+    /// stopped on its own (a bad call body, a failed write, a handler's
+    /// SystemExit): then shutting down the read side wakes it with EOF. On a
+    /// descriptor that is not a socket it is left blocked in `read`; it holds
+    /// no Python object and dies with the process.
+    fn stop_reader(&self, reader: JoinHandle<()>) {
+        // SAFETY: `fd` is open (it belongs to the caller of `serve`).
+        if !self.reader_done && unsafe { libc::shutdown(self.fd, libc::SHUT_RD) } != 0 {
+            return;
+        }
+        self.py.detach(|| {
+            let _ = reader.join();
+        });
     }
 
     /// Runs the Python handlers of signals that arrived while no call was
     /// running. Otherwise they would fire inside the next call: a SIGINT
     /// meant for a call that already finished would interrupt an unrelated
     /// one. A KeyboardInterrupt here has nothing to interrupt and is dropped;
+    /// a late cancel (SIGUSR1) does nothing, since no call is running;
     /// anything else a handler raises (SystemExit from a user's SIGTERM
     /// handler, say) ends the worker.
     fn idle_signals(&self) -> Result<(), Stop> {
@@ -152,27 +228,43 @@ impl<'py> Worker<'py> {
         }
     }
 
-    fn handle(&mut self, body: &[u8]) -> Result<(), Stop> {
-        let mut input = body;
-        let header = Header::read(&mut input)?;
-        match header.kind {
-            Kind::Call => self.call(header.id, input),
-            Kind::Ping => {
-                no_trailing(input)?;
-                Message::Pong { id: header.id }
+    fn handle_all(&mut self, batch: &[Chunk]) -> Result<(), Stop> {
+        for body in batch.iter().flat_map(|chunk| inbox::frames(chunk)) {
+            let mut input = body;
+            let header = Header::read(&mut input)?;
+            match header.kind {
+                Kind::Call => {
+                    // Numbered as the reader thread numbered it.
+                    self.seq += 1;
+                    self.call(header.id, self.seq, input)?
+                }
+                Kind::Ping => Message::Pong { id: header.id }
                     .write_frame(&mut self.out)
-                    .expect("a pong frame is small");
-                Ok(())
+                    .expect("a pong frame is small"),
+                // Handled by the reader thread.
+                Kind::Cancel => {}
+                // The reader hands over nothing else.
+                other => return Err(protocol(format!("unexpected {other:?} message"))),
             }
-            // Nothing runs concurrently with a call yet, so there is nothing
-            // to cancel: the reply (if any) is sent and the host drops it.
-            Kind::Cancel => no_trailing(input),
-            other => Err(protocol(format!("unexpected {other:?} message"))),
         }
+        Ok(())
     }
 
-    fn call(&mut self, id: u64, mut input: &[u8]) -> Result<(), Stop> {
+    fn call(&mut self, id: u64, seq: u64, mut input: &[u8]) -> Result<(), Stop> {
         let py = self.py;
+        // Marked running before `begin` publishes the start: the reader
+        // thread, once it sees the call started, must see it running too
+        // (or finished), or it would not interrupt it.
+        let running = Running::enter(seq);
+        if self.inbox.begin(seq) {
+            drop(running);
+            return self.failure(id, "cancelled", "the call was cancelled before it started");
+        }
+        let deadline = read_uint(&mut input)?;
+        if deadline != 0 && monotonic_micros() > deadline {
+            drop(running);
+            return self.failure(id, "timeout", "the caller stopped waiting before the call started");
+        }
         let module = read_str(&mut input)?;
         let function = read_str(&mut input)?;
         let args = match decode_args(py, &mut input)? {
@@ -187,7 +279,10 @@ impl<'py> Worker<'py> {
 
         let index = match self.lookup(module, function)? {
             Ok(index) => index,
-            Err(err) => return self.py_error(id, err),
+            Err(err) => {
+                drop(running);
+                return self.py_error(id, err);
+            }
         };
         let entry = &self.entries[index];
         let (callable, slow) = (entry.callable.bind(py).clone(), entry.slow);
@@ -202,6 +297,7 @@ impl<'py> Worker<'py> {
         // as a PanicException that pyo3 turns into a panic again on fetch;
         // catch it here so the loop survives it like any other exception.
         let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(&args, kwargs.as_ref())));
+        drop(running);
         let finished = Instant::now();
         self.entries[index].slow = finished - started >= SLOW_CALL;
         drop(args);
