@@ -66,6 +66,22 @@ defmodule SnakeBridgeTest do
       assert SnakeBridge.call("builtins", "str.upper", ["abc"], pool: @pool) == {:ok, "ABC"}
     end
 
+    test "a module path may end in attributes of the module" do
+      assert SnakeBridge.call("datetime.date", "fromisoformat", ["2024-02-29"], pool: @pool) ==
+               {:error,
+                %SnakeBridge.Error{
+                  reason: :unsupported_type,
+                  message: "cannot convert result of Python type datetime.date",
+                  details: %{}
+                }}
+
+      assert SnakeBridge.call("collections.OrderedDict", "fromkeys", [["a"], 1], pool: @pool) ==
+               {:ok, %{"a" => 1}}
+
+      assert {:error, %SnakeBridge.PythonError{type: "ModuleNotFoundError"}} =
+               SnakeBridge.call("no_such_pkg_xyz.sub", "f", [], pool: @pool)
+    end
+
     test "invalid arguments raise ArgumentError" do
       assert_raise ArgumentError, fn -> SnakeBridge.call(123, "f", [], pool: @pool) end
       assert_raise ArgumentError, fn -> SnakeBridge.call("m", nil, [], pool: @pool) end

@@ -11,15 +11,44 @@ def resolve(module: str, function: str) -> Callable[..., Any]:
     """Returns the callable named ``function`` in ``module``.
 
     ``module`` may be dotted (``"os.path"``); so may ``function``, to reach
-    attributes of attributes (``"JSONDecoder.decode"``). Raises what the import
-    or the attribute lookup raises (``ModuleNotFoundError``, ``AttributeError``).
+    attributes of attributes (``"JSONDecoder.decode"``). ``module`` may also
+    end in attributes of a module (``"datetime.date"`` with ``"today"``): the
+    longest importable prefix is imported and the rest looked up on it.
+    Raises what the import or the attribute lookup raises
+    (``ModuleNotFoundError``, ``AttributeError``).
     """
-    target: object = importlib.import_module(module)
-    for name in function.split("."):
+    target, attributes = _import_prefix(module)
+    for name in attributes + function.split("."):
         target = getattr(target, name)
     if not callable(target):
         raise TypeError(f"{module}.{function} is not callable (it is a {type(target).__qualname__})")
     return target
+
+
+def _import_prefix(module: str) -> tuple[object, list[str]]:
+    """Imports ``module``, or its longest importable dotted prefix, and returns
+    it with the remaining names. The error of the full name is raised when no
+    prefix is a module."""
+    try:
+        return importlib.import_module(module), []
+    except ModuleNotFoundError as full_error:
+        # A module that exists but fails its own imports is not a naming
+        # problem: report the real error.
+        if not _names_part_of(full_error.name, module):
+            raise
+        parts = module.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                return importlib.import_module(".".join(parts[:cut])), parts[cut:]
+            except ModuleNotFoundError as error:
+                if not _names_part_of(error.name, module):
+                    raise
+        raise
+
+
+def _names_part_of(name: str | None, module: str) -> bool:
+    """Whether ``name`` is ``module`` or one of its dotted prefixes."""
+    return name is not None and (module == name or module.startswith(f"{name}."))
 
 
 def describe(exc: BaseException) -> tuple[str, str, str, list[str]]:

@@ -44,3 +44,17 @@ def test_describe_nested_class_and_broken_str() -> None:
     assert module == __name__
     assert "str() failed" in message
     assert isinstance(lines, list)
+
+
+def test_resolve_attribute_path_in_module_name() -> None:
+    import datetime
+    import json
+
+    assert resolve("datetime.date", "today") == datetime.date.today
+    assert resolve("json.JSONDecoder", "decode") is json.JSONDecoder.decode
+
+
+def test_resolve_reports_the_missing_module_for_unknown_dotted_names() -> None:
+    with pytest.raises(ModuleNotFoundError) as info:
+        resolve("no_such_pkg_xyz.sub", "f")
+    assert info.value.name == "no_such_pkg_xyz.sub" or info.value.name == "no_such_pkg_xyz"
