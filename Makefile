@@ -3,6 +3,8 @@
 #   make test   Rust tests, native build, pytest, ExUnit (what CI runs)
 #   make demo   a few calls from Elixir to Python
 #   make bench  the benchmark in bench/
+#   make soak   1,000,000 mixed calls; prints BEAM and worker memory growth
+#               (SOAK_CALLS=200000 make soak for a shorter run)
 #
 # Missing tools are installed on the way: Elixir/Erlang with apt-get when mix
 # is absent, and a virtualenv in .venv with python_worker/requirements-test.txt
@@ -24,7 +26,7 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench setup tools elixir rust venv compile cargo-test pytest mix-test clean
+.PHONY: test demo bench soak setup tools elixir rust venv compile cargo-test pytest mix-test clean
 
 # compile first: the runtime's Rust tests run real workers from priv/python.
 test: setup compile cargo-test pytest mix-test
@@ -34,6 +36,9 @@ demo: setup compile
 
 bench: setup compile
 	mix run bench/run.exs
+
+soak: setup compile
+	mix run soak/soak.exs
 
 setup: tools venv
 
