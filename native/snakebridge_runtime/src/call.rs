@@ -84,6 +84,12 @@ impl<C> Call<C> {
         .then_some(state)
     }
 
+    /// The worker incarnation the call was last written to (0: none), read
+    /// without regard to its state, which a cancel may change meanwhile.
+    pub(crate) fn written_to(&self) -> u64 {
+        self.worker.load(Ordering::Relaxed)
+    }
+
     /// The worker incarnation a sent call went to.
     pub(crate) fn sent_to(&self) -> Option<u64> {
         (self.state.load(Ordering::Acquire) == SENT).then(|| self.worker.load(Ordering::Relaxed))

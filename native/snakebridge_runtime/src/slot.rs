@@ -81,6 +81,7 @@ pub(crate) struct Slot {
     pub wake_rx: Receiver<()>,
     pub writer_waiting: AtomicBool,
     last_error: Mutex<Option<String>>,
+    gave_up: AtomicBool,
     calls: AtomicU64,
     errors: AtomicU64,
     restarts: AtomicU64,
@@ -103,6 +104,7 @@ impl Slot {
             wake_rx,
             writer_waiting: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            gave_up: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -114,8 +116,10 @@ impl Slot {
         self.connection.read().clone()
     }
 
+    /// True once the slot has given up starting Python, until a start
+    /// succeeds again (retries go on meanwhile).
     pub fn is_unavailable(&self) -> bool {
-        self.status() == Status::Unavailable
+        self.gave_up.load(Ordering::Acquire)
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -229,6 +233,9 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 );
                 *slot.last_error.lock() = Some(failure.message);
                 if failure.definitive || failures >= MAX_START_FAILURES {
+                    slot.gave_up.store(true, Ordering::Release);
+                    slot.set_status(Status::Unavailable);
+                } else if slot.is_unavailable() {
                     slot.set_status(Status::Unavailable);
                 } else {
                     slot.set_status(Status::Restarting);
@@ -236,6 +243,7 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
             }
             Ok((mut process, conn, decoder, python)) => {
                 *slot.last_error.lock() = None;
+                slot.gave_up.store(false, Ordering::Release);
                 *slot.connection.write() = Some(conn.clone());
                 slot.set_status(Status::Ready);
                 shared.hooks.event(&mut courier, conn.os_pid, WorkerEvent::Started { python });
@@ -446,6 +454,9 @@ fn route_reply<H: Hooks>(
     let Some(call) = shared.table.get(header.id) else {
         return Ok(());
     };
+    if call.written_to() != conn.incarnation {
+        return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
+    }
     if !call.claim_reply() {
         return Ok(());
     }
