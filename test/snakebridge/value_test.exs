@@ -151,8 +151,20 @@ defmodule SnakeBridge.ValueTest do
     end
 
     test "large maps" do
-      map = Map.new(1..50_000, &{"key#{&1}", &1})
-      assert round_trip(map) == {:ok, map}
+      # Sizes around the 32-key flat map limit and the 128-key limit of
+      # building a map in one go on a runtime thread.
+      for size <- [31, 32, 33, 128, 129, 50_000] do
+        map = Map.new(1..size, &{"key#{&1}", &1})
+        assert round_trip(map) == {:ok, map}
+      end
+    end
+
+    test "Python keys that become the same binary keep the last value" do
+      for size <- [3, 40, 200] do
+        expression = "{**{str(i): i for i in range(#{size})}, b'0': 'bytes'}"
+        expected = Map.new(1..(size - 1), &{Integer.to_string(&1), &1}) |> Map.put("0", "bytes")
+        assert SnakeBridge.call!("builtins", "eval", [expression], pool: @pool) == expected
+      end
     end
 
     test "MapSet becomes set" do

@@ -8,8 +8,11 @@ use snakebridge_protocol::{Builder, DecodeError};
 
 use crate::atoms;
 
-/// Largest map built in one `enif_make_map_from_arrays` (see `map`).
-const MAX_MAP_FROM_ARRAYS: usize = 32;
+/// Largest map built in one `enif_make_map_from_arrays`. Larger maps built
+/// that way off the VM's own threads crash OTP 24.3.4.2+/25.1+/26 releases
+/// without the fix of erlang/otp#8208 (OTP 27.3 and backports); replies are
+/// decoded on runtime threads, so larger maps are built one put at a time.
+const MAX_MAP_FROM_ARRAYS: usize = 128;
 
 /// Fields of `%MapSet{}` besides `:map` (Elixir 1.14 has `version: 2`, later
 /// versions none), with integer values, learned from the Elixir side when the
@@ -118,13 +121,14 @@ impl<'a> Builder for TermBuilder<'a> {
     }
 
     fn map(&mut self, pairs: Vec<(Term<'a>, Term<'a>)>) -> Result<Term<'a>, DecodeError> {
-        // enif_make_map_from_arrays sorts large maps with a helper that
-        // crashes off the VM's own threads on OTP 25/26 (fixed in 27.3), and
-        // this runs on a runtime thread: only small maps take that path.
         if pairs.len() <= MAX_MAP_FROM_ARRAYS {
             let (keys, values): (Vec<Term<'a>>, Vec<Term<'a>>) = pairs.iter().copied().unzip();
             if let Ok(map) = Term::map_from_term_arrays(self.env, &keys, &values) {
-                return Ok(map);
+                // Above 32 keys some OTP releases drop duplicate keys instead
+                // of failing, leaving an inconsistent map: check the size.
+                if map.map_size().is_ok_and(|size| size == pairs.len()) {
+                    return Ok(map);
+                }
             }
         }
         // One put per pair; also where distinct Python keys became equal
