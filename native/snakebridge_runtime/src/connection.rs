@@ -29,6 +29,9 @@ pub(crate) struct Control {
 
 pub(crate) enum Action {
     Send(Vec<u8>),
+    /// Send a cancel frame, then SIGUSR1: the worker's handler reads the
+    /// frame and interrupts the call if it is the one running.
+    Interrupt(Vec<u8>),
     /// Half-close the socket: the worker answers what it has read, sees EOF
     /// and exits.
     Shutdown,
@@ -143,7 +146,7 @@ impl Connection {
         self.cancelling_count.fetch_add(1, Ordering::Release);
         let _ = self.control.send(Control {
             incarnation: self.incarnation,
-            action: Action::Send(frame),
+            action: Action::Interrupt(frame),
         });
     }
 

@@ -149,6 +149,18 @@ impl Slot {
         self.status_cv.notify_all();
     }
 
+    /// Signals the worker process `os_pid` if it is still this slot's (an
+    /// exited one keeps its pid until reaped, which clears it under the same
+    /// lock), so a recycled pid is never hit.
+    pub fn signal_process(&self, os_pid: u32, signal: libc::c_int) {
+        let process = self.process.lock();
+        if *process == Some(os_pid) {
+            unsafe {
+                libc::kill(os_pid as libc::pid_t, signal);
+            }
+        }
+    }
+
     pub fn kill_process(&self) {
         if let Some(pid) = *self.process.lock() {
             unsafe {

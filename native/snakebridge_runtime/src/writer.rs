@@ -47,7 +47,7 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 },
                 recv(slot.control_rx) -> control => {
                     if let Ok(control) = control {
-                        write_control(&conn, control);
+                        write_control(slot, &conn, control);
                     }
                     continue;
                 }
@@ -75,7 +75,7 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
     }
 }
 
-fn write_control(conn: &Connection, control: Control) {
+fn write_control(slot: &Slot, conn: &Connection, control: Control) {
     if control.incarnation != conn.incarnation || conn.is_dead() {
         return;
     }
@@ -84,6 +84,12 @@ fn write_control(conn: &Connection, control: Control) {
         Action::Send(frame) => {
             let mut slices = [IoSlice::new(&frame)];
             let _ = socket::send_all(conn.fd(), &mut slices);
+        }
+        Action::Interrupt(frame) => {
+            let mut slices = [IoSlice::new(&frame)];
+            if socket::send_all(conn.fd(), &mut slices).is_ok() {
+                slot.signal_process(conn.os_pid, libc::SIGUSR1);
+            }
         }
         Action::Shutdown => {
             let _ = conn.socket().shutdown(std::net::Shutdown::Write);
