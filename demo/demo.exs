@@ -24,7 +24,7 @@ show.(
 )
 
 show.(
-  ~s|call("json", "loads", [~s({"a": [1, 2.5]})])|,
+  ~s|call("json", "loads", [~s({"a": [1, 2.5, null]})])|,
   SnakeBridge.call("json", "loads", [~s({"a": [1, 2.5, null]})])
 )
 
