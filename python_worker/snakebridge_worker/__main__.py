@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     # Subprocesses started by user code must not inherit the channel, or the
     # host would not see EOF when this process dies.
     os.set_inheritable(args.fd, False)
-    # The native reader thread sends SIGUSR1 to this (the main) thread to
-    # cancel the running call; this handler raises CallCancelled only if the
-    # call it was meant for is still the one running.
-    signal.signal(signal.SIGUSR1, _native.cancel_running_call)
+    # To cancel a call, the host writes a Cancel frame, then sends SIGUSR1.
+    # This handler (native, run by Python on the main thread) reads the
+    # pending frames without blocking, records their cancels, and raises
+    # CallCancelled only if the call running now is one of them.
+    signal.signal(signal.SIGUSR1, _native.cancel_signal)
     try:
         _native.serve(args.fd, resolve, describe)
     except _native.ProtocolError as exc:

@@ -23,8 +23,8 @@ class DecodeError(ValueError):
 
 def dumps(obj: Any) -> bytes: ...
 def loads(data: bytes) -> Any: ...
-def cancel_running_call(signum: int, frame: FrameType | None) -> None:
-    """SIGUSR1 handler: raises CallCancelled in the call the host cancelled, if it still runs."""
+def cancel_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1 handler: reads the Cancel frames the host sent and raises CallCancelled if the running call is cancelled."""
 
 def serve(
     fd: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -155,8 +156,11 @@ class Worker:
         self.send_raw(call_frame(call_id, module, function, args or [], kwargs or {}, deadline))
         return call_id
 
-    def cancel(self, call_id: int) -> None:
+    def cancel(self, call_id: int, signal_too: bool = True) -> None:
+        """Cancels like the host: the Cancel frame, then SIGUSR1 to the process."""
         self.send([CANCEL, call_id])
+        if signal_too:
+            os.kill(self.proc.pid, signal.SIGUSR1)
 
     def call(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> list[Any]:
         call_id = self.start(module, function, args, kwargs)

@@ -1,9 +1,11 @@
 """Cancels and deadlines, against a real worker over a real socketpair.
 
-A cancel of a call that has not started turns it into a ``cancelled``
-Failure; a cancel of the running call raises ``CallCancelled`` in it (the
-reader thread signals the main thread); a cancel of an answered call is
-ignored. Every call still gets exactly one reply.
+The harness cancels like the host: it writes the Cancel frame, then sends
+SIGUSR1 to the worker process. A cancel of a call that has not started turns
+it into a ``cancelled`` Failure; a cancel of the running call raises
+``CallCancelled`` in it (the signal's handler reads the Cancel frame); a
+cancel of an answered call is ignored. Every call still gets exactly one
+reply.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CANCEL, FAILURE, OK, PY_ERROR, Worker, call_frame, frame, monotonic_micros
+from conftest import CANCEL, FAILURE, OK, PY_ERROR, TIMEOUT, Worker, call_frame, frame, monotonic_micros
 from snakebridge_worker import CallCancelled, _native
 from snakebridge_worker.dispatch import describe, resolve
 
@@ -61,7 +63,7 @@ def test_call_cancelled_is_not_an_exception() -> None:
 
 
 def test_handler_does_nothing_when_no_call_runs() -> None:
-    assert _native.cancel_running_call(signal.SIGUSR1, None) is None
+    assert _native.cancel_signal(signal.SIGUSR1, None) is None
 
 
 def test_serve_refuses_to_run_off_the_main_thread() -> None:
@@ -202,13 +204,13 @@ def test_c_code_that_ignores_signals_is_cancelled_when_it_returns(worker: Worker
 # ---- calls that have not started ---------------------------------------------
 
 
-@pytest.mark.parametrize("same_write", [True, False], ids=["in-main-threads-batch", "in-reader-queue"])
+@pytest.mark.parametrize("same_write", [True, False], ids=["in-the-running-batch", "read-by-the-handler"])
 def test_cancel_of_a_queued_call_replies_cancelled_and_never_runs(
     worker: Worker, tmp_path: Path, same_write: bool
 ) -> None:
     marks = tmp_path / "marks"
     if same_write:
-        # All three in one write: the main thread took them in one batch.
+        # All three in one write: the loop took them in one batch.
         first, queued, last = (worker.next_id + i for i in (1, 2, 3))
         worker.send_raw(
             call_frame(first, "sb_helpers", "sleep_marked", [str(marks), "first", 0.5], {})
@@ -218,7 +220,8 @@ def test_cancel_of_a_queued_call_replies_cancelled_and_never_runs(
         worker.next_id = last
         wait_for_line(marks, "first")
     else:
-        # The others arrive while the first runs: they wait in the reader's queue.
+        # The others arrive while the first runs: still in the socket, until
+        # the cancel's handler reads them.
         first = worker.start("sb_helpers", "sleep_marked", [str(marks), "first", 0.5])
         wait_for_line(marks, "first")
         queued = worker.start("sb_helpers", "record", [str(marks), "queued"])
@@ -236,6 +239,69 @@ def test_cancel_right_behind_its_call_in_one_write(worker: Worker, tmp_path: Pat
     assert_cancelled_failure(worker.recv(), 5)
     assert worker.ok("sb_helpers", "record", [str(marks), "next"]) == "next"
     assert lines(marks) == ["next"]
+
+
+def test_cancel_frame_in_the_same_read_needs_no_signal(worker: Worker, tmp_path: Path) -> None:
+    # The loop scans every chunk it reads for Cancel frames before running
+    # the calls in it: the cancel skips its call even though it comes after
+    # it, and without SIGUSR1.
+    marks = tmp_path / "marks"
+    first, queued, last = (worker.next_id + i for i in (1, 2, 3))
+    worker.next_id = last
+    worker.send_raw(
+        call_frame(first, "sb_helpers", "record", [str(marks), "first"], {})
+        + call_frame(queued, "sb_helpers", "record", [str(marks), "queued"], {})
+        + call_frame(last, "sb_helpers", "record", [str(marks), "last"], {})
+        + frame([CANCEL, queued])
+    )
+    assert worker.recv() == [OK, first, "first"]
+    assert_cancelled_failure(worker.recv(), queued)
+    assert worker.recv() == [OK, last, "last"]
+    assert lines(marks) == ["first", "last"]
+
+
+def test_signals_without_a_cancel_for_the_running_call_do_nothing(worker: Worker, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    call_id = worker.start("sb_helpers", "sleep_marked", [str(marks), "sleeping", 0.5])
+    wait_for_line(marks, "sleeping")
+    for _ in range(20):
+        os.kill(worker.proc.pid, signal.SIGUSR1)
+        time.sleep(0.005)
+    # A cancel of another (unknown) id, with its signal, does not hit it either.
+    worker.cancel(call_id + 1000)
+    assert worker.recv() == [OK, call_id, "sleeping"]
+
+
+def test_large_frames_read_by_the_handler_are_handled_in_order(worker: Worker, tmp_path: Path) -> None:
+    # The handler reads everything the host sent, partial frames included,
+    # into the loop's queue: big calls queued behind a cancelled one arrive
+    # intact and in order.
+    marks = tmp_path / "marks"
+    first = worker.start("sb_helpers", "sleep_marked", [str(marks), "first", 30])
+    wait_for_line(marks, "first")
+    blob = bytes(range(256)) * (12 * 1024)  # 3 MiB: more than the socket buffer
+    sender = threading.Thread(
+        target=lambda: [worker.start("sb_helpers", "identity", [blob]) for _ in range(3)]
+    )
+    sender.start()
+    # The worker reads only in the handler while the call sleeps: bare
+    # signals make it drain the socket, partial frames and all, so the
+    # sender can finish; the call is not interrupted by them.
+    while sender.is_alive():
+        os.kill(worker.proc.pid, signal.SIGUSR1)
+        sender.join(0.02)
+    ids = [first + 1, first + 2, first + 3]
+    # The socket may still be full: like the host must, keep signalling
+    # while the Cancel frame is being written, and once more after it.
+    canceller = threading.Thread(target=worker.cancel, args=(first, False))
+    canceller.start()
+    while canceller.is_alive():
+        os.kill(worker.proc.pid, signal.SIGUSR1)
+        canceller.join(0.02)
+    os.kill(worker.proc.pid, signal.SIGUSR1)
+    assert_cancelled_error(worker.recv(), first)
+    for call_id in ids:
+        assert worker.recv() == [OK, call_id, blob]
 
 
 def test_cancel_racing_completion_never_hits_the_next_call(worker: Worker) -> None:

@@ -1,139 +1,365 @@
-//! Interrupting the call that runs now, with SIGUSR1.
+//! The loop's input queue and cancellation: state shared between the worker
+//! loop and SIGUSR1's Python handler, [`cancel_signal`].
 //!
-//! The reader thread cannot touch Python (it never holds the GIL), so to stop
-//! a running call it records the call's seq in [`TARGET`] and sends SIGUSR1
-//! to the main thread with `pthread_kill`. Python's C-level handler only
-//! notes the signal; blocking system calls on the main thread (`time.sleep`,
-//! socket reads...) fail with EINTR, and at the next check (EINTR handling,
-//! or the interpreter's periodic one between bytecodes) Python runs the
-//! Python-level handler on the main thread: [`cancel_running_call`], which
-//! `__main__` installs for SIGUSR1 before serving. It raises `CallCancelled`
-//! only if the call running at that moment is [`TARGET`]: a signal that
-//! arrives too late (its call finished, another one started, or the worker
-//! is idle) does nothing, so a cancel racing the end of its call can never
-//! hit the next call.
+//! Everything runs on the main thread. The loop reads the socket itself (GIL
+//! released while blocked) into [`Inbox::pending`]; each read's complete
+//! frames are scanned for Cancel frames at once, so a cancel anywhere in the
+//! bytes read so far is known before any call among them starts.
+//!
+//! The host writes a Cancel frame, then sends SIGUSR1 to the worker. Python's
+//! C-level handler only notes the signal (and makes a blocking system call
+//! of the main thread fail with EINTR); the Python-level handler runs later
+//! on the main thread, between bytecodes or when that system call returns:
+//! - in the user's call: it reads, without blocking, whatever the host has
+//!   sent (the Cancel frame is there, being written before the signal), into
+//!   the same queue, records the cancels, and raises `CallCancelled` iff the
+//!   call running now is cancelled;
+//! - while the loop is idle (its `read` got EINTR, it runs `check_signals`):
+//!   the same, and nothing runs, so nothing is raised.
+//! Frames read by the handler stay queued, in order, for the loop.
+//!
+//! Borrowing: [`INBOX`] is a `RefCell`. The loop borrows it only in Rust code
+//! that runs no Python (a few lines each time, plus its blocking read, with
+//! the GIL released), and Python's signal handlers run only inside Python
+//! code on this thread, so the handler never finds it borrowed. (If it ever
+//! did, it would do nothing rather than panic.) Frames the loop handles are
+//! moved out of the cell first ([`Inbox::take`]), so decoding them into
+//! Python objects (which may run finalizers, hence the handler) holds no
+//! borrow.
 //!
 //! `CallCancelled` derives from `BaseException`, so user code's
 //! `except Exception` does not swallow it; like `KeyboardInterrupt`, it can
 //! still be caught on purpose, and C code that neither returns nor checks
-//! for signals (a long computation in an extension, a lock wait that
-//! retries on EINTR) is only interrupted when it comes back to Python. The
-//! host deals with those by killing the worker.
-//!
-//! The worker owns SIGUSR1: if user code sets another Python handler, that
-//! handler gets the cancels.
+//! for signals is interrupted only when it comes back to Python (the host
+//! kills the worker after a grace period). The worker owns SIGUSR1.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
+use snakebridge_protocol::{DecodeError, Header, Kind, HEADER_LEN, MAX_FRAME_LEN};
 
+use crate::fd::{read_appending, recv_nonblocking};
 use crate::CallCancelled;
 
-/// Seq of the call the main thread runs now; 0 between calls. Written by the
-/// main thread only.
-pub(crate) static RUNNING: AtomicU64 = AtomicU64::new(0);
+/// Room for at least this much is made before each read, so small frames
+/// arrive in batches.
+const MIN_READ: usize = 16 * 1024;
+/// A queue buffer bigger than this is freed rather than reused.
+const KEEP_CAPACITY: usize = 1 << 20;
 
-/// Seq of the call the reader thread wants interrupted; 0 for none.
-static TARGET: AtomicU64 = AtomicU64::new(0);
-
-/// Forgets a previous `serve` in this process.
-pub(crate) fn reset() {
-    RUNNING.store(0, Ordering::SeqCst);
-    TARGET.store(0, Ordering::SeqCst);
+thread_local! {
+    /// The loop's state while `serve` runs (on the main thread), else `None`.
+    static INBOX: RefCell<Option<Inbox>> = const { RefCell::new(None) };
 }
 
-/// Marks call `seq` as the one running, until dropped.
-///
-/// Set before the callable is even looked up (a cache miss imports, which
-/// may be slow and is worth interrupting) and cleared as soon as the
-/// callable returns, before anything else can run Python code (dropping
-/// arguments runs `__del__`, describing an exception runs `traceback`): the
-/// handler must not fire outside the user's call.
+pub(crate) struct Inbox {
+    fd: RawFd,
+    /// Bytes read and not yet taken by the loop; starts at a frame boundary.
+    pending: Vec<u8>,
+    /// `pending[..scanned]` are whole frames, already scanned for cancels.
+    scanned: usize,
+    /// A frame length over the limit at `scanned`: nothing after it is
+    /// scanned; the loop reports it after the frames before it.
+    bad: Option<DecodeError>,
+    /// Ids of cancelled calls not yet started (or running now).
+    cancelled: HashSet<u64>,
+    /// Id of the call running now (from just before its function is looked
+    /// up until it returns); the only call the handler may interrupt.
+    running: Option<u64>,
+    recheck: Recheck,
+}
+
+/// Makes the loop's state reachable by the handler while `serve` runs;
+/// dropping this (however `serve` ends) makes the handler a no-op again.
+pub(crate) struct Installed(());
+
+pub(crate) fn install(fd: RawFd) -> Installed {
+    INBOX.with_borrow_mut(|inbox| {
+        *inbox = Some(Inbox {
+            fd,
+            pending: Vec::with_capacity(64 * 1024),
+            scanned: 0,
+            bad: None,
+            cancelled: HashSet::new(),
+            running: None,
+            recheck: Recheck::new(),
+        })
+    });
+    Installed(())
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        INBOX.with_borrow_mut(|inbox| *inbox = None);
+    }
+}
+
+/// Runs `f` on the loop's state. Never call Python from `f`.
+pub(crate) fn with<T>(f: impl FnOnce(&mut Inbox) -> T) -> T {
+    INBOX.with_borrow_mut(|inbox| f(inbox.as_mut().expect("serve() is running")))
+}
+
+/// What [`Inbox::take`] found.
+pub(crate) enum Took {
+    /// Whole frames were moved into the caller's batch.
+    Frames,
+    /// No whole frame is queued.
+    Nothing,
+}
+
+impl Inbox {
+    /// Reads once, blocking, and scans what arrived. Call with the GIL
+    /// released. 0 means end of stream; EINTR is reported (the loop runs
+    /// Python's signal handlers, then comes back).
+    pub(crate) fn read(&mut self) -> io::Result<usize> {
+        self.pending.reserve(room_needed(&self.pending[self.scanned..]));
+        let n = read_appending(self.fd, &mut self.pending)?;
+        self.scan();
+        Ok(n)
+    }
+
+    /// Records the cancels among the frames completed since the last scan.
+    fn scan(&mut self) {
+        while self.bad.is_none() {
+            match whole_frame(&self.pending[self.scanned..]) {
+                None => return,
+                Some(Err(e)) => self.bad = Some(e),
+                Some(Ok(len)) => {
+                    let start = self.scanned + HEADER_LEN;
+                    let mut body = &self.pending[start..start + len];
+                    // A malformed header is left for the loop to report, in order.
+                    if let Ok(Header { kind: Kind::Cancel, id }) = Header::read(&mut body) {
+                        self.cancelled.insert(id);
+                    }
+                    self.scanned = start + len;
+                }
+            }
+        }
+    }
+
+    /// Moves the whole frames queued into `batch` (cleared first; its buffer
+    /// is reused for the next queue), keeping the partial frame after them.
+    pub(crate) fn take(&mut self, batch: &mut Vec<u8>) -> Took {
+        batch.clear();
+        if self.scanned == 0 {
+            return Took::Nothing;
+        }
+        if batch.capacity() > KEEP_CAPACITY {
+            *batch = Vec::new();
+        }
+        batch.extend_from_slice(&self.pending[self.scanned..]);
+        std::mem::swap(batch, &mut self.pending);
+        batch.truncate(self.scanned);
+        self.scanned = 0;
+        Took::Frames
+    }
+
+    /// A frame length over the limit follows the frames taken.
+    pub(crate) fn bad(&mut self) -> Option<DecodeError> {
+        if self.scanned == 0 {
+            self.bad.take()
+        } else {
+            None
+        }
+    }
+
+    /// Every frame read so far has been handled: the cancels recorded are
+    /// for calls already answered (a cancel follows its call on the socket),
+    /// so they are forgotten, which bounds the set.
+    pub(crate) fn all_handled(&mut self) {
+        debug_assert_eq!(self.scanned, 0);
+        if !self.cancelled.is_empty() {
+            self.cancelled.clear();
+        }
+    }
+
+    /// Call `id` is about to start: marks it running and returns `true` if
+    /// the host cancelled it, then the caller replies `cancelled` instead
+    /// (and the id is forgotten). Marking and checking happen together, in
+    /// Rust: a cancel recorded before is seen here, one recorded after makes
+    /// the handler raise in the call.
+    pub(crate) fn begin(&mut self, id: u64) -> bool {
+        // Empty nearly always: no hashing then.
+        if !self.cancelled.is_empty() && self.cancelled.remove(&id) {
+            return true;
+        }
+        self.running = Some(id);
+        false
+    }
+
+    /// The running call returned (or never started).
+    pub(crate) fn end(&mut self) {
+        self.running = None;
+    }
+
+    /// The handler's part: reads what is available without blocking, records
+    /// its cancels, and says whether the running call is cancelled (then
+    /// forgets it, so a repeated signal does not raise again). EOF and read
+    /// errors are left for the loop's own read to see.
+    fn on_signal(&mut self) -> bool {
+        let mut read = 0;
+        loop {
+            self.pending.reserve(room_needed(&self.pending[self.scanned..]));
+            let room = self.pending.capacity() - self.pending.len();
+            match recv_nonblocking(self.fd, &mut self.pending) {
+                // A short read emptied the socket: the Cancel frame written
+                // before the signal is in. A full one may leave more.
+                Ok(n) if n == room => read += n,
+                Ok(n) => {
+                    read += n;
+                    break;
+                }
+                // EAGAIN, or an error the loop's own read will see again.
+                Err(_) => break,
+            }
+        }
+        self.scan();
+        let cancelled = match self.running {
+            Some(id) => self.cancelled.remove(&id),
+            None => false,
+        };
+        // A signal that lands between the end of a handler and the moment
+        // the interrupted system call (time.sleep...) is restarted waits for
+        // that call to end. That timing is likely when this read made room
+        // in a full socket: the host's Cancel frame, then its signal, may
+        // follow at once. So a read that got something while a call runs is
+        // checked again shortly after, by a signal of our own.
+        if !cancelled && read > 0 && self.running.is_some() {
+            self.recheck.arm();
+        }
+        cancelled
+    }
+}
+
+/// A one-shot timer that sends SIGUSR1 to this process: the recheck above.
+struct Recheck(Option<libc::timer_t>);
+
+/// Delay of the recheck: long enough for the host to write its cancel and
+/// signal once its write is unblocked, short next to a cancel's grace.
+const RECHECK_AFTER_NS: libc::c_long = 2_000_000;
+
+impl Recheck {
+    fn new() -> Recheck {
+        // SAFETY: timer_create fills `timer` on success; the sigevent asks
+        // for SIGUSR1 to the process when the timer fires.
+        unsafe {
+            let mut event: libc::sigevent = std::mem::zeroed();
+            event.sigev_notify = libc::SIGEV_SIGNAL;
+            event.sigev_signo = libc::SIGUSR1;
+            let mut timer: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0 {
+                Recheck(Some(timer))
+            } else {
+                Recheck(None)
+            }
+        }
+    }
+
+    fn arm(&self) {
+        if let Some(timer) = self.0 {
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                it_value: libc::timespec { tv_sec: 0, tv_nsec: RECHECK_AFTER_NS },
+            };
+            // SAFETY: a live timer of ours; no old value wanted.
+            unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+        }
+    }
+}
+
+impl Drop for Recheck {
+    fn drop(&mut self) {
+        if let Some(timer) = self.0 {
+            // SAFETY: deletes our timer once; a pending expiry is discarded.
+            unsafe { libc::timer_delete(timer) };
+        }
+    }
+}
+
+/// SIGUSR1's Python handler, installed by `__main__`: see the module docs.
+/// Does nothing outside `serve`.
+#[pyfunction]
+#[pyo3(signature = (signum, frame))]
+pub(crate) fn cancel_signal(signum: i32, frame: &Bound<'_, PyAny>) -> PyResult<()> {
+    let _ = signum;
+    let cancelled = INBOX.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut inbox) => inbox.as_mut().is_some_and(Inbox::on_signal),
+        // The loop is in Rust code (see the module docs): cannot happen.
+        Err(_) => false,
+    });
+    if cancelled {
+        return Err(CallCancelled::new_err("the caller cancelled the call"));
+    }
+    // Python clears a signal's flag before running its handler, and a
+    // blocking call such as time.sleep goes straight back to sleep after the
+    // handlers ran: a SIGUSR1 that arrived while this one ran (the host
+    // cancelling the running call right after another cancel) would wait
+    // for the sleep to end. Running the handlers of signals that came
+    // meanwhile now (this one again, with nothing borrowed) leaves only the
+    // few instructions before the system call is restarted, as for any
+    // Python signal.
+    frame.py().check_signals()
+}
+
+/// Clears the running call when dropped: from just before a call's function
+/// is looked up until it returns, however the loop leaves that span.
 pub(crate) struct Running(());
 
 impl Running {
-    /// Relaxed is enough: the reader thread reads RUNNING only after it saw
-    /// the `SeqCst` store of `Inbox::begin` that follows this one, and the
-    /// handler runs on this thread.
-    pub(crate) fn enter(seq: u64) -> Running {
-        RUNNING.store(seq, Ordering::Relaxed);
-        Running(())
+    /// See [`Inbox::begin`]; `None` when the call is cancelled.
+    pub(crate) fn begin(id: u64) -> Option<Running> {
+        if with(|inbox| inbox.begin(id)) {
+            None
+        } else {
+            Some(Running(()))
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        RUNNING.store(0, Ordering::Release);
+        with(Inbox::end);
     }
 }
 
-/// SIGUSR1's Python handler: raises `CallCancelled` in the call the reader
-/// thread asked to interrupt, if that call is still the one running.
-#[pyfunction]
-#[pyo3(signature = (signum, frame))]
-pub(crate) fn cancel_running_call(signum: i32, frame: &Bound<'_, PyAny>) -> PyResult<()> {
-    let _ = (signum, frame);
-    let running = RUNNING.load(Ordering::SeqCst);
-    // Consumes the target, so one cancel raises once even if the signal is
-    // repeated while the exception unwinds.
-    if running != 0
-        && TARGET
-            .compare_exchange(running, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    {
-        return Err(CallCancelled::new_err("the caller cancelled the call"));
-    }
-    Ok(())
+/// Iterates over the frame bodies of a batch of whole frames.
+pub(crate) fn frames(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        let header: [u8; HEADER_LEN] = rest.get(..HEADER_LEN)?.try_into().ok()?;
+        let len = u32::from_be_bytes(header) as usize;
+        let body = rest.get(HEADER_LEN..HEADER_LEN + len)?;
+        rest = &rest[HEADER_LEN + len..];
+        Some(body)
+    })
 }
 
-/// Called by the reader thread: interrupts call `seq` if the main thread is
-/// running it now. A no-op when SIGUSR1 has no handler (the default action
-/// would kill the worker), e.g. when `serve` is used without `__main__`.
-pub(crate) fn interrupt(main: libc::pthread_t, seq: u64) {
-    // Narrows (cannot close) the window in which the signal arrives after
-    // the call ended: then it only makes a system call of the next call, or
-    // the idle wait, return EINTR, which they retry; TARGET keeps the
-    // handler from raising.
-    if RUNNING.load(Ordering::SeqCst) != seq || !handler_installed() {
-        return;
+/// The body length of the frame at the front of `buf` if all of it is
+/// there; an error for a length over the limit.
+fn whole_frame(buf: &[u8]) -> Option<Result<usize, DecodeError>> {
+    let header: [u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Some(Err(DecodeError::FrameTooLarge(len)));
     }
-    TARGET.store(seq, Ordering::SeqCst);
-    // SAFETY: `main` is the thread running `serve`, alive until `serve`
-    // has joined this reader thread (or the process exits).
-    unsafe { libc::pthread_kill(main, libc::SIGUSR1) };
+    (buf.len() >= HEADER_LEN + len).then_some(Ok(len))
 }
 
-fn handler_installed() -> bool {
-    // SAFETY: queries the disposition only (a null new action).
-    unsafe {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGUSR1, std::ptr::null(), &mut current) == 0
-            && current.sa_sigaction != libc::SIG_DFL
-            && current.sa_sigaction != libc::SIG_IGN
-    }
-}
-
-/// Runs `spawn` with every asynchronous signal blocked, so the thread it
-/// creates inherits that mask: process-directed signals (SIGINT, SIGTERM,
-/// SIGUSR1 from `kill`) then land on the main thread, where they interrupt
-/// its idle wait or its call and Python runs their handlers. The caller's
-/// mask is restored afterwards. Faults (SIGSEGV...) stay unblocked, since
-/// blocking a synchronous fault kills the process anyway.
-pub(crate) fn with_signals_blocked<T>(spawn: impl FnOnce() -> T) -> T {
-    // SAFETY: plain sigset manipulation on locals, then pthread_sigmask on
-    // the calling thread.
-    unsafe {
-        let mut block: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut block);
-        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP, libc::SIGSYS] {
-            libc::sigdelset(&mut block, fault);
+/// Spare room to make before reading after `unscanned` (the bytes past the
+/// whole frames): the rest of the frame they start (once its length is
+/// known), and at least [`MIN_READ`].
+fn room_needed(unscanned: &[u8]) -> usize {
+    let rest_of_frame = match unscanned.get(..HEADER_LEN) {
+        Some(header) => {
+            let len = u32::from_be_bytes(header.try_into().expect("HEADER_LEN bytes")) as usize;
+            (HEADER_LEN + len.min(MAX_FRAME_LEN)).saturating_sub(unscanned.len())
         }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
-        let result = spawn();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        result
-    }
+        None => 0,
+    };
+    rest_of_frame.max(MIN_READ)
 }
 
 /// `CLOCK_MONOTONIC` in microseconds: the clock of call deadlines.
@@ -145,41 +371,4 @@ pub(crate) fn monotonic_micros() -> u64 {
         ts
     };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spawned_threads_inherit_the_blocked_mask_and_the_caller_keeps_its_own() {
-        let blocked_in_thread = with_signals_blocked(|| {
-            std::thread::spawn(|| unsafe {
-                let mut mask: libc::sigset_t = std::mem::zeroed();
-                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-                (
-                    libc::sigismember(&mask, libc::SIGUSR1),
-                    libc::sigismember(&mask, libc::SIGINT),
-                    libc::sigismember(&mask, libc::SIGSEGV),
-                )
-            })
-        })
-        .join()
-        .unwrap();
-        assert_eq!(blocked_in_thread, (1, 1, 0));
-        let usr1_here = unsafe {
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-            libc::sigismember(&mask, libc::SIGUSR1)
-        };
-        assert_eq!(usr1_here, 0);
-    }
-
-    #[test]
-    fn monotonic_clock_moves_forward_in_microseconds() {
-        let a = monotonic_micros();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        let b = monotonic_micros();
-        assert!(b - a >= 5_000 && b - a < 5_000_000, "{a} {b}");
-    }
 }

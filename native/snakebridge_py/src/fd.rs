@@ -1,35 +1,50 @@
-//! Blocking I/O on the raw protocol file descriptor.
+//! I/O on the raw protocol file descriptor.
 //!
 //! The descriptor belongs to the Python process (`--fd N`); these helpers
-//! never close it. They run without the GIL: reads on the reader thread,
-//! writes on the main thread.
+//! never close it. The worker loop reads and writes with the GIL released;
+//! SIGUSR1's handler reads without blocking, with the GIL.
 
 use std::io;
 use std::os::fd::RawFd;
 
 /// Reads once into the spare capacity of `buf` (which must have some),
-/// appending what arrived; returns the number of bytes, 0 at end of stream.
-/// Retries EINTR: the reader thread blocks signals (they are for the main
-/// thread). No zero-filling of the buffer first: buffers are handed over
-/// whole after each read, so fresh ones would be cleared every time.
+/// blocking, appending what arrived; returns the number of bytes, 0 at end
+/// of stream. EINTR is returned, not retried: the loop runs Python's signal
+/// handlers (the cancel handler among them), then reads again. No
+/// zero-filling of the buffer first.
 pub(crate) fn read_appending(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     debug_assert!(!spare.is_empty());
+    // SAFETY: the kernel writes at most `spare.len()` bytes into spare
+    // capacity we own; only those it reports written are exposed below.
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+    appended(buf, n)
+}
+
+/// Like [`read_appending`] without blocking: `recv(MSG_DONTWAIT)`, so the
+/// descriptor's own (blocking) mode is left alone. EAGAIN when nothing is
+/// there; ENOTSOCK on a descriptor that is not a socket. Retries EINTR.
+pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
-        // SAFETY: the kernel writes at most `spare.len()` bytes into spare
-        // capacity we own; only those it reports written are exposed below.
-        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: `n` bytes past the old length were just initialised.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
+        let spare = buf.spare_capacity_mut();
+        debug_assert!(!spare.is_empty());
+        // SAFETY: as in `read_appending`.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        match appended(buf, n) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            result => return result,
         }
     }
+}
+
+fn appended(buf: &mut Vec<u8>, n: isize) -> io::Result<usize> {
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: `n` bytes past the old length were just initialised by the kernel.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Writes all of `buf`, retrying on EINTR and partial writes.
@@ -120,10 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn eintr_is_retried() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-
+    fn eintr_is_reported_and_nothing_is_lost() {
         extern "C" fn on_signal(_: libc::c_int) {}
         let (a, b) = socketpair();
         // SAFETY: a no-op handler installed without SA_RESTART, so a blocked
@@ -133,28 +145,37 @@ mod tests {
             action.sa_sigaction = on_signal as *const () as usize;
             libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
         }
-        // Aimed at this thread (tests share the process), several times
-        // before the data comes.
+        // Aimed at this thread (tests share the process), before the data.
         let reader = unsafe { libc::pthread_self() };
-        let done = Arc::new(AtomicBool::new(false));
-        let kicker = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                for _ in 0..5 {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    // SAFETY: the reader thread outlives this loop (joined below).
-                    unsafe { libc::pthread_kill(reader, libc::SIGUSR2) };
-                }
-                write_all(a, b"after signals").unwrap();
-                done.store(true, Ordering::SeqCst);
-            })
-        };
+        let kicker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // SAFETY: the reader thread outlives this (joined below).
+            unsafe { libc::pthread_kill(reader, libc::SIGUSR2) };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            write_all(a, b"after signal").unwrap();
+        });
         let mut buf = Vec::with_capacity(64);
-        assert_eq!(read_appending(b, &mut buf).unwrap(), 13);
+        let err = read_appending(b, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINTR));
+        assert!(buf.is_empty());
+        assert_eq!(read_appending(b, &mut buf).unwrap(), 12);
         kicker.join().unwrap();
-        assert!(done.load(Ordering::SeqCst));
-        assert_eq!(buf, b"after signals");
+        assert_eq!(buf, b"after signal");
         close(a);
+        close(b);
+    }
+
+    #[test]
+    fn recv_nonblocking_returns_what_is_there_or_eagain() {
+        let (a, b) = socketpair();
+        let mut buf = Vec::with_capacity(64);
+        let err = recv_nonblocking(b, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+        write_all(a, b"cancel").unwrap();
+        assert_eq!(recv_nonblocking(b, &mut buf).unwrap(), 6);
+        assert_eq!(buf, b"cancel");
+        close(a);
+        assert_eq!(recv_nonblocking(b, &mut buf).unwrap(), 0);
         close(b);
     }
 

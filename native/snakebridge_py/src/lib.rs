@@ -2,18 +2,16 @@
 //!
 //! - [`dumps`] / [`loads`]: the value codec (`encode` / `decode`), the same
 //!   wire format the host speaks, via the protocol crate.
-//! - [`serve`]: the worker loop (`worker`): calls run on the main thread,
-//!   fed through an `inbox` by a `reader` thread that keeps reading the
-//!   protocol socket (`fd`) so that cancels arrive while a call runs.
-//! - `cancel_running_call`: the SIGUSR1 handler through which a cancel
-//!   interrupts the running call with `CallCancelled` (`cancel`).
+//! - [`serve`]: the worker loop (`worker`), single-threaded: the main thread
+//!   reads the protocol socket (`fd`), runs the calls and writes the replies.
+//! - `cancel_signal`: the SIGUSR1 handler through which a cancel (a Cancel
+//!   frame, then the signal) interrupts the running call with
+//!   `CallCancelled` (`cancel`).
 
 mod cancel;
 mod decode;
 mod encode;
 mod fd;
-mod inbox;
-mod reader;
 mod worker;
 
 use std::os::fd::RawFd;
@@ -90,7 +88,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 /// cached); `describe(exc)` returns `(type, module, message, traceback_lines)`
 /// for an exception. Returns on EOF; raises `ProtocolError` on a malformed
 /// frame. Must run on the main thread; a cancel interrupts the running call
-/// only if SIGUSR1's handler is `cancel_running_call`.
+/// only if SIGUSR1's handler is `cancel_signal`.
 #[pyfunction]
 fn serve(py: Python<'_>, fd: RawFd, resolve: Bound<'_, PyAny>, describe: Bound<'_, PyAny>) -> PyResult<()> {
     worker::serve(py, fd, resolve, describe)
@@ -103,7 +101,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
-    m.add_function(wrap_pyfunction!(cancel::cancel_running_call, m)?)?;
+    m.add_function(wrap_pyfunction!(cancel::cancel_signal, m)?)?;
     m.add("CallCancelled", py.get_type::<CallCancelled>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;

@@ -1,14 +1,9 @@
-//! The worker loop: calls run on this (the main) thread; a reader thread
-//! (see `reader`) reads the socket meanwhile, so that a cancel can interrupt
-//! the call running here.
-//!
-//! Each wake-up takes every frame read since the last one (the reader's
-//! buffers themselves, no copy); every frame is handled and the replies go
-//! back in one write. Under load that amortises
-//! the syscalls, wake-ups and GIL hand-offs over many calls; a lone call
-//! still gets its reply as soon as it returns, because the loop flushes
-//! whenever it runs out of frames. This thread is the only writer of the
-//! socket; the GIL is released while it writes and while it waits for work.
+//! The worker loop, single-threaded: the main thread reads the socket (GIL
+//! released while blocked), handles every whole frame that arrived, and
+//! writes the replies back in one write. Under load that amortises the
+//! syscalls and GIL hand-offs over many calls; a lone call costs one wake-up
+//! and still gets its reply as soon as it returns, because the loop flushes
+//! whenever it runs out of frames.
 //!
 //! Batching must not hold a finished reply hostage to a slow call behind it,
 //! so pending replies are flushed before a call to a function that was slow
@@ -16,16 +11,14 @@
 //! and once they have waited [`FLUSH_AFTER`].
 //!
 //! Before a call starts, the loop checks that the host has not cancelled it
-//! ([`Inbox::begin`]) and that its deadline has not passed; either way it
-//! replies with a Failure instead of running it. A call that is running is
-//! interrupted by the reader thread (see `cancel`), never by its deadline:
-//! the host sends a cancel for that.
+//! and that its deadline has not passed; either way it replies with a
+//! Failure instead of running it. A call that is running is interrupted by
+//! SIGUSR1's handler (see `cancel`), never by its deadline: the host sends a
+//! cancel for that.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
@@ -36,12 +29,10 @@ use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{DecodeError, FrameWriter, Header, Kind, Message, PROTOCOL_VERSION};
 
-use crate::cancel::{self, monotonic_micros, Running};
+use crate::cancel::{self, frames, monotonic_micros, Running, Took};
 use crate::decode::{non_string_keyword, BuildError, PyBuilder};
 use crate::encode::Encoder;
 use crate::fd::{host_gone, write_all};
-use crate::inbox::{self, Chunk, End, Inbox, Took};
-use crate::reader;
 use crate::ProtocolError;
 
 /// Longest a finished reply waits for the replies batched after it.
@@ -82,13 +73,6 @@ struct Worker<'py> {
     fd: RawFd,
     resolve: Bound<'py, PyAny>,
     describe: Bound<'py, PyAny>,
-    /// Frames from the reader thread.
-    inbox: Arc<Inbox>,
-    /// The reader thread reported why it stopped (so it has returned).
-    reader_done: bool,
-    /// Seq of the last call read: calls are numbered from 1 in the order
-    /// they arrive, by the reader thread and by this one.
-    seq: u64,
     /// `len(module) ++ module ++ function` → index into `entries`. Only
     /// successful resolutions are cached.
     cache: HashMap<Vec<u8>, usize>,
@@ -108,38 +92,27 @@ pub(crate) fn serve(
     describe: Bound<'_, PyAny>,
 ) -> PyResult<()> {
     ensure_main_thread(py)?;
-    cancel::reset();
     let mut worker = Worker {
         py,
         fd,
         resolve,
         describe,
-        inbox: Arc::new(Inbox::default()),
-        reader_done: false,
-        seq: 0,
         cache: HashMap::new(),
         entries: Vec::new(),
         key: Vec::new(),
         out: Vec::with_capacity(64 * 1024),
         pending_since: None,
     };
-    match worker.hello() {
-        Ok(()) => {}
-        Err(Stop::HostGone) => return Ok(()),
-        Err(Stop::Fatal(err)) => return Err(err),
-    }
-    // SAFETY: pthread_self has no preconditions.
-    let main = unsafe { libc::pthread_self() };
-    let reader = reader::spawn(fd, worker.inbox.clone(), main)?;
-    let result = worker.run();
-    if let Err(Stop::Fatal(_)) = &result {
-        // Replies already computed still go out before the error.
-        let _ = worker.flush();
-    }
-    worker.stop_reader(reader);
+    let installed = cancel::install(fd);
+    let result = worker.hello().and_then(|()| worker.run());
+    drop(installed);
     match result {
         Ok(()) | Err(Stop::HostGone) => Ok(()),
-        Err(Stop::Fatal(err)) => Err(err),
+        Err(Stop::Fatal(err)) => {
+            // Replies already computed still go out before the error.
+            let _ = worker.flush();
+            Err(err)
+        }
     }
 }
 
@@ -170,54 +143,46 @@ impl<'py> Worker<'py> {
     }
 
     fn run(&mut self) -> Result<(), Stop> {
-        // Chunks taken from the inbox; given back with the next `take`.
+        // Whole frames taken from the queue; its buffer is reused.
         let mut batch = Vec::new();
         loop {
             self.idle_signals()?;
-            match self.inbox.take(&mut batch) {
-                Took::Frames => {
-                    self.handle_all(&batch)?;
-                    self.flush()?;
-                }
-                Took::End(end) => {
-                    self.reader_done = true;
-                    return match end {
-                        End::HostGone => Ok(()),
-                        End::Protocol(message) => Err(protocol(message)),
-                        End::Io(e) => Err(Stop::Fatal(e.into())),
-                    };
-                }
-                // Asleep without the GIL, so the user's own threads keep
-                // running between calls. A signal wakes this up: the next
-                // turn runs its Python handler.
-                Took::Empty(ticket) => {
-                    let inbox = &*self.inbox;
-                    self.py.detach(|| inbox.wait(ticket));
-                }
+            // Frames the handler read (while the last batch ran, or just
+            // now in `idle_signals`) are handled before reading again.
+            let took = cancel::with(|inbox| match inbox.take(&mut batch) {
+                Took::Frames => Ok(true),
+                Took::Nothing => match inbox.bad() {
+                    Some(e) => Err(e),
+                    None => {
+                        inbox.all_handled();
+                        Ok(false)
+                    }
+                },
+            })?;
+            if took {
+                self.handle_all(&batch)?;
+                self.flush()?;
+                continue;
+            }
+            // Blocked in read(2) without the GIL, so the user's own threads
+            // keep running between calls. A signal makes it fail with EINTR:
+            // the next turn runs its Python handler.
+            let read = self.py.detach(|| cancel::with(|inbox| inbox.read()));
+            match read {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if host_gone(&e) => return Ok(()),
+                Err(e) => return Err(Stop::Fatal(e.into())),
             }
         }
-    }
-
-    /// Ends the reader thread. It has returned already unless the loop
-    /// stopped on its own (a bad call body, a failed write, a handler's
-    /// SystemExit): then shutting down the read side wakes it with EOF. On a
-    /// descriptor that is not a socket it is left blocked in `read`; it holds
-    /// no Python object and dies with the process.
-    fn stop_reader(&self, reader: JoinHandle<()>) {
-        // SAFETY: `fd` is open (it belongs to the caller of `serve`).
-        if !self.reader_done && unsafe { libc::shutdown(self.fd, libc::SHUT_RD) } != 0 {
-            return;
-        }
-        self.py.detach(|| {
-            let _ = reader.join();
-        });
     }
 
     /// Runs the Python handlers of signals that arrived while no call was
     /// running. Otherwise they would fire inside the next call: a SIGINT
     /// meant for a call that already finished would interrupt an unrelated
     /// one. A KeyboardInterrupt here has nothing to interrupt and is dropped;
-    /// a late cancel (SIGUSR1) does nothing, since no call is running;
+    /// a cancel (SIGUSR1) only reads and records, since no call is running;
     /// anything else a handler raises (SystemExit from a user's SIGTERM
     /// handler, say) ends the worker.
     fn idle_signals(&self) -> Result<(), Stop> {
@@ -228,45 +193,38 @@ impl<'py> Worker<'py> {
         }
     }
 
-    fn handle_all(&mut self, batch: &[Chunk]) -> Result<(), Stop> {
-        for body in batch.iter().flat_map(|chunk| inbox::frames(chunk)) {
+    fn handle_all(&mut self, batch: &[u8]) -> Result<(), Stop> {
+        for body in frames(batch) {
             let mut input = body;
             let header = Header::read(&mut input)?;
             match header.kind {
-                Kind::Call => {
-                    // Numbered as the reader thread numbered it.
-                    self.seq += 1;
-                    self.call(header.id, self.seq, input)?
+                Kind::Call => self.call(header.id, input)?,
+                Kind::Ping => {
+                    no_trailing(input)?;
+                    Message::Pong { id: header.id }
+                        .write_frame(&mut self.out)
+                        .expect("a pong frame is small")
                 }
-                Kind::Ping => Message::Pong { id: header.id }
-                    .write_frame(&mut self.out)
-                    .expect("a pong frame is small"),
-                // Handled by the reader thread.
-                Kind::Cancel => {}
-                // The reader hands over nothing else.
+                // Recorded when the frame was read.
+                Kind::Cancel => no_trailing(input)?,
                 other => return Err(protocol(format!("unexpected {other:?} message"))),
             }
         }
         Ok(())
     }
 
-    fn call(&mut self, id: u64, seq: u64, mut input: &[u8]) -> Result<(), Stop> {
+    fn call(&mut self, id: u64, mut input: &[u8]) -> Result<(), Stop> {
         let py = self.py;
-        // Marked running before `begin` publishes the start: the reader
-        // thread, once it sees the call started, must see it running too
-        // (or finished), or it would not interrupt it.
-        let running = Running::enter(seq);
-        if self.inbox.begin(seq) {
-            drop(running);
-            return self.failure(id, "cancelled", "the call was cancelled before it started");
-        }
         let deadline = read_uint(&mut input)?;
         if deadline != 0 && monotonic_micros() > deadline {
-            drop(running);
+            // A cancel recorded for it is forgotten once the loop is idle.
             return self.failure(id, "timeout", "the caller stopped waiting before the call started");
         }
         let module = read_str(&mut input)?;
         let function = read_str(&mut input)?;
+        // Decoding may run Python code (finalizers, through the GC), hence
+        // the cancel handler: it is not marked running yet, so the handler
+        // only records, and `begin` below sees the cancel.
         let args = match decode_args(py, &mut input)? {
             Ok(args) => args,
             Err(message) => return self.failure(id, "unsupported_type", &message),
@@ -277,6 +235,11 @@ impl<'py> Worker<'py> {
         };
         no_trailing(input)?;
 
+        // Running from here (a cache miss imports, which may be slow and is
+        // worth interrupting) until the callable returns.
+        let Some(running) = Running::begin(id) else {
+            return self.failure(id, "cancelled", "the call was cancelled before it started");
+        };
         let index = match self.lookup(module, function)? {
             Ok(index) => index,
             Err(err) => {
@@ -297,6 +260,9 @@ impl<'py> Worker<'py> {
         // as a PanicException that pyo3 turns into a panic again on fetch;
         // catch it here so the loop survives it like any other exception.
         let result = panic::catch_unwind(AssertUnwindSafe(|| callable.call(&args, kwargs.as_ref())));
+        // Not running any more before any other Python code runs (dropping
+        // the arguments runs `__del__`, describing an exception runs
+        // `traceback`): a late signal must not raise outside the call.
         drop(running);
         let finished = Instant::now();
         self.entries[index].slow = finished - started >= SLOW_CALL;
