@@ -78,7 +78,7 @@ fn submit_call<'a>(
         let names = |e: snakebridge_protocol::EncodeError| (EncodeError::from(e), "");
         snakebridge_protocol::value::write_str(&mut frame, module).map_err(names)?;
         snakebridge_protocol::value::write_str(&mut frame, function).map_err(names)?;
-        let mut encoder = TermEncoder { out: &mut frame, budget };
+        let mut encoder = TermEncoder::new(&mut frame, budget);
         encoder.args(positional).map_err(|e| (e, "args"))?;
         encoder.kwargs(kwargs).map_err(|e| (e, "kwargs"))?;
         Ok::<_, (EncodeError, &str)>(())

@@ -16,9 +16,11 @@ use crate::watchdog;
 use crate::socket;
 use crate::stats::PoolStats;
 
-/// Frames up to this size may be written by the caller itself: well under
-/// half the socket buffer, so the kernel takes them whole or not at all.
-const DIRECT_MAX: usize = 64 * 1024;
+/// Frames up to this size may be written by the caller itself: under half
+/// the socket buffer the host asks for (`socket::BUFFER_BYTES`, which the
+/// kernel caps at `wmem_max`, 208 KiB by default, then doubles), so the
+/// kernel takes them whole or not at all.
+const DIRECT_MAX: usize = 128 * 1024;
 
 /// A call waiting for a worker, with its encoded frame.
 pub(crate) struct Job<C> {
