@@ -121,7 +121,8 @@ fn pool_stop(resource: ResourceArc<PoolResource>) -> Atom {
     atoms::ok()
 }
 
-#[rustler::nif]
+/// Reads each worker's memory from /proc, so it runs on a dirty I/O scheduler.
+#[rustler::nif(schedule = "DirtyIo")]
 fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
     let Some(pool) = lookup(name) else {
         return not_found(env, name);
