@@ -15,6 +15,37 @@ defmodule SnakeBridge.PoolTest do
       assert SnakeBridge.call("sbhelpers", "identity", [1], pool: name) == {:ok, 1}
     end
 
+    test "stopping a pool answers its queued calls and stops cleanly" do
+      name = unique(:pool_stop_queued)
+      # A window of 32 calls per worker: fill it so the rest must queue.
+      start_supervised!({Pool, pool_opts(name, size: 1)})
+      assert SnakeBridge.call("sbhelpers", "identity", [0], pool: name) == {:ok, 0}
+
+      running =
+        for _ <- 1..32 do
+          {:ok, ref} = SnakeBridge.Native.call_async("sbhelpers", "sleep", [0.01], pool: name)
+          ref
+        end
+
+      queued =
+        for i <- 1..3 do
+          {:ok, ref} = SnakeBridge.Native.call_async("sbhelpers", "identity", [i], pool: name)
+          ref
+        end
+
+      assert SnakeBridge.stats(name).queue_length >= 2
+      log = capture_log(fn -> assert :ok = stop_supervised({Pool, name}) end)
+      refute log =~ "panicked"
+
+      replies = for ref <- running ++ queued, do: SnakeBridge.await(ref, 5_000)
+      assert Enum.count(replies, &match?({:ok, _}, &1)) >= 32, inspect(Enum.frequencies(replies), limit: 5)
+
+      for {:error, error} <- replies do
+        assert %Error{reason: :python_unavailable} = error
+        assert error.message =~ "was stopped"
+      end
+    end
+
     test "a name already in use" do
       name = unique(:pool_dup)
       start_supervised!({Pool, pool_opts(name)})

@@ -260,9 +260,17 @@ impl<H: Hooks> Pool<H> {
         for t in threads {
             let _ = t.join();
         }
-        let mut courier = shared.hooks.courier();
-        while let Ok(job) = shared.queue_rx.try_recv() {
-            shared.fail_job(&mut courier, job, shared.stopped_failure());
+        // Answering needs a thread the VM does not manage (the NIF's
+        // delivery panics on scheduler threads, and stop runs on one).
+        let draining = shared.clone();
+        let drained = std::thread::Builder::new().name("sb-stop".into()).spawn(move || {
+            let mut courier = draining.hooks.courier();
+            while let Ok(job) = draining.queue_rx.try_recv() {
+                draining.fail_job(&mut courier, job, draining.stopped_failure());
+            }
+        });
+        if let Ok(handle) = drained {
+            let _ = handle.join();
         }
     }
 
