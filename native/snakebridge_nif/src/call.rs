@@ -99,8 +99,8 @@ fn submit_call<'a>(
     let caller_pid = env.pid();
     let (reference, call) = loop {
         let reference = env.make_ref();
-        let bytes: Box<[u8]> = reference.encode(env).to_binary().as_slice().into();
-        let call = Call::new(call_id(&bytes), Caller { pid: caller_pid, reference: bytes });
+        let bytes = reference.encode(env).to_binary();
+        let call = Call::new(call_id(bytes.as_slice()), Caller { pid: caller_pid, reference: bytes });
         // A hash collision with a pending call: take a fresh reference.
         if call_table().insert(call.clone()) {
             break (reference, call);
@@ -144,7 +144,7 @@ fn cancel(reference: Term) -> NifResult<Atom> {
         return Err(rustler::Error::BadArg);
     }
     let bytes = reference.to_binary();
-    let outcome = call_table().cancel(call_id(bytes.as_slice()), |caller| *caller.reference == *bytes.as_slice());
+    let outcome = call_table().cancel(call_id(bytes.as_slice()), |caller| caller.reference.as_slice() == bytes.as_slice());
     Ok(match outcome {
         CancelOutcome::Cancelled => atoms::cancelled(),
         CancelOutcome::Replied => atoms::replied(),

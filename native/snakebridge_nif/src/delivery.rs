@@ -5,7 +5,7 @@
 //! where `OwnedEnv::send_and_clear` is allowed (it panics on scheduler
 //! threads, dirty ones included).
 
-use rustler::{Encoder, LocalPid, OwnedEnv, Term};
+use rustler::{Encoder, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
 use snakebridge_runtime::{Hooks, Outcome, Reason, Stream, WorkerEvent};
 
@@ -17,7 +17,7 @@ use crate::errors;
 /// external term format (rebuilt in the runtime thread's environment).
 pub struct Caller {
     pub pid: LocalPid,
-    pub reference: Box<[u8]>,
+    pub reference: OwnedBinary,
 }
 
 /// Hooks for one pool; logs and events go to the pool's owner process.
@@ -38,7 +38,7 @@ impl Hooks for Delivery {
         // A failed send means the caller is gone: nobody is waiting.
         let _ = env.send_and_clear(&caller.pid, |env| {
             let reference = env
-                .binary_to_term(&caller.reference)
+                .binary_to_term(caller.reference.as_slice())
                 .map(|(term, _)| term)
                 .expect("a reference encoded by term_to_binary decodes");
             let result = match outcome {
