@@ -43,6 +43,9 @@ pub(crate) struct Shared<H: Hooks> {
     pub stop_rx: Receiver<()>,
     stop_tx: Mutex<Option<Sender<()>>>,
     next_slot: AtomicUsize,
+    /// Calls writers took from the queue but hold until their worker's
+    /// window has room; they still count as queued.
+    pub held: AtomicUsize,
 }
 
 impl<H: Hooks> Shared<H> {
@@ -61,6 +64,11 @@ impl<H: Hooks> Shared<H> {
             Reason::PythonUnavailable,
             format!("Python is unavailable for pool {}: {detail}", self.name),
         )
+    }
+
+    /// Calls waiting for a worker: in the queue, or held by a writer.
+    pub fn queue_length(&self) -> usize {
+        self.queue_rx.len() + self.held.load(Ordering::Acquire)
     }
 
     pub fn stopped_failure(&self) -> Failure {
@@ -124,6 +132,7 @@ impl<H: Hooks> Pool<H> {
             stop_rx,
             stop_tx: Mutex::new(Some(stop_tx)),
             next_slot: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -169,6 +178,10 @@ impl<H: Hooks> Pool<H> {
         }
         if frame.len() <= DIRECT_MAX && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
             return Ok(());
+        }
+        if shared.queue_length() >= shared.config.max_queue {
+            shared.table.remove(call.id);
+            return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));
         }
         match shared.queue_tx.try_send(Job { call, frame }) {
             Ok(()) => Ok(()),
@@ -276,7 +289,7 @@ impl<H: Hooks> Pool<H> {
 
     pub fn stats(&self) -> PoolStats {
         PoolStats {
-            queue_length: self.shared.queue_rx.len(),
+            queue_length: self.shared.queue_length(),
             max_queue: self.shared.config.max_queue,
             workers: self.shared.slots.iter().map(|s| s.stats()).collect(),
         }

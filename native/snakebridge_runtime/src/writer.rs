@@ -30,7 +30,10 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
         };
         let has_room = conn.in_flight.load(Ordering::Acquire) < window && !conn.is_closed();
         if has_room {
-            batch.extend(held.take());
+            if let Some(job) = held.take() {
+                shared.held.fetch_sub(1, Ordering::AcqRel);
+                batch.push(job);
+            }
         }
         if batch.is_empty() {
             // The reader wakes this thread when replies free room.
@@ -40,6 +43,8 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 recv(jobs) -> job => match job {
                     Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
                     Ok(job) => {
+                        // Still waiting: it counts against max_queue.
+                        shared.held.fetch_add(1, Ordering::AcqRel);
                         held = Some(job);
                         continue;
                     }
@@ -71,6 +76,7 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
         write_batch(shared, &conn, &mut batch, &mut courier);
     }
     if let Some(job) = held {
+        shared.held.fetch_sub(1, Ordering::AcqRel);
         shared.requeue(&mut courier, job);
     }
 }
