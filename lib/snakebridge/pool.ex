@@ -35,7 +35,8 @@ defmodule SnakeBridge.Pool do
     * `:env` — extra environment variables for the workers, as
       `[{"NAME", "value"}]`. Default `[]`.
     * `:max_queue` — calls that may wait for a worker before new calls are
-      answered with `:overloaded`. Default `10_000`.
+      answered with `:overloaded` (a call a writer thread takes from the
+      queue at that moment may add one per worker). Default `10_000`.
     * `:max_calls` — recycle a worker after this many calls. Default `nil` (never).
     * `:max_memory_mb` — recycle a worker whose resident memory exceeds this.
       Default `nil` (never). Checked every second.
