@@ -7,23 +7,25 @@ use snakebridge_runtime::{ExitInfo, Failure, PythonError};
 
 use crate::atoms;
 
+/// A map with atom keys, built in one go (the keys must be distinct).
+pub fn atom_map<'a>(env: Env<'a>, fields: &[(Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term<'a>> = fields.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = fields.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct atom keys")
+}
+
 /// `%SnakeBridge.Error{reason: reason, message: message, details: details}`.
 pub fn error<'a>(env: Env<'a>, reason: Atom, message: &str, details: Term<'a>) -> Term<'a> {
-    let keys = [
-        atoms::struct_().encode(env),
-        atoms::exception().encode(env),
-        atoms::reason().encode(env),
-        atoms::message().encode(env),
-        atoms::details().encode(env),
-    ];
-    let values = [
-        atoms::error_struct().encode(env),
-        true.encode(env),
-        reason.encode(env),
-        message.encode(env),
-        details,
-    ];
-    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+    atom_map(
+        env,
+        &[
+            (atoms::struct_(), atoms::error_struct().encode(env)),
+            (atoms::exception(), true.encode(env)),
+            (atoms::reason(), reason.encode(env)),
+            (atoms::message(), message.encode(env)),
+            (atoms::details(), details),
+        ],
+    )
 }
 
 /// `{:error, %SnakeBridge.Error{}}` with empty details.
@@ -46,21 +48,15 @@ pub fn failure<'a>(env: Env<'a>, failure: &Failure) -> Term<'a> {
 }
 
 pub fn python_error<'a>(env: Env<'a>, e: &PythonError) -> Term<'a> {
-    let keys = [
-        atoms::struct_().encode(env),
-        atoms::exception().encode(env),
-        atoms::type_().encode(env),
-        atoms::module().encode(env),
-        atoms::message().encode(env),
-        atoms::traceback().encode(env),
-    ];
-    let values = [
-        atoms::python_error_struct().encode(env),
-        true.encode(env),
-        e.exc_type.encode(env),
-        e.exc_module.encode(env),
-        e.message.encode(env),
-        e.traceback.encode(env),
-    ];
-    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+    atom_map(
+        env,
+        &[
+            (atoms::struct_(), atoms::python_error_struct().encode(env)),
+            (atoms::exception(), true.encode(env)),
+            (atoms::type_(), e.exc_type.encode(env)),
+            (atoms::module(), e.exc_module.encode(env)),
+            (atoms::message(), e.message.encode(env)),
+            (atoms::traceback(), e.traceback.encode(env)),
+        ],
+    )
 }

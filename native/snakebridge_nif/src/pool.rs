@@ -133,47 +133,33 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
         .iter()
         .map(|w| {
             let state = Atom::from_str(env, w.state).expect("state names are valid atoms");
-            let keys = [
-                atoms::os_pid().encode(env),
-                atoms::state().encode(env),
-                atoms::in_flight().encode(env),
-                atoms::calls().encode(env),
-                atoms::errors().encode(env),
-                atoms::restarts().encode(env),
-                atoms::rss().encode(env),
-            ];
-            let values = [
-                w.os_pid.encode(env),
-                state.encode(env),
-                w.in_flight.encode(env),
-                w.calls.encode(env),
-                w.errors.encode(env),
-                w.restarts.encode(env),
-                w.rss.encode(env),
-            ];
-            Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+            errors::atom_map(
+                env,
+                &[
+                    (atoms::os_pid(), w.os_pid.encode(env)),
+                    (atoms::state(), state.encode(env)),
+                    (atoms::in_flight(), w.in_flight.encode(env)),
+                    (atoms::calls(), w.calls.encode(env)),
+                    (atoms::errors(), w.errors.encode(env)),
+                    (atoms::restarts(), w.restarts.encode(env)),
+                    (atoms::rss(), w.rss.encode(env)),
+                ],
+            )
         })
         .collect();
     let total = |f: fn(&snakebridge_runtime::WorkerStats) -> u64| stats.workers.iter().map(f).sum::<u64>();
-    let keys = [
-        atoms::queue_length().encode(env),
-        atoms::max_queue().encode(env),
-        atoms::size().encode(env),
-        atoms::calls().encode(env),
-        atoms::errors().encode(env),
-        atoms::restarts().encode(env),
-        atoms::workers().encode(env),
-    ];
-    let values = [
-        stats.queue_length.encode(env),
-        stats.max_queue.encode(env),
-        stats.workers.len().encode(env),
-        total(|w| w.calls).encode(env),
-        total(|w| w.errors).encode(env),
-        total(|w| w.restarts).encode(env),
-        workers.encode(env),
-    ];
-    let map = Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys");
+    let map = errors::atom_map(
+        env,
+        &[
+            (atoms::queue_length(), stats.queue_length.encode(env)),
+            (atoms::max_queue(), stats.max_queue.encode(env)),
+            (atoms::size(), stats.workers.len().encode(env)),
+            (atoms::calls(), total(|w| w.calls).encode(env)),
+            (atoms::errors(), total(|w| w.errors).encode(env)),
+            (atoms::restarts(), total(|w| w.restarts).encode(env)),
+            (atoms::workers(), workers.encode(env)),
+        ],
+    );
     (atoms::ok(), map).encode(env)
 }
 

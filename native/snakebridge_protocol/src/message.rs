@@ -191,8 +191,17 @@ impl Message {
                 value::write_u64(out, *deadline);
                 value::write_str(out, module)?;
                 value::write_str(out, function)?;
-                Value::List(args.clone()).encode(out)?;
-                Value::Map(kwargs.clone()).encode(out)?;
+                // The array and map count as the first nesting level, as
+                // when the host encodes terms.
+                value::write_array_len(out, args.len())?;
+                for arg in args {
+                    arg.encode_at(out, 1)?;
+                }
+                value::write_map_len(out, kwargs.len())?;
+                for (k, v) in kwargs {
+                    k.encode_at(out, 1)?;
+                    v.encode_at(out, 1)?;
+                }
             }
             Message::Ok { value, .. } => value.encode(out)?,
             Message::PyError {

@@ -156,7 +156,7 @@ impl Value {
         self.encode_at(out, 0)
     }
 
-    fn encode_at(&self, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError> {
+    pub(crate) fn encode_at(&self, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError> {
         match self {
             Value::Nil => write_nil(out),
             Value::Bool(b) => write_bool(out, *b),
