@@ -5,7 +5,7 @@
 //! A stream is a sequence of frames: a 4-byte big-endian body length followed
 //! by the body. Every body is one msgpack array whose first two elements are
 //! the message kind and the call id (see [`message`]). Values are plain
-//! msgpack plus three extension types for what msgpack cannot say on its own
+//! msgpack plus four extension types for what msgpack cannot say on its own
 //! (see [`value`]).
 
 pub mod error;
@@ -15,5 +15,5 @@ pub mod value;
 
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameDecoder, FrameWriter, HEADER_LEN, MAX_FRAME_LEN};
-pub use message::{Header, Kind, Message, PROTOCOL_VERSION};
-pub use value::{decode_value, Builder, Value, ValueBuilder, MAX_DEPTH};
+pub use message::{Header, Kind, Message, Target, CALL_AS_HANDLE, CALL_STREAM, PROTOCOL_VERSION};
+pub use value::{decode_value, handle_ids, Builder, Value, ValueBuilder, MAX_DEPTH};

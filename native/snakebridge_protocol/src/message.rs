@@ -3,13 +3,24 @@
 //! | kind | direction | fields after `kind, id` |
 //! |------|-----------|-------------------------|
 //! | 0 hello    | worker → host | protocol version, worker OS pid, Python version string (id is 0) |
-//! | 1 call     | host → worker | deadline, module, function, args (array), kwargs (map) |
+//! | 1 call     | host → worker | deadline, target, function, args (array), kwargs (map), flags, window |
 //! | 2 ok       | worker → host | result value |
 //! | 3 py_error | worker → host | exception type, its module, `str(exc)`, traceback lines (array of str) |
 //! | 4 failure  | worker → host | reason (str, an atom name on the Elixir side), message |
 //! | 5 cancel   | host → worker | — |
 //! | 6 ping     | host → worker | — |
 //! | 7 pong     | worker → host | — |
+//! | 8 release  | host → worker | handle ids (array) the host no longer references (id is 0) |
+//! | 9 items    | worker → host | the next items of a stream (array) |
+//! | 10 credit  | host → worker | how many more items the stream may send |
+//!
+//! A call's target is a module path (str) or a handle (the object itself);
+//! its function is an attribute path on the target, or nil to call the
+//! target itself. `flags` is a bit set of [`CALL_AS_HANDLE`] (the result
+//! comes back as a handle whatever its type) and [`CALL_STREAM`] (the result
+//! is iterated: items flow as `items` messages, at most `window` of them
+//! before the host grants more with `credit`; the stream ends with `ok`
+//! (nil), `py_error` or `failure`, and a `cancel` closes it).
 //!
 //! A call's deadline is the `CLOCK_MONOTONIC` time, in microseconds, after
 //! which its caller no longer waits (0: no deadline). Both processes run on
@@ -28,7 +39,12 @@ use crate::{DecodeError, EncodeError};
 
 /// Bumped on any incompatible change; the host refuses a worker that speaks
 /// another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Call flag: return the result as a handle, whatever its type.
+pub const CALL_AS_HANDLE: u64 = 1;
+/// Call flag: iterate the result and stream its items.
+pub const CALL_STREAM: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -41,6 +57,9 @@ pub enum Kind {
     Cancel = 5,
     Ping = 6,
     Pong = 7,
+    Release = 8,
+    Items = 9,
+    Credit = 10,
 }
 
 impl Kind {
@@ -54,6 +73,9 @@ impl Kind {
             5 => Kind::Cancel,
             6 => Kind::Ping,
             7 => Kind::Pong,
+            8 => Kind::Release,
+            9 => Kind::Items,
+            10 => Kind::Credit,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -62,8 +84,8 @@ impl Kind {
     pub fn arity(self) -> usize {
         match self {
             Kind::Hello => 5,
-            Kind::Call => 7,
-            Kind::Ok => 3,
+            Kind::Call => 9,
+            Kind::Ok | Kind::Release | Kind::Items | Kind::Credit => 3,
             Kind::PyError => 6,
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong => 2,
@@ -113,10 +135,12 @@ pub enum Message {
     Call {
         id: u64,
         deadline: u64,
-        module: String,
-        function: String,
+        target: Target,
+        function: Option<String>,
         args: Vec<Value>,
         kwargs: Vec<(Value, Value)>,
+        flags: u64,
+        window: u64,
     },
     Ok {
         id: u64,
@@ -143,6 +167,26 @@ pub enum Message {
     Pong {
         id: u64,
     },
+    Release {
+        ids: Vec<u64>,
+    },
+    Items {
+        id: u64,
+        items: Vec<Value>,
+    },
+    Credit {
+        id: u64,
+        credit: u64,
+    },
+}
+
+/// What a call calls into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A module path, such as `"os.path"`.
+    Module(String),
+    /// An object in the worker's table.
+    Handle(u64),
 }
 
 impl Message {
@@ -156,6 +200,9 @@ impl Message {
             Message::Cancel { id } => (Kind::Cancel, *id),
             Message::Ping { id } => (Kind::Ping, *id),
             Message::Pong { id } => (Kind::Pong, *id),
+            Message::Release { .. } => (Kind::Release, 0),
+            Message::Items { id, .. } => (Kind::Items, *id),
+            Message::Credit { id, .. } => (Kind::Credit, *id),
         };
         Header { kind, id }
     }
@@ -182,15 +229,23 @@ impl Message {
             }
             Message::Call {
                 deadline,
-                module,
+                target,
                 function,
                 args,
                 kwargs,
+                flags,
+                window,
                 ..
             } => {
                 value::write_u64(out, *deadline);
-                value::write_str(out, module)?;
-                value::write_str(out, function)?;
+                match target {
+                    Target::Module(module) => value::write_str(out, module)?,
+                    Target::Handle(id) => value::write_handle(out, *id, None)?,
+                }
+                match function {
+                    Some(function) => value::write_str(out, function)?,
+                    None => value::write_nil(out),
+                }
                 // The array and map count as the first nesting level, as
                 // when the host encodes terms.
                 value::write_array_len(out, args.len())?;
@@ -202,7 +257,22 @@ impl Message {
                     k.encode_at(out, 1)?;
                     v.encode_at(out, 1)?;
                 }
+                value::write_u64(out, *flags);
+                value::write_u64(out, *window);
             }
+            Message::Release { ids } => {
+                value::write_array_len(out, ids.len())?;
+                for id in ids {
+                    value::write_u64(out, *id);
+                }
+            }
+            Message::Items { items, .. } => {
+                value::write_array_len(out, items.len())?;
+                for item in items {
+                    item.encode_at(out, 1)?;
+                }
+            }
+            Message::Credit { credit, .. } => value::write_u64(out, *credit),
             Message::Ok { value, .. } => value.encode(out)?,
             Message::PyError {
                 exc_type,
@@ -243,8 +313,16 @@ impl Message {
             },
             Kind::Call => {
                 let deadline = read_uint(&mut input)?;
-                let module = read_string(&mut input)?;
-                let function = read_string(&mut input)?;
+                let target = match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                    Value::Str(module) => Target::Module(module),
+                    Value::Handle { id, info: None } => Target::Handle(id),
+                    _ => return Err(DecodeError::Invalid("a call's target must be a module or a handle".into())),
+                };
+                let function = match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                    Value::Str(function) => Some(function),
+                    Value::Nil => None,
+                    _ => return Err(DecodeError::Invalid("a call's function must be a string or nil".into())),
+                };
                 let args = match decode_value(&mut input, &mut ValueBuilder, 0)? {
                     Value::List(args) => args,
                     _ => return Err(DecodeError::Invalid("call arguments must be an array".into())),
@@ -256,12 +334,34 @@ impl Message {
                 Message::Call {
                     id,
                     deadline,
-                    module,
+                    target,
                     function,
                     args,
                     kwargs,
+                    flags: read_uint(&mut input)?,
+                    window: read_uint(&mut input)?,
                 }
             }
+            Kind::Release => {
+                let count = read_array_len(&mut input)?;
+                if count > input.len() {
+                    return Err(DecodeError::Truncated);
+                }
+                Message::Release {
+                    ids: (0..count).map(|_| read_uint(&mut input)).collect::<Result<_, _>>()?,
+                }
+            }
+            Kind::Items => Message::Items {
+                id,
+                items: match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                    Value::List(items) => items,
+                    _ => return Err(DecodeError::Invalid("stream items must be an array".into())),
+                },
+            },
+            Kind::Credit => Message::Credit {
+                id,
+                credit: read_uint(&mut input)?,
+            },
             Kind::Ok => Message::Ok {
                 id,
                 value: decode_value(&mut input, &mut ValueBuilder, 0)?,
@@ -346,20 +446,25 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<u32>(), text).prop_map(|(version, pid, python)| Message::Hello { version, pid, python }),
             (
-                (id, any::<u64>()),
-                text,
-                text,
+                (id, any::<u64>(), any::<u64>(), any::<u64>()),
+                prop_oneof![text.prop_map(Target::Module), any::<u64>().prop_map(Target::Handle)],
+                proptest::option::of(text),
                 proptest::collection::vec(leaf.clone(), 0..5),
                 proptest::collection::vec((leaf.clone(), leaf.clone()), 0..5)
             )
-                .prop_map(|((id, deadline), module, function, args, kwargs)| Message::Call {
+                .prop_map(|((id, deadline, flags, window), target, function, args, kwargs)| Message::Call {
                     id,
                     deadline,
-                    module,
+                    target,
                     function,
                     args,
-                    kwargs
+                    kwargs,
+                    flags,
+                    window,
                 }),
+            proptest::collection::vec(any::<u64>(), 0..8).prop_map(|ids| Message::Release { ids }),
+            (id, proptest::collection::vec(leaf.clone(), 0..5)).prop_map(|(id, items)| Message::Items { id, items }),
+            (id, any::<u64>()).prop_map(|(id, credit)| Message::Credit { id, credit }),
             (id, leaf).prop_map(|(id, value)| Message::Ok { id, value }),
             (id, text, text, text, proptest::collection::vec(text, 0..4)).prop_map(
                 |(id, exc_type, exc_module, message, traceback)| Message::PyError { id, exc_type, exc_module, message, traceback }

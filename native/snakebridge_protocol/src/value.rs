@@ -1,4 +1,4 @@
-//! The value model: msgpack plus three extension types.
+//! The value model: msgpack plus four extension types.
 //!
 //! | value           | encoding                                                   |
 //! |-----------------|------------------------------------------------------------|
@@ -11,10 +11,16 @@
 //! | map             | msgpack map                                                |
 //! | tuple           | ext 2 whose payload is a msgpack array of the elements     |
 //! | set             | ext 3 whose payload is a msgpack array of the elements     |
+//! | object handle   | ext 4 whose payload is `[id]` (host → worker) or `[id, type name, repr]` (worker → host) |
 //!
-//! Tuples and sets use an `ext32` header whose length is patched after the
-//! elements are written, so encoders stream straight into the output buffer
-//! and the result is still plain, valid msgpack.
+//! Tuples, sets and handles use an `ext32` header whose length is patched
+//! after the elements are written, so encoders stream straight into the
+//! output buffer and the result is still plain, valid msgpack.
+//!
+//! A handle names a Python object kept alive in the worker's object table
+//! (ids are unique within one worker process): the worker sends one for a
+//! result that has no by-value form, and the host sends it back as an
+//! argument or as the target of a call.
 //!
 //! Encoders on both sides walk their own native values (BEAM terms, Python
 //! objects) and call the `write_*` functions here; decoders drive a
@@ -31,6 +37,7 @@ pub const MAX_DEPTH: usize = 100;
 pub const EXT_BIGINT: i8 = 1;
 pub const EXT_TUPLE: i8 = 2;
 pub const EXT_SET: i8 = 3;
+pub const EXT_HANDLE: i8 = 4;
 
 /// A decoded value, for tests and for code that has no native representation
 /// of its own. The host and the worker decode into terms and Python objects
@@ -51,6 +58,9 @@ pub enum Value {
     Tuple(Vec<Value>),
     Set(Vec<Value>),
     Map(Vec<(Value, Value)>),
+    /// An object in a worker's table; `info` is its type name and repr,
+    /// which only the worker sends.
+    Handle { id: u64, info: Option<(String, String)> },
 }
 
 pub fn write_nil(out: &mut Vec<u8>) {
@@ -129,6 +139,17 @@ pub fn finish_container(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeErr
     Ok(())
 }
 
+/// Writes a handle: `info` (type name, repr) when the worker sends it.
+pub fn write_handle(out: &mut Vec<u8>, id: u64, info: Option<(&str, &str)>) -> Result<(), EncodeError> {
+    let start = begin_ext_container(out, EXT_HANDLE, if info.is_some() { 3 } else { 1 })?;
+    write_u64(out, id);
+    if let Some((type_name, repr)) = info {
+        write_str(out, type_name)?;
+        write_str(out, repr)?;
+    }
+    finish_container(out, start)
+}
+
 const EXT32_HEADER_LEN: usize = 6;
 
 fn begin_ext_container(out: &mut Vec<u8>, ext: i8, len: usize) -> Result<usize, EncodeError> {
@@ -193,6 +214,9 @@ impl Value {
                     v.encode_at(out, depth)?;
                 }
             }
+            Value::Handle { id, info } => {
+                write_handle(out, *id, info.as_ref().map(|(t, r)| (t.as_str(), r.as_str())))?;
+            }
         }
         Ok(())
     }
@@ -243,6 +267,10 @@ pub trait Builder {
     fn key_str(&mut self, v: &str) -> Result<Self::Value, Self::Error> {
         self.str(v)
     }
+
+    /// An object handle; `info` (type name, repr) is present when a worker
+    /// sent it.
+    fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Self::Value, Self::Error>;
 }
 
 /// Builds [`Value`]s.
@@ -290,6 +318,70 @@ impl Builder for ValueBuilder {
     }
     fn map(&mut self, pairs: Vec<(Value, Value)>) -> Result<Value, DecodeError> {
         Ok(Value::Map(pairs))
+    }
+    fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Value, DecodeError> {
+        Ok(Value::Handle {
+            id,
+            info: info.map(|(t, r)| (t.to_owned(), r.to_owned())),
+        })
+    }
+}
+
+/// The ids of every handle in one encoded value: what a reply nobody will
+/// read keeps alive in its worker, to be released.
+pub fn handle_ids(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
+    let mut collector = HandleCollector(Vec::new());
+    let mut input = bytes;
+    decode_value(&mut input, &mut collector, 0)?;
+    Ok(collector.0)
+}
+
+/// A builder that builds nothing and notes handle ids.
+struct HandleCollector(Vec<u64>);
+
+impl Builder for HandleCollector {
+    type Value = ();
+    type Error = DecodeError;
+
+    fn nil(&mut self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn bool(&mut self, _: bool) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn int(&mut self, _: i64) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn uint(&mut self, _: u64) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn bigint(&mut self, _: bool, _: &[u8]) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn float(&mut self, _: f64) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn str(&mut self, _: &str) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn bin(&mut self, _: &[u8]) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn list(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn tuple(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn set(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn map(&mut self, _: Vec<((), ())>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    fn handle(&mut self, id: u64, _: Option<(&str, &str)>) -> Result<(), DecodeError> {
+        self.0.push(id);
+        Ok(())
     }
 }
 
@@ -491,8 +583,32 @@ fn decode_ext<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth:
                 builder.set(items)
             }
         }
+        EXT_HANDLE => {
+            let count = read_array_len(&mut payload)?;
+            let id = crate::message::read_uint(&mut payload)?;
+            let info = match count {
+                1 => None,
+                3 => Some((read_str_field(&mut payload)?, read_str_field(&mut payload)?)),
+                n => return Err(DecodeError::Invalid(format!("a handle has 1 or 3 fields, not {n}")).into()),
+            };
+            if !payload.is_empty() {
+                return Err(DecodeError::TrailingBytes(payload.len()).into());
+            }
+            builder.handle(id, info)
+        }
         other => Err(DecodeError::UnknownExtension(other).into()),
     }
+}
+
+/// A str borrowed from the input.
+fn read_str_field<'a>(input: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+    let first = *input.first().ok_or(DecodeError::Truncated)?;
+    let (header, len) = str_len(input)?.ok_or(DecodeError::UnexpectedType {
+        expected: "string",
+        found: marker_name(Marker::from_u8(first)),
+    })?;
+    take(input, header)?;
+    std::str::from_utf8(take(input, len)?).map_err(|_| DecodeError::InvalidUtf8)
 }
 
 pub(crate) fn take_u8(input: &mut &[u8]) -> Result<u8, DecodeError> {
@@ -562,6 +678,7 @@ mod tests {
             any::<f64>().prop_filter("NaN never compares equal", |f| !f.is_nan()).prop_map(Value::Float),
             ".*".prop_map(Value::Str),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bin),
+            (any::<u64>(), proptest::option::of((".{0,20}", ".{0,20}"))).prop_map(|(id, info)| Value::Handle { id, info }),
         ]
     }
 
@@ -643,6 +760,25 @@ mod tests {
     fn huge_declared_length_is_truncation_not_allocation() {
         assert_eq!(Value::decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Truncated));
         assert_eq!(Value::decode(&[0xdf, 0xff, 0xff, 0xff, 0xff, 0]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn handle_ids_are_found_anywhere_in_a_value() {
+        let handle = |id| Value::Handle { id, info: Some(("Model".into(), "<Model>".into())) };
+        let v = Value::Map(vec![(Value::Str("a".into()), Value::List(vec![handle(3), Value::Tuple(vec![handle(9)])]))]);
+        let mut out = Vec::new();
+        v.encode(&mut out).unwrap();
+        assert_eq!(handle_ids(&out).unwrap(), vec![3, 9]);
+    }
+
+    #[test]
+    fn handle_with_two_fields_is_rejected() {
+        let mut out = Vec::new();
+        let start = begin_ext_container(&mut out, EXT_HANDLE, 2).unwrap();
+        write_u64(&mut out, 1);
+        write_str(&mut out, "x").unwrap();
+        finish_container(&mut out, start).unwrap();
+        assert!(matches!(Value::decode(&out), Err(DecodeError::Invalid(_))));
     }
 
     #[test]
