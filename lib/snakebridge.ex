@@ -47,10 +47,26 @@ defmodule SnakeBridge do
   | `dict`                                  | map (string keys stay binaries, never atoms)    |
   | `set`, `frozenset`                      | `MapSet`                                        |
 
-  Any other Python result is an `:unsupported_type` error naming its type.
-  So a round trip turns atoms (other than the three float atoms, `nil`,
+  Any other Python result (a class instance, a function, a generator, a
+  `datetime`...) comes back as a `SnakeBridge.Object`: a handle to the object,
+  which stays in its worker until no Elixir process refers to the handle any
+  more. Call its methods with `method/4`, read and write its attributes with
+  `getattr/3` and `setattr/4`, call it with `call/3`, or pass it to other
+  calls. So a round trip turns atoms (other than the three float atoms, `nil`,
   `true` and `false`) into strings, map keys included, and
   `SnakeBridge.bytes(bin)` into `bin`.
+
+  ## Objects, streams, async and eval
+
+      iex> {:ok, counter} = SnakeBridge.call("collections", "Counter", ["abracadabra"])
+      iex> SnakeBridge.method!(counter, "most_common", [1])
+      [{"a", 5}]
+
+  `stream/4` iterates a Python generator (or any iterable, sync or async) as
+  a lazy Elixir `Stream`, with backpressure. A function defined with
+  `async def` is awaited on an event loop inside the worker, so many such
+  calls run concurrently in one worker. `eval/3` runs a piece of Python
+  source and returns its last expression's value.
 
   ## Errors
 
@@ -60,7 +76,7 @@ defmodule SnakeBridge do
   `t:SnakeBridge.Types.reason/0`.
   """
 
-  alias SnakeBridge.{Error, NIF, Native}
+  alias SnakeBridge.{Error, NIF, Native, Object}
 
   @default_timeout 5_000
 
@@ -75,12 +91,20 @@ defmodule SnakeBridge do
           {:kwargs, keyword() | map()}
           | {:timeout, timeout()}
           | {:pool, SnakeBridge.Types.pool()}
+          | {:as, :value | :handle}
+
+  # Items a stream may send ahead of its consumer, by default.
+  @default_window 64
 
   @doc """
   Calls `module.function(*args, **kwargs)` in Python and waits for the result.
 
   `module` and `function` are strings or atoms; dotted paths work for both
   (`"os.path"`, `"datetime.date", "today"`, `"json", "JSONDecoder.decode"`).
+
+  Called with a callable `SnakeBridge.Object` instead,
+  `call(object, args \\\\ [], opts \\\\ [])` calls the object itself:
+  `object(*args, **kwargs)`.
 
   Returns `{:ok, value}`, `{:error, %SnakeBridge.PythonError{}}` when Python
   raised, or `{:error, %SnakeBridge.Error{}}`. When it returns, no message for
@@ -93,12 +117,19 @@ defmodule SnakeBridge do
     * `:timeout` — milliseconds to wait, or `:infinity`. Default `5_000`.
       On timeout the call is cancelled and
       `{:error, %SnakeBridge.Error{reason: :timeout}}` returned.
-    * `:pool` — the pool to run in. Default `:default`.
+    * `:pool` — the pool to run in. Default `:default` (for an object, its
+      own pool).
+    * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
+      its type. Default `:value`.
 
   ## Examples
 
       iex> SnakeBridge.call("math", "sqrt", [2.0])
       {:ok, 1.4142135623730951}
+
+      iex> {:ok, add} = SnakeBridge.eval("lambda a, b: a + b")
+      iex> SnakeBridge.call(add, [1, 2])
+      {:ok, 3}
 
       iex> SnakeBridge.call(:builtins, :sorted, [[3, 1, 2]], kwargs: [reverse: true])
       {:ok, [3, 2, 1]}
@@ -107,11 +138,14 @@ defmodule SnakeBridge do
       iex> Exception.message(error)
       "ZeroDivisionError: division by zero"
   """
-  @spec call(SnakeBridge.Types.name(), SnakeBridge.Types.name(), list(), [call_option()]) ::
+  @spec call(SnakeBridge.Types.target(), SnakeBridge.Types.name() | list(), list(), [call_option()]) ::
           SnakeBridge.Types.result()
   def call(module, function, args \\ [], opts \\ [])
 
-  def call(module, function, args, []) do
+  def call(%Object{} = object, args, opts, []) when is_list(args) and is_list(opts),
+    do: call(object, nil, args, opts)
+
+  def call(module, function, args, []) when is_binary(module) do
     case Native.start_call(module, function, args, [], @default_timeout) do
       {:ok, ref} -> await(ref, @default_timeout)
       {:error, _} = error -> error
@@ -121,7 +155,7 @@ defmodule SnakeBridge do
   def call(module, function, args, opts) do
     {timeout, opts} =
       opts
-      |> Keyword.validate!([:kwargs, :pool, timeout: @default_timeout])
+      |> Keyword.validate!([:kwargs, :pool, :as, timeout: @default_timeout])
       |> Keyword.pop!(:timeout)
 
     validate_timeout!(timeout)
@@ -145,7 +179,7 @@ defmodule SnakeBridge do
       iex> SnakeBridge.call!("os.path", "join", ["a", "b"])
       "a/b"
   """
-  @spec call!(SnakeBridge.Types.name(), SnakeBridge.Types.name(), list(), [call_option()]) ::
+  @spec call!(SnakeBridge.Types.target(), SnakeBridge.Types.name() | list(), list(), [call_option()]) ::
           term()
   def call!(module, function, args \\ [], opts \\ []) do
     case call(module, function, args, opts) do
@@ -153,6 +187,231 @@ defmodule SnakeBridge do
       {:error, error} -> raise error
     end
   end
+
+  @doc """
+  Calls method `name` of a Python object: `object.name(*args, **kwargs)`, in
+  the worker that holds it.
+
+  `name` may be a dotted attribute path (`"config.to_dict"`). Returns what
+  `call/4` returns.
+
+  ## Options
+
+  The same as `call/4`.
+
+  ## Examples
+
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> SnakeBridge.method(date, "weekday")
+      {:ok, 3}
+      iex> {:ok, later} = SnakeBridge.method(date, "replace", [], kwargs: [year: 2028])
+      iex> later.repr
+      "datetime.date(2028, 2, 29)"
+  """
+  @spec method(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) ::
+          SnakeBridge.Types.result()
+  def method(%Object{} = object, name, args \\ [], opts \\ []), do: call(object, name, args, opts)
+
+  @doc """
+  Like `method/4`, but returns the value itself and raises on failure.
+
+  ## Examples
+
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> SnakeBridge.method!(date, "isoformat")
+      "2024-02-29"
+  """
+  @spec method!(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) :: term()
+  def method!(%Object{} = object, name, args \\ [], opts \\ []), do: call!(object, name, args, opts)
+
+  @doc """
+  Reads attribute `name` of a Python object: `getattr(object, name)`.
+
+  ## Options
+
+  `:timeout` and `:as`, as for `call/4`.
+
+  ## Examples
+
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> SnakeBridge.getattr(date, "year")
+      {:ok, 2024}
+  """
+  @spec getattr(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: SnakeBridge.Types.result()
+  def getattr(%Object{} = object, name, opts \\ []) do
+    call("builtins", "getattr", [object, attribute!(name)], object_opts(object, opts))
+  end
+
+  @doc """
+  Like `getattr/3`, but returns the value itself and raises on failure.
+
+  ## Examples
+
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> SnakeBridge.getattr!(date, "month")
+      2
+  """
+  @spec getattr!(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: term()
+  def getattr!(%Object{} = object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
+
+  @doc """
+  Sets attribute `name` of a Python object to `value`:
+  `setattr(object, name, value)`. Returns `:ok` or `{:error, error}`.
+
+  ## Options
+
+  `:timeout`, as for `call/4`.
+
+  ## Examples
+
+      iex> {:ok, ns} = SnakeBridge.call("types", "SimpleNamespace", [], kwargs: [a: 1])
+      iex> SnakeBridge.setattr(ns, "b", 2)
+      :ok
+      iex> SnakeBridge.getattr!(ns, "b")
+      2
+  """
+  @spec setattr(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) ::
+          :ok | {:error, SnakeBridge.PythonError.t() | SnakeBridge.Error.t()}
+  def setattr(%Object{} = object, name, value, opts \\ []) do
+    case call("builtins", "setattr", [object, attribute!(name), value], object_opts(object, opts)) do
+      {:ok, nil} -> :ok
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
+  Like `setattr/4`, but raises on failure.
+
+  ## Examples
+
+      iex> {:ok, ns} = SnakeBridge.call("types", "SimpleNamespace")
+      iex> SnakeBridge.setattr!(ns, "answer", 42)
+      :ok
+  """
+  @spec setattr!(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) :: :ok
+  def setattr!(%Object{} = object, name, value, opts \\ []) do
+    case setattr(object, name, value, opts) do
+      :ok -> :ok
+      {:error, error} -> raise error
+    end
+  end
+
+  @doc """
+  Lets go of a Python object now, instead of when the BEAM garbage collects
+  the last reference to `object`. Later uses of it return
+  `{:error, %SnakeBridge.Error{reason: :stale_handle}}`. Releasing twice is
+  harmless. Returns `:ok`.
+
+  ## Examples
+
+      iex> {:ok, obj} = SnakeBridge.call("builtins", "object")
+      iex> SnakeBridge.release(obj)
+      :ok
+      iex> {:error, %SnakeBridge.Error{reason: :stale_handle}} = SnakeBridge.call("builtins", "id", [obj])
+  """
+  @spec release(Object.t()) :: :ok
+  def release(%Object{ref: ref}) do
+    _ok_or_already_released = NIF.release(ref)
+    :ok
+  end
+
+  @doc """
+  Iterates `module.function(*args, **kwargs)`'s result in Python (a
+  generator, an async generator, or any iterable) and returns a lazy
+  `Stream` of its items.
+
+  Nothing runs until the stream is enumerated. The items are produced in
+  the worker and sent as they come, at most `:window` ahead of the consumer:
+  a slow consumer pauses the generator instead of letting items pile up on
+  either side. Halting early (`Enum.take/2`, `Stream.take_while/2`...)
+  closes the generator in Python, so its `finally` blocks run. An exception
+  raised in Python while iterating is raised to the consumer, after the
+  items produced before it. The stream is enumerated by one process at a
+  time, and each enumeration starts the call again.
+
+  `module` may be a `SnakeBridge.Object`, to iterate a method's result (or,
+  with `function` `nil`, the object itself).
+
+  ## Options
+
+    * `:kwargs`, `:pool` — as for `call/4`.
+    * `:window` — items in flight between the worker and the consumer.
+      Default #{@default_window}.
+    * `:timeout` — milliseconds to wait for each next item, or `:infinity`.
+      Default `5_000`. On timeout the stream is closed and
+      `SnakeBridge.Error` (reason `:timeout`) raised.
+
+  ## Examples
+
+      iex> SnakeBridge.stream("builtins", "range", [5]) |> Enum.to_list()
+      [0, 1, 2, 3, 4]
+
+      iex> SnakeBridge.stream("itertools", "count", [10]) |> Enum.take(3)
+      [10, 11, 12]
+  """
+  @spec stream(SnakeBridge.Types.target(), SnakeBridge.Types.name() | nil, list(), keyword()) ::
+          Enumerable.t()
+  def stream(module, function, args \\ [], opts \\ []) do
+    {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
+
+    stream_opts =
+      Keyword.validate!(stream_opts, window: @default_window, timeout: @default_timeout)
+
+    window = stream_opts[:window]
+    timeout = stream_opts[:timeout]
+
+    unless is_integer(window) and window > 0 do
+      raise ArgumentError, "expected :window to be a positive integer, got: #{inspect(window)}"
+    end
+
+    validate_timeout!(timeout)
+    call_opts = Keyword.validate!(call_opts, [:kwargs, :pool])
+
+    start = fn -> Native.start_call(module, function, args, call_opts, :infinity, window) end
+    SnakeBridge.Stream.new(start, window, timeout)
+  end
+
+  @doc """
+  Runs Python source `code` in a worker and returns the value of its last
+  statement, if that is an expression (else `nil`).
+
+  The code runs in a fresh namespace holding `globals` (a map whose keys
+  become Python names); nothing is kept between calls. Top-level `await`
+  is allowed. A `SyntaxError` or any exception comes back as
+  `{:error, %SnakeBridge.PythonError{}}`.
+
+  ## Options
+
+  `:timeout`, `:pool` and `:as`, as for `call/4`.
+
+  ## Examples
+
+      iex> SnakeBridge.eval("x * 2", %{"x" => 21})
+      {:ok, 42}
+
+      iex> SnakeBridge.eval("""
+      ...> import math
+      ...> r = 2
+      ...> round(math.pi * r ** 2, 2)
+      ...> """)
+      {:ok, 12.57}
+  """
+  @spec eval(String.t(), map(), [call_option()]) :: SnakeBridge.Types.result()
+  def eval(code, globals \\ %{}, opts \\ []) when is_binary(code) and is_map(globals) do
+    opts = Keyword.validate!(opts, [:pool, :as, timeout: @default_timeout])
+    call("snakebridge_worker.evaluate", "evaluate", [code, globals], opts)
+  end
+
+  @doc """
+  Like `eval/3`, but returns the value itself and raises on failure.
+
+  ## Examples
+
+      iex> SnakeBridge.eval!("sum(range(10))")
+      45
+  """
+  @spec eval!(String.t(), map(), [call_option()]) :: term()
+  def eval!(code, globals \\ %{}, opts \\ []), do: unwrap!(eval(code, globals, opts))
 
   @doc """
   Waits for the reply to a call made with `SnakeBridge.Native.call_async/4`
@@ -275,6 +534,21 @@ defmodule SnakeBridge do
       {:error, error} -> raise error
     end
   end
+
+  defp object_opts(%Object{pool: pool}, opts) do
+    opts = Keyword.validate!(opts, [:as, timeout: @default_timeout])
+    Keyword.put(opts, :pool, pool)
+  end
+
+  defp attribute!(name) when is_binary(name), do: name
+  defp attribute!(name) when is_atom(name) and name not in [nil, true, false], do: Atom.to_string(name)
+
+  defp attribute!(name) do
+    raise ArgumentError, "expected an attribute name (a string or an atom), got: #{inspect(name)}"
+  end
+
+  defp unwrap!({:ok, value}), do: value
+  defp unwrap!({:error, error}), do: raise(error)
 
   defp timeout_error(timeout) do
     {:error,

@@ -13,32 +13,50 @@ defmodule SnakeBridge.Native do
   these.
   """
 
-  alias SnakeBridge.NIF
+  import Bitwise
+
+  alias SnakeBridge.{NIF, Object}
+
+  # The protocol's call flags (native/snakebridge_protocol/src/message.rs).
+  @as_handle 1
+  @stream 2
 
   @typedoc "Options of `call_async/4`."
-  @type option :: {:kwargs, keyword() | map()} | {:pool, SnakeBridge.Types.pool()}
+  @type option ::
+          {:kwargs, keyword() | map()}
+          | {:pool, SnakeBridge.Types.pool()}
+          | {:as, :value | :handle}
 
   @doc """
   Queues a call to `module.function(*args, **kwargs)` in a pool's Python
   workers and returns at once.
 
   `module` and `function` are strings or atoms; both may be dotted paths
-  (`"os.path"`, `"JSONDecoder.decode"`). Arguments are converted as described
-  in the type mapping of `SnakeBridge`.
+  (`"os.path"`, `"JSONDecoder.decode"`). `module` may also be a
+  `SnakeBridge.Object`: `function` then names a method (or any attribute
+  path) of it, or is `nil` to call the object itself. Arguments are
+  converted as described in the type mapping of `SnakeBridge`; they may
+  contain `SnakeBridge.Object`s, and the call then runs in the worker that
+  holds them.
 
   Returns `{:ok, ref}`; the result arrives later as
   `{:snakebridge, ref, result}`. Returns `{:error, %SnakeBridge.Error{}}` when
   the call cannot even be queued: no such pool (`:pool_not_found`), a full
   queue (`:overloaded`), an argument with no Python equivalent
-  (`:unsupported_type`, the message names where in the arguments it is), or
+  (`:unsupported_type`, the message names where in the arguments it is),
   values nested too deep or too large (`:nesting_too_deep`,
-  `:payload_too_large`).
+  `:payload_too_large`), or objects whose worker is gone (`:stale_handle`)
+  or that live in different workers (`:handle_conflict`).
 
   ## Options
 
     * `:kwargs` — keyword arguments, as a keyword list or a map with atom or
       string keys. Default `[]`.
-    * `:pool` — the name of the pool to run in. Default `:default`.
+    * `:pool` — the name of the pool to run in. Default: the pool of the
+      target object, else `:default`.
+    * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
+      its type; `:value` (the default) converts it when it has an Elixir
+      equivalent.
 
   ## Examples
 
@@ -54,7 +72,7 @@ defmodule SnakeBridge.Native do
 
       {:ok, ref} = SnakeBridge.Native.call_async(:builtins, :round, [2.675], kwargs: [ndigits: 2])
   """
-  @spec call_async(SnakeBridge.Types.name(), SnakeBridge.Types.name(), list(), [option()]) ::
+  @spec call_async(SnakeBridge.Types.target(), SnakeBridge.Types.name() | nil, list(), [option()]) ::
           {:ok, reference()} | {:error, SnakeBridge.Error.t()}
   def call_async(module, function, args \\ [], opts \\ [])
 
@@ -62,39 +80,65 @@ defmodule SnakeBridge.Native do
 
   # call_async/4 with a deadline: the worker skips the call instead of
   # starting it once `timeout` milliseconds have passed. Used by
-  # SnakeBridge.call/4.
+  # SnakeBridge.call/4. `stream` asks for the result's items, `window` of
+  # them before the consumer grants more (see SnakeBridge.stream/4).
   @doc false
-  def start_call(module, function, args, [], timeout) do
-    submit(:default, name!(module, :module), name!(function, :function), args!(args), [], timeout)
+  def start_call(target, function, args, opts, timeout, stream \\ nil)
+
+  def start_call(module, function, args, [], timeout, nil) when is_binary(module) do
+    submit(:default, module, name!(function, :function), args!(args), [], timeout, {0, 0})
   end
 
-  def start_call(module, function, args, opts, timeout) do
-    opts = Keyword.validate!(opts, kwargs: [], pool: :default)
-    pool = opts[:pool]
+  def start_call(target, function, args, opts, timeout, stream) do
+    opts = Keyword.validate!(opts, [:pool, kwargs: [], as: :value])
 
-    unless is_atom(pool) do
-      raise ArgumentError, "expected :pool to be an atom, got: #{inspect(pool)}"
-    end
+    mode =
+      case stream do
+        nil -> {as_flag(opts[:as]), 0}
+        window -> {as_flag(opts[:as]) ||| @stream, window}
+      end
 
     submit(
-      pool,
-      name!(module, :module),
-      name!(function, :function),
+      pool!(target, opts[:pool]),
+      target!(target),
+      function!(target, function),
       args!(args),
       kwargs!(opts[:kwargs]),
-      timeout
+      timeout,
+      mode
     )
   end
 
-  defp submit(pool, module, function, args, kwargs, timeout) do
+  defp submit(pool, target, function, args, kwargs, timeout, mode) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
-    case NIF.submit(pool, module, function, args, kwargs, timeout) do
-      :dirty -> NIF.submit_dirty(pool, module, function, args, kwargs, timeout)
+    case NIF.submit(pool, target, function, args, kwargs, timeout, mode) do
+      :dirty -> NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode)
       result -> result
     end
   end
+
+  defp as_flag(:value), do: 0
+  defp as_flag(:handle), do: @as_handle
+
+  defp as_flag(other) do
+    raise ArgumentError, "expected :as to be :value or :handle, got: #{inspect(other)}"
+  end
+
+  defp pool!(%Object{pool: pool}, nil), do: pool
+  defp pool!(_module, nil), do: :default
+  defp pool!(_target, pool) when is_atom(pool), do: pool
+
+  defp pool!(_target, pool) do
+    raise ArgumentError, "expected :pool to be an atom, got: #{inspect(pool)}"
+  end
+
+  defp target!(%Object{} = object), do: object
+  defp target!(module), do: name!(module, :module)
+
+  defp function!(%Object{}, nil), do: nil
+  defp function!(_target, function), do: name!(function, :function)
 
   defp name!(name, _what) when is_binary(name), do: name
 

@@ -31,12 +31,21 @@ defmodule SnakeBridge.NIF do
   def pool_stop(_pool), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit(_pool, _module, _function, _args, _kwargs, _timeout),
+  def submit(_pool, _target, _function, _args, _kwargs, _timeout, _mode),
     do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit_dirty(_pool, _module, _function, _args, _kwargs, _timeout),
+  def submit_dirty(_pool, _target, _function, _args, _kwargs, _timeout, _mode),
     do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def stream_credit(_ref, _n), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def release(_object_ref), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def object_os_pid(_object_ref), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def cancel(_ref), do: :erlang.nif_error(:nif_not_loaded)

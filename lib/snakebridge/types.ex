@@ -16,7 +16,12 @@ defmodule SnakeBridge.Types do
     * `:python_unavailable` — the pool's interpreter cannot be started;
     * `:cancelled` — the call was cancelled;
     * `:already_started` — a pool of that name is already running;
-    * `:protocol_error` — a worker sent bytes that are not a valid reply.
+    * `:protocol_error` — a worker sent bytes that are not a valid reply;
+    * `:stale_handle` — a `SnakeBridge.Object` whose Python object is gone:
+      released with `SnakeBridge.release/1`, or its worker exited or was
+      recycled;
+    * `:handle_conflict` — a call uses objects held by different workers (or
+      pools); a call runs in one worker, so they must come from the same one.
   """
 
   @typedoc "Why a call failed without a Python exception."
@@ -32,9 +37,14 @@ defmodule SnakeBridge.Types do
           | :cancelled
           | :already_started
           | :protocol_error
+          | :stale_handle
+          | :handle_conflict
 
   @typedoc "A Python module or function name: `\"os.path\"` or `:math`."
   @type name :: String.t() | atom()
+
+  @typedoc "What a call calls into: a module, or a Python object."
+  @type target :: name() | SnakeBridge.Object.t()
 
   @typedoc "The name of a pool."
   @type pool :: atom()

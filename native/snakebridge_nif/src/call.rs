@@ -3,6 +3,7 @@
 use std::hash::{DefaultHasher, Hasher};
 
 use rustler::{Atom, Binary, Encoder, Env, NifResult, Term};
+use snakebridge_protocol::value as wire;
 use snakebridge_protocol::{FrameWriter, Kind, MAX_FRAME_LEN};
 use snakebridge_runtime::{Call, CancelOutcome};
 
@@ -20,80 +21,124 @@ const NORMAL_BUDGET: usize = 64 * 1024;
 /// array marker, the kind, and the `uint64` marker.
 const ID_OFFSET: usize = 4 + 1 + 1 + 1;
 
+/// What a call asks of its worker besides arguments: `flags` (the
+/// protocol's call flags) and, for a stream, `window`, the items it may send
+/// before the consumer grants more.
+#[derive(rustler::NifTuple)]
+struct Mode {
+    flags: u64,
+    window: u64,
+}
+
 /// Encodes and queues a call on a normal scheduler; returns `:dirty` when
 /// the arguments are too big for that, and the caller retries with
 /// [`submit_dirty`].
+///
+/// `target` is a module name or a `%SnakeBridge.Object{}`; `function` is a
+/// name, or nil to call the object itself.
 #[rustler::nif]
+#[allow(clippy::too_many_arguments)]
 fn submit<'a>(
     env: Env<'a>,
     pool: Atom,
-    module: Binary,
-    function: Binary,
+    target: Term<'a>,
+    function: Term<'a>,
     positional: Term<'a>,
     kwargs: Term<'a>,
     timeout: Term<'a>,
+    mode: Mode,
 ) -> NifResult<Term<'a>> {
-    submit_call(env, pool, module, function, positional, kwargs, timeout, NORMAL_BUDGET)
+    submit_call(env, pool, Request { target, function, positional, kwargs }, timeout, mode, NORMAL_BUDGET)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
+#[allow(clippy::too_many_arguments)]
 fn submit_dirty<'a>(
     env: Env<'a>,
     pool: Atom,
-    module: Binary,
-    function: Binary,
+    target: Term<'a>,
+    function: Term<'a>,
     positional: Term<'a>,
     kwargs: Term<'a>,
     timeout: Term<'a>,
+    mode: Mode,
 ) -> NifResult<Term<'a>> {
-    submit_call(env, pool, module, function, positional, kwargs, timeout, usize::MAX)
+    submit_call(env, pool, Request { target, function, positional, kwargs }, timeout, mode, usize::MAX)
+}
+
+/// The terms that make up a call.
+struct Request<'a> {
+    target: Term<'a>,
+    function: Term<'a>,
+    positional: Term<'a>,
+    kwargs: Term<'a>,
 }
 
 fn submit_call<'a>(
     env: Env<'a>,
     pool_name: Atom,
-    module: Binary,
-    function: Binary,
-    positional: Term<'a>,
-    kwargs: Term<'a>,
+    request: Request<'a>,
     timeout: Term<'a>,
+    mode: Mode,
     budget: usize,
 ) -> NifResult<Term<'a>> {
     let deadline = deadline_after(timeout)?;
     let Some(pool) = lookup(pool_name) else {
         return Ok(not_found(env, pool_name));
     };
-    let (Ok(module), Ok(function)) = (std::str::from_utf8(module.as_slice()), std::str::from_utf8(function.as_slice())) else {
-        return Ok(errors::error_tuple(env, atoms::unsupported_type(), "module and function names must be UTF-8"));
+    let function = if request.function == atoms::nil().to_term(env) {
+        None
+    } else {
+        match request.function.decode::<Binary>().map(|b| std::str::from_utf8(b.as_slice())) {
+            Ok(Ok(function)) => Some(function),
+            _ => return Ok(errors::error_tuple(env, atoms::unsupported_type(), "function names must be UTF-8 strings")),
+        }
     };
 
     let mut frame = Vec::with_capacity(128);
     let start = FrameWriter::begin(&mut frame);
-    // [1, id, deadline, module, function, args, kwargs], with the id as a
-    // fixed-width uint64 so it can be filled in once the call has its
-    // reference.
-    frame.extend_from_slice(&[0x97, Kind::Call as u8, 0xcf, 0, 0, 0, 0, 0, 0, 0, 0]);
-    snakebridge_protocol::value::write_u64(&mut frame, deadline);
+    // [1, id, deadline, target, function, args, kwargs, flags, window], with
+    // the id as a fixed-width uint64 so it can be filled in once the call
+    // has its reference.
+    frame.extend_from_slice(&[0x99, Kind::Call as u8, 0xcf, 0, 0, 0, 0, 0, 0, 0, 0]);
+    wire::write_u64(&mut frame, deadline);
+    let mut encoder = TermEncoder::new(&mut frame, budget);
     let encoded = (|| {
         let names = |e: snakebridge_protocol::EncodeError| (EncodeError::from(e), "");
-        snakebridge_protocol::value::write_str(&mut frame, module).map_err(names)?;
-        snakebridge_protocol::value::write_str(&mut frame, function).map_err(names)?;
-        let mut encoder = TermEncoder::new(&mut frame, budget);
-        encoder.args(positional).map_err(|e| (e, "args"))?;
-        encoder.kwargs(kwargs).map_err(|e| (e, "kwargs"))?;
+        match request.target.decode::<Binary>() {
+            Ok(module) => {
+                let module = std::str::from_utf8(module.as_slice()).map_err(|_| {
+                    (EncodeError::Unsupported { what: "a module name that is not UTF-8".into(), path: Vec::new() }, "module")
+                })?;
+                wire::write_str(encoder.out, module).map_err(names)?;
+            }
+            Err(_) => encoder.object(request.target).map_err(|e| (e, "target"))?,
+        }
+        match function {
+            Some(function) => wire::write_str(encoder.out, function).map_err(names)?,
+            None => wire::write_nil(encoder.out),
+        }
+        encoder.args(request.positional).map_err(|e| (e, "args"))?;
+        encoder.kwargs(request.kwargs).map_err(|e| (e, "kwargs"))?;
+        wire::write_u64(encoder.out, mode.flags);
+        wire::write_u64(encoder.out, mode.window);
         Ok::<_, (EncodeError, &str)>(())
-    })()
-    .and_then(|()| FrameWriter::finish(&mut frame, start).map_err(|e| (e.into(), "")));
+    })();
+    let objects = std::mem::take(&mut encoder.objects);
+    let encoded = encoded.and_then(|()| FrameWriter::finish(&mut frame, start).map_err(|e| (e.into(), "")));
     if let Err((error, root)) = encoded {
-        return Ok(match error {
-            EncodeError::NeedsDirty => atoms::dirty().encode(env),
-            EncodeError::Unsupported { .. } => errors::error_tuple(env, atoms::unsupported_type(), &error.describe(root)),
-            EncodeError::TooDeep { .. } => errors::error_tuple(env, atoms::nesting_too_deep(), &error.describe(root)),
+        let reason = match error {
+            EncodeError::NeedsDirty => return Ok(atoms::dirty().encode(env)),
+            EncodeError::Unsupported { .. } => atoms::unsupported_type(),
+            EncodeError::TooDeep { .. } => atoms::nesting_too_deep(),
+            EncodeError::Released { .. } => atoms::stale_handle(),
+            EncodeError::Conflict { .. } => atoms::handle_conflict(),
             EncodeError::TooLarge(_) => {
                 let message = format!("the call's arguments exceed the {MAX_FRAME_LEN} byte message limit");
-                errors::error_tuple(env, atoms::payload_too_large(), &message)
+                return Ok(errors::error_tuple(env, atoms::payload_too_large(), &message));
             }
-        });
+        };
+        return Ok(errors::error_tuple(env, reason, &error.describe(root)));
     }
 
     let caller_pid = env.pid();
@@ -107,7 +152,11 @@ fn submit_call<'a>(
         }
     };
     frame[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&call.id.to_be_bytes());
-    match pool.submit(call, frame) {
+    let submitted = match objects.first() {
+        Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
+        None => pool.submit(call, frame),
+    };
+    match submitted {
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),
         Err(failure) => Ok((atoms::error(), errors::failure(env, &failure)).encode(env)),
     }
@@ -133,6 +182,20 @@ fn call_id(reference: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     h.write(reference);
     h.finish()
+}
+
+/// Lets the stream started with `reference` send `n` more items: `:ok`, or
+/// `:closed` when it is not running any more.
+#[rustler::nif]
+fn stream_credit(reference: Term, n: u64) -> NifResult<Atom> {
+    if !reference.is_ref() {
+        return Err(rustler::Error::BadArg);
+    }
+    let bytes = reference.to_binary();
+    let granted = call_table().grant_credit(call_id(bytes.as_slice()), n, |caller| {
+        caller.reference.as_slice() == bytes.as_slice()
+    });
+    Ok(if granted { atoms::ok() } else { atoms::closed() })
 }
 
 /// Cancels the call made with `reference`. `:cancelled` means no reply will

@@ -3,10 +3,11 @@
 use std::sync::OnceLock;
 
 use rustler::types::tuple::make_tuple;
-use rustler::{Encoder, Env, NewBinary, Term};
+use rustler::{Atom, Encoder, Env, NewBinary, Term};
 use snakebridge_protocol::{Builder, DecodeError};
+use snakebridge_runtime::Origin;
 
-use crate::atoms;
+use crate::{atoms, object};
 
 /// Largest map built in one `enif_make_map_from_arrays`. Larger maps built
 /// that way off the VM's own threads crash OTP 24.3.4.2+/25.1+/26 releases
@@ -27,11 +28,14 @@ fn mapset_fields() -> &'static [(String, i64)] {
     MAPSET_FIELDS.get().map_or(&[], Vec::as_slice)
 }
 
-pub struct TermBuilder<'a> {
+pub struct TermBuilder<'a, 'o> {
     pub env: Env<'a>,
+    /// The worker and pool the value came from, for its handles.
+    pub origin: &'o Origin<'o>,
+    pub pool: Atom,
 }
 
-impl<'a> TermBuilder<'a> {
+impl<'a> TermBuilder<'a, '_> {
     fn binary(&self, bytes: &[u8]) -> Term<'a> {
         let mut bin = NewBinary::new(self.env, bytes.len());
         bin.as_mut_slice().copy_from_slice(bytes);
@@ -39,7 +43,7 @@ impl<'a> TermBuilder<'a> {
     }
 }
 
-impl<'a> Builder for TermBuilder<'a> {
+impl<'a> Builder for TermBuilder<'a, '_> {
     type Value = Term<'a>;
     type Error = DecodeError;
 
@@ -139,5 +143,10 @@ impl<'a> Builder for TermBuilder<'a> {
             map = map.map_put(k, v).map_err(|_| DecodeError::Invalid("bad map".into()))?;
         }
         Ok(map)
+    }
+
+    fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Term<'a>, DecodeError> {
+        let (type_name, repr) = info.ok_or_else(|| DecodeError::Invalid("a handle from a worker without its type".into()))?;
+        Ok(object::make(self.env, self.origin, self.pool, id, type_name, repr))
     }
 }

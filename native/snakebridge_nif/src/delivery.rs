@@ -5,9 +5,9 @@
 //! where `OwnedEnv::send_and_clear` is allowed (it panics on scheduler
 //! threads, dirty ones included).
 
-use rustler::{Encoder, LocalPid, OwnedBinary, OwnedEnv, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Hooks, Outcome, Reason, Stream, WorkerEvent};
+use snakebridge_runtime::{Hooks, Origin, Outcome, Reason, Stream, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
@@ -23,6 +23,32 @@ pub struct Caller {
 /// Hooks for one pool; logs and events go to the pool's owner process.
 pub struct Delivery {
     pub owner: LocalPid,
+    /// The pool's name, which its objects carry.
+    pub pool: Atom,
+}
+
+impl Delivery {
+    /// Decodes one value sent by a worker; a value that does not decode is
+    /// answered as a protocol error and reported in `problem`.
+    fn value<'a>(&self, env: Env<'a>, mut bytes: &[u8], origin: &Origin<'_>, problem: &mut Option<DecodeError>) -> Result<Term<'a>, Term<'a>> {
+        let mut builder = TermBuilder {
+            env,
+            origin,
+            pool: self.pool,
+        };
+        let decoded = decode_value(&mut bytes, &mut builder, 0).and_then(|v| {
+            if bytes.is_empty() {
+                Ok(v)
+            } else {
+                Err(DecodeError::TrailingBytes(bytes.len()))
+            }
+        });
+        decoded.map_err(|e| {
+            let message = format!("the Python worker sent an undecodable result: {e}");
+            *problem = Some(e);
+            errors::error_tuple(env, atoms::protocol_error(), &message)
+        })
+    }
 }
 
 impl Hooks for Delivery {
@@ -41,27 +67,23 @@ impl Hooks for Delivery {
                 .binary_to_term(caller.reference.as_slice())
                 .map(|(term, _)| term)
                 .expect("a reference encoded by term_to_binary decodes");
-            let result = match outcome {
-                Outcome::Ok(mut bytes) => {
-                    match decode_value(&mut bytes, &mut TermBuilder { env }, 0).and_then(|v| {
-                        if bytes.is_empty() {
-                            Ok(v)
-                        } else {
-                            Err(DecodeError::TrailingBytes(bytes.len()))
-                        }
-                    }) {
+            match outcome {
+                Outcome::Ok(bytes, origin) => {
+                    let result = match self.value(env, bytes, origin, &mut problem) {
                         Ok(value) => (atoms::ok(), value).encode(env),
-                        Err(e) => {
-                            let message = format!("the Python worker sent an undecodable result: {e}");
-                            problem = Some(e);
-                            errors::error_tuple(env, atoms::protocol_error(), &message)
-                        }
-                    }
+                        Err(error) => error,
+                    };
+                    (atoms::snakebridge(), reference, result)
                 }
-                Outcome::PythonError(e) => (atoms::error(), errors::python_error(env, &e)).encode(env),
-                Outcome::Failed(f) => (atoms::error(), errors::failure(env, &f)).encode(env),
-            };
-            (atoms::snakebridge(), reference, result)
+                // A stream's items, as a list; the stream still ends with a
+                // `:snakebridge` message. Items that do not decode end it.
+                Outcome::Items(bytes, origin) => match self.value(env, bytes, origin, &mut problem) {
+                    Ok(items) => (atoms::snakebridge_stream(), reference, items),
+                    Err(error) => (atoms::snakebridge(), reference, error),
+                },
+                Outcome::PythonError(e) => (atoms::snakebridge(), reference, (atoms::error(), errors::python_error(env, &e)).encode(env)),
+                Outcome::Failed(f) => (atoms::snakebridge(), reference, (atoms::error(), errors::failure(env, &f)).encode(env)),
+            }
         });
         problem.map_or(Ok(()), Err)
     }

@@ -4,18 +4,26 @@
 //! `kwargs[:opts]["key"]`), built while the recursion unwinds so the happy
 //! path pays nothing for it.
 
+use std::sync::Arc;
+
 use rustler::types::tuple::get_tuple;
-use rustler::{Binary, Term, TermType};
+use rustler::{Binary, ResourceArc, Term, TermType};
 use snakebridge_protocol::value::{self as wire, MAX_DEPTH};
 use snakebridge_protocol::EncodeError as WireError;
+use snakebridge_runtime::ObjectRef;
 
 use crate::atoms;
+use crate::object::ObjectResource;
 
 /// Why a term could not be encoded.
 pub enum EncodeError {
     Unsupported { what: String, path: Vec<String> },
     TooDeep { path: Vec<String> },
     TooLarge(String),
+    /// An object that was released with `SnakeBridge.release/1`.
+    Released { path: Vec<String> },
+    /// Objects held by different worker processes.
+    Conflict { path: Vec<String> },
     /// Over the normal-scheduler budget: encode again on a dirty scheduler.
     NeedsDirty,
 }
@@ -23,7 +31,10 @@ pub enum EncodeError {
 impl EncodeError {
     fn at(mut self, segment: impl FnOnce() -> String) -> Self {
         match &mut self {
-            EncodeError::Unsupported { path, .. } | EncodeError::TooDeep { path } => path.push(segment()),
+            EncodeError::Unsupported { path, .. }
+            | EncodeError::TooDeep { path }
+            | EncodeError::Released { path }
+            | EncodeError::Conflict { path } => path.push(segment()),
             EncodeError::TooLarge(_) | EncodeError::NeedsDirty => {}
         }
         self
@@ -46,6 +57,14 @@ impl EncodeError {
                 format!("{}: nested deeper than {MAX_DEPTH} levels", place(path))
             }
             EncodeError::TooLarge(message) => message.clone(),
+            EncodeError::Released { path } => {
+                format!("{}: the object was released with SnakeBridge.release/1", place(path))
+            }
+            EncodeError::Conflict { path } => format!(
+                "{}: this object lives in another Python worker than the call's other objects; \
+                 a call runs in one worker, so its objects must come from the same one",
+                place(path)
+            ),
             EncodeError::NeedsDirty => "needs a dirty scheduler".to_owned(),
         }
     }
@@ -72,11 +91,33 @@ pub struct TermEncoder<'o> {
     pub budget: usize,
     /// Output bytes that were bulk copies of binaries.
     pub copied: usize,
+    /// The objects named so far; all in one worker process.
+    pub objects: Vec<Arc<ObjectRef>>,
 }
 
 impl TermEncoder<'_> {
     pub fn new(out: &mut Vec<u8>, budget: usize) -> TermEncoder<'_> {
-        TermEncoder { out, budget, copied: 0 }
+        TermEncoder {
+            out,
+            budget,
+            copied: 0,
+            objects: Vec::new(),
+        }
+    }
+
+    /// Writes a `%SnakeBridge.Object{}` as a handle to its object.
+    pub fn object(&mut self, term: Term) -> Result {
+        let resource = term
+            .map_get(atoms::ref_())
+            .and_then(|r| r.decode::<ResourceArc<ObjectResource>>())
+            .map_err(|_| unsupported("a malformed SnakeBridge.Object", Vec::new()))?;
+        let object = resource.get().ok_or(EncodeError::Released { path: Vec::new() })?;
+        if self.objects.first().is_some_and(|first| first.route() != object.route()) {
+            return Err(EncodeError::Conflict { path: Vec::new() });
+        }
+        wire::write_handle(self.out, object.id, None)?;
+        self.objects.push(object);
+        Ok(())
     }
 
     fn check_budget(&self) -> Result {
@@ -245,6 +286,9 @@ impl TermEncoder<'_> {
         if let Ok(module) = term.map_get(atoms::struct_()) {
             if module == atoms::mapset().to_term(env) {
                 return self.mapset(term, depth);
+            }
+            if module == atoms::object_struct().to_term(env) {
+                return self.object(term);
             }
             if module == atoms::bytes_struct().to_term(env) {
                 let data = term.map_get(atoms::data()).map_err(|_| unsupported("a malformed SnakeBridge.Bytes", Vec::new()))?;

@@ -4,7 +4,8 @@
 //!
 //! | module     | what it holds                                              |
 //! |------------|------------------------------------------------------------|
-//! | `call`     | `submit/5`, `submit_dirty/5`, `cancel/1`                   |
+//! | `call`     | `submit/7`, `submit_dirty/7`, `stream_credit/2`, `cancel/1` |
+//! | `object`   | `%SnakeBridge.Object{}`'s resource, `release/1`, `object_os_pid/1` |
 //! | `pool`     | `pool_start/2`, `pool_stop/1`, `stats/1`, the pool registry |
 //! | `encode`   | term → msgpack, with the path to anything unsupported      |
 //! | `decode`   | msgpack → term                                             |
@@ -17,6 +18,7 @@ mod decode;
 mod delivery;
 mod encode;
 mod errors;
+mod object;
 mod pool;
 
 rustler::init!("Elixir.SnakeBridge.NIF", load = load);

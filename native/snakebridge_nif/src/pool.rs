@@ -95,7 +95,7 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
         return Ok(errors::error_tuple(env, atoms::already_started(), &message));
     }
     let pool_name = inspect_atom(name, env);
-    let pool = match Pool::start(pool_name, pool_config, Arc::new(Delivery { owner }), call_table().clone()) {
+    let pool = match Pool::start(pool_name, pool_config, Arc::new(Delivery { owner, pool: name }), call_table().clone()) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
             let message = format!("could not start pool threads: {e}");
@@ -142,6 +142,7 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
                     (atoms::calls(), w.calls.encode(env)),
                     (atoms::errors(), w.errors.encode(env)),
                     (atoms::restarts(), w.restarts.encode(env)),
+                    (atoms::objects(), w.objects.encode(env)),
                     (atoms::rss(), w.rss.encode(env)),
                 ],
             )

@@ -6,9 +6,17 @@
 //!
 //! ```text
 //! QUEUED ──write──▶ SENT ──reply/death──▶ DELIVERING ──▶ (removed)
-//!    │                │
+//!    │              │  ▲
+//!    │        items │  │ delivered
+//!    │              ▼  │
+//!    │            STREAMING
 //!    └────cancel──────┴──▶ CANCELLED ──▶ (removed)
 //! ```
+//!
+//! A stream's items are delivered while the call is STREAMING, which a
+//! cancel waits out (it lasts one message send): once a cancel returns, no
+//! item of that stream will reach the caller any more, so the caller can
+//! flush its mailbox of them for good.
 //!
 //! Whoever moves a call out of QUEUED/SENT owns its ending. A delivered call
 //! leaves the table only *after* its reply was sent, so a cancel that does
@@ -25,6 +33,7 @@ const QUEUED: u8 = 0;
 const SENT: u8 = 1;
 const DELIVERING: u8 = 2;
 const CANCELLED: u8 = 3;
+const STREAMING: u8 = 4;
 
 /// One request from one caller.
 pub struct Call<C> {
@@ -72,16 +81,40 @@ impl<C> Call<C> {
                 .is_ok()
     }
 
+    /// Claims a sent stream for delivering some of its items; end with
+    /// [`Call::items_delivered`]. False if it was cancelled.
+    pub(crate) fn claim_items(&self) -> bool {
+        self.state
+            .compare_exchange(SENT, STREAMING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn items_delivered(&self) {
+        self.state.store(SENT, Ordering::Release);
+    }
+
     /// Claims the call's ending for a cancellation; returns the state it was
     /// taken from.
     fn claim_cancel(&self) -> Option<u8> {
-        let state = self.state.load(Ordering::Acquire);
-        ((state == QUEUED || state == SENT)
-            && self
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state == STREAMING {
+                // The reader is sending this stream's items to the caller:
+                // a matter of microseconds.
+                std::hint::spin_loop();
+                continue;
+            }
+            if state != QUEUED && state != SENT {
+                return None;
+            }
+            if self
                 .state
                 .compare_exchange(state, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok())
-        .then_some(state)
+                .is_ok()
+            {
+                return Some(state);
+            }
+        }
     }
 
     /// The worker incarnation the call was last written to (0: none), read
@@ -92,7 +125,7 @@ impl<C> Call<C> {
 
     /// The worker incarnation a sent call went to.
     pub(crate) fn sent_to(&self) -> Option<u64> {
-        (self.state.load(Ordering::Acquire) == SENT).then(|| self.worker.load(Ordering::Relaxed))
+        matches!(self.state.load(Ordering::Acquire), SENT | STREAMING).then(|| self.worker.load(Ordering::Relaxed))
     }
 
     fn is_sent_to(&self, incarnation: u64) -> bool {
@@ -191,6 +224,22 @@ impl<C> CallTable<C> {
         }
     }
 
+    /// Lets the stream `id`, if `belongs(caller)` confirms it is the one
+    /// meant and it is still running, send `n` more items. False if it is not
+    /// running (finished, cancelled, or unknown).
+    pub fn grant_credit(&self, id: u64, n: u64, belongs: impl FnOnce(&C) -> bool) -> bool {
+        let Some(call) = self.get(id) else {
+            return false;
+        };
+        if !belongs(&call.caller) {
+            return false;
+        }
+        match call.sent_to() {
+            Some(incarnation) => crate::connection::credit(incarnation, id, n),
+            None => false,
+        }
+    }
+
     /// Claims every call written to worker `incarnation` and not yet
     /// answered; the caller delivers their failure, then removes them.
     pub(crate) fn claim_sent_to(&self, incarnation: u64) -> Vec<Arc<Call<C>>> {
@@ -255,6 +304,24 @@ mod tests {
         assert!(!call.mark_sent(1));
         assert!(!call.claim_reply());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn cancel_waits_out_an_item_delivery() {
+        let table = Arc::new(CallTable::default());
+        let call = Call::new(5, ());
+        table.insert(call.clone());
+        assert!(call.mark_sent(1));
+        assert!(call.claim_items());
+        let cancelling = {
+            let table = table.clone();
+            std::thread::spawn(move || table.cancel(5, |_| true))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!cancelling.is_finished());
+        call.items_delivered();
+        assert_eq!(cancelling.join().unwrap(), CancelOutcome::Cancelled);
+        assert!(!call.claim_items());
     }
 
     #[test]

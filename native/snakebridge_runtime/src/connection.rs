@@ -61,6 +61,10 @@ pub(crate) struct Connection {
     ping_sent: Mutex<Option<Instant>>,
     /// Why the host killed the worker, if it did.
     pub kill_reason: Mutex<Option<String>>,
+    /// Handles the host holds on objects in this worker.
+    pub objects: AtomicUsize,
+    /// Ids of objects the host no longer refers to, for the writer to send.
+    pub releases: Mutex<Vec<u64>>,
     control: Sender<Control>,
     cancel_grace: Duration,
 }
@@ -81,6 +85,8 @@ impl Connection {
             cancelling_count: AtomicUsize::new(0),
             ping_sent: Mutex::new(None),
             kill_reason: Mutex::new(None),
+            objects: AtomicUsize::new(0),
+            releases: Mutex::new(Vec::new()),
             control,
             cancel_grace,
         });
@@ -103,6 +109,12 @@ impl Connection {
         self.dead.load(Ordering::Acquire)
             || self.draining.load(Ordering::Acquire)
             || self.cancelling_count.load(Ordering::Acquire) > 0
+    }
+
+    /// True once this process takes no more calls at all: its objects are
+    /// gone or about to be.
+    pub fn is_retired(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.draining.load(Ordering::Acquire)
     }
 
     pub fn is_dead(&self) -> bool {
@@ -150,9 +162,14 @@ impl Connection {
         });
     }
 
+    /// The worker sent something.
+    pub fn heard(&self) {
+        self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
+    }
+
     /// Called for every reply: a cancelled call that answered has stopped.
     pub fn answered(&self, id: u64) {
-        self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
+        self.heard();
         if self.cancelling_count.load(Ordering::Acquire) > 0 && self.cancelling.lock().remove(&id).is_some() {
             self.cancelling_count.fetch_sub(1, Ordering::Release);
         }
@@ -195,6 +212,36 @@ impl Connection {
 fn registry() -> &'static RwLock<HashMap<u64, Weak<Connection>>> {
     static CONNECTIONS: OnceLock<RwLock<HashMap<u64, Weak<Connection>>>> = OnceLock::new();
     CONNECTIONS.get_or_init(Default::default)
+}
+
+/// Lets stream `id` on worker `incarnation` send `n` more items. False if
+/// that worker is gone.
+pub(crate) fn credit(incarnation: u64, id: u64, n: u64) -> bool {
+    let conn = registry().read().get(&incarnation).and_then(Weak::upgrade);
+    let Some(conn) = conn.filter(|c| !c.is_dead()) else {
+        return false;
+    };
+    let mut frame = Vec::with_capacity(24);
+    Message::Credit { id, credit: n }.write_frame(&mut frame).expect("a credit frame is small");
+    // Written by the consumer itself when the socket is free, as calls are
+    // (see `Pool::submit`); a writer thread hand-off would cost a wake-up
+    // per window of items.
+    if let Some(_guard) = conn.write_lock.try_lock() {
+        match crate::socket::try_send(conn.fd(), &frame) {
+            Ok(sent) if sent == frame.len() => return true,
+            Ok(sent) if sent > 0 => {
+                let mut rest = [std::io::IoSlice::new(&frame[sent..])];
+                return crate::socket::send_all(conn.fd(), &mut rest).is_ok();
+            }
+            _ => {}
+        }
+    }
+    conn.control
+        .send(Control {
+            incarnation,
+            action: Action::Send(frame),
+        })
+        .is_ok()
 }
 
 /// Asks worker `incarnation`, if it still runs, to interrupt call `id`.

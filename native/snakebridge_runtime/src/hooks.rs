@@ -4,6 +4,8 @@ use std::fmt;
 
 use snakebridge_protocol::DecodeError;
 
+use crate::object::Origin;
+
 /// Which standard stream of a worker a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -40,6 +42,8 @@ pub enum Reason {
     ProtocolError,
     Timeout,
     Cancelled,
+    StaleHandle,
+    HandleConflict,
 }
 
 impl Reason {
@@ -54,6 +58,8 @@ impl Reason {
             Reason::ProtocolError => "protocol_error",
             Reason::Timeout => "timeout",
             Reason::Cancelled => "cancelled",
+            Reason::StaleHandle => "stale_handle",
+            Reason::HandleConflict => "handle_conflict",
         }
     }
 
@@ -66,6 +72,7 @@ impl Reason {
             "payload_too_large" => Some(Reason::PayloadTooLarge),
             "timeout" => Some(Reason::Timeout),
             "cancelled" => Some(Reason::Cancelled),
+            "stale_handle" => Some(Reason::StaleHandle),
             _ => None,
         }
     }
@@ -101,13 +108,22 @@ pub struct PythonError {
     pub traceback: Vec<String>,
 }
 
-/// The one reply a call gets.
-#[derive(Debug)]
+/// What a call's caller is sent: one final reply, after any number of
+/// `Items` for a stream.
 pub enum Outcome<'a> {
-    /// The msgpack encoding of the result.
-    Ok(&'a [u8]),
+    /// The msgpack encoding of the result; handles in it come from `Origin`.
+    Ok(&'a [u8], &'a Origin<'a>),
+    /// A stream's next items: the msgpack encoding of an array.
+    Items(&'a [u8], &'a Origin<'a>),
     PythonError(PythonError),
     Failed(Failure),
+}
+
+impl Outcome<'_> {
+    /// Whether the call is over with this.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Items(..))
+    }
 }
 
 /// Something that happened to a worker process.
@@ -129,9 +145,10 @@ pub trait Hooks: Send + Sync + 'static {
     type Courier;
 
     fn courier(&self) -> Self::Courier;
-    /// Sends `outcome` to `caller`. An `Ok` result the embedder cannot
-    /// decode is still answered (with a protocol error) and reported back as
-    /// `Err`, so the runtime replaces the worker that sent it.
+    /// Sends `outcome` to `caller`. An `Ok` result or `Items` the embedder
+    /// cannot decode is still answered, as the call's final reply (a
+    /// protocol error), and reported back as `Err`, so the runtime replaces
+    /// the worker that sent it.
     fn deliver(&self, courier: &mut Self::Courier, caller: &Self::Caller, outcome: Outcome<'_>) -> Result<(), DecodeError>;
     fn log(&self, courier: &mut Self::Courier, os_pid: u32, stream: Stream, line: &[u8]);
     /// Whether the caller still waits for replies: calls of a caller that

@@ -11,11 +11,16 @@
 //!
 //! Replies leave through [`Hooks`], which the NIF implements by sending BEAM
 //! messages and tests implement with channels.
+//!
+//! Python objects that have no by-value form stay in their worker; the host
+//! refers to them through [`ObjectRef`]s, which route calls that use them to
+//! that worker and release them there when dropped (see `object`).
 
 mod call;
 mod config;
 mod connection;
 mod hooks;
+mod object;
 mod pool;
 mod slot;
 mod socket;
@@ -27,6 +32,7 @@ mod writer;
 pub use call::{Call, CallTable, CancelOutcome};
 pub use config::PoolConfig;
 pub use hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, Stream, WorkerEvent};
+pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
 pub use stats::{PoolStats, WorkerStats};
 

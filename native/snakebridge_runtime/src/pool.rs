@@ -1,6 +1,6 @@
 //! A pool of worker slots sharing one bounded queue.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,7 +10,9 @@ use parking_lot::Mutex;
 
 use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
+use crate::connection::Connection;
 use crate::hooks::{Failure, Hooks, Outcome, Reason};
+use crate::object::{ObjectRef, Route};
 use crate::slot::{self, Slot};
 use crate::watchdog;
 use crate::socket;
@@ -22,21 +24,73 @@ use crate::stats::PoolStats;
 /// kernel takes them whole or not at all.
 const DIRECT_MAX: usize = 128 * 1024;
 
+/// Tells pools apart in the routes of their objects.
+static POOL_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// A call waiting for a worker, with its encoded frame.
 pub(crate) struct Job<C> {
     pub call: Arc<Call<C>>,
     pub frame: Vec<u8>,
+    /// For a call that uses objects: the worker process that holds them.
+    pub pinned: Option<u64>,
+    /// The objects the frame names, alive until it is written (see
+    /// `object`): only ever dropped, never read.
+    #[allow(dead_code)]
+    pub keep: Vec<Arc<ObjectRef>>,
+}
+
+impl<C> Job<C> {
+    fn new(call: Arc<Call<C>>, frame: Vec<u8>) -> Self {
+        Job {
+            call,
+            frame,
+            pinned: None,
+            keep: Vec::new(),
+        }
+    }
+}
+
+/// The queue of one slot's pinned calls.
+pub(crate) struct PinnedQueue<C> {
+    pub tx: Sender<Job<C>>,
+    pub rx: Receiver<Job<C>>,
+    /// Pinned calls queued or held by the writer. While there are any, new
+    /// ones queue behind them instead of being written directly, so a
+    /// caller's calls on an object run in the order they were made.
+    pub pending: AtomicUsize,
+}
+
+impl<C> PinnedQueue<C> {
+    fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        PinnedQueue {
+            tx,
+            rx,
+            pending: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The error of a call on an object whose worker process is gone.
+pub(crate) fn stale_failure() -> Failure {
+    Failure::new(
+        Reason::StaleHandle,
+        "the Python worker that held the object has exited or been replaced, and the object with it",
+    )
 }
 
 /// State shared by a pool's handle and its threads.
 pub(crate) struct Shared<H: Hooks> {
     pub name: String,
+    pub id: u64,
     pub config: PoolConfig,
     pub hooks: Arc<H>,
     pub table: Arc<CallTable<H::Caller>>,
     pub queue_tx: Sender<Job<H::Caller>>,
     pub queue_rx: Receiver<Job<H::Caller>>,
     pub slots: Vec<Arc<Slot>>,
+    /// Per slot, the calls that must run on its current worker.
+    pub pinned: Vec<PinnedQueue<H::Caller>>,
     pub stopping: AtomicBool,
     /// Never carries a message: dropping the sender wakes every thread
     /// waiting on the receiver, which is how a stop is broadcast.
@@ -66,9 +120,11 @@ impl<H: Hooks> Shared<H> {
         )
     }
 
-    /// Calls waiting for a worker: in the queue, or held by a writer.
+    /// Calls waiting for a worker: in the queues, or held by a writer.
     pub fn queue_length(&self) -> usize {
-        self.queue_rx.len() + self.held.load(Ordering::Acquire)
+        self.queue_rx.len()
+            + self.held.load(Ordering::Acquire)
+            + self.pinned.iter().map(|p| p.rx.len()).sum::<usize>()
     }
 
     pub fn stopped_failure(&self) -> Failure {
@@ -78,14 +134,23 @@ impl<H: Hooks> Shared<H> {
     /// Answers a job that will not run. Only runtime threads may call this
     /// (the NIF's delivery cannot run on a BEAM thread).
     pub fn fail_job(&self, courier: &mut H::Courier, job: Job<H::Caller>, failure: Failure) {
-        if job.call.claim_reply() {
-            let _ = self.hooks.deliver(courier, &job.call.caller, Outcome::Failed(failure));
-            self.table.remove(job.call.id);
+        self.fail_call(courier, &job.call, failure);
+    }
+
+    pub fn fail_call(&self, courier: &mut H::Courier, call: &Call<H::Caller>, failure: Failure) {
+        if call.claim_reply() {
+            let _ = self.hooks.deliver(courier, &call.caller, Outcome::Failed(failure));
+            self.table.remove(call.id);
         }
     }
 
-    /// Puts back a job that was taken from the queue but not written.
+    /// Puts back a job that was taken from the queue but not written. A
+    /// pinned job cannot go elsewhere: its worker is going away.
     pub fn requeue(&self, courier: &mut H::Courier, job: Job<H::Caller>) {
+        if job.pinned.is_some() {
+            self.fail_job(courier, job, stale_failure());
+            return;
+        }
         if let Err(e) = self.queue_tx.try_send(job) {
             let job = e.into_inner();
             let failure = Failure::new(Reason::Overloaded, self.overloaded_message());
@@ -120,9 +185,12 @@ impl<H: Hooks> Pool<H> {
     ) -> std::io::Result<Pool<H>> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.max_queue.max(1));
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        let size = config.size.max(1);
         let shared = Arc::new(Shared {
             name: name.into(),
-            slots: (0..config.size.max(1)).map(|i| Arc::new(Slot::new(i))).collect(),
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+            slots: (0..size).map(|i| Arc::new(Slot::new(i))).collect(),
+            pinned: (0..size).map(|_| PinnedQueue::new()).collect(),
             config,
             hooks,
             table,
@@ -183,7 +251,7 @@ impl<H: Hooks> Pool<H> {
             shared.table.remove(call.id);
             return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));
         }
-        match shared.queue_tx.try_send(Job { call, frame }) {
+        match shared.queue_tx.try_send(Job::new(call, frame)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 shared.table.remove(job.call.id);
@@ -209,44 +277,68 @@ impl<H: Hooks> Pool<H> {
             .min_by_key(|&i| in_flight(i))
             .unwrap_or(0);
         let order = std::iter::once(best).chain((0..slots.len()).map(|i| (first + i) % slots.len()).filter(|&i| i != best));
-        for i in order {
-            let Some(conn) = slots[i].connection() else {
-                continue;
-            };
-            // Never wait for the lock: its holder is writing to this worker
-            // already, and the call can queue for it instead.
-            let Some(_guard) = conn.write_lock.try_lock() else {
-                continue;
-            };
-            if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
-                continue;
-            }
-            if !call.mark_sent(conn.incarnation) {
-                return true;
-            }
-            conn.in_flight.fetch_add(1, Ordering::AcqRel);
-            match socket::try_send(conn.fd(), frame) {
-                Ok(n) if n == frame.len() => return true,
-                Ok(0) | Err(_) => {
-                    conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    if !call.mark_unsent() {
-                        return true;
-                    }
-                }
-                Ok(n) => {
-                    // A Unix stream socket sends a frame this small as one
-                    // buffer, all or nothing; should the kernel ever split
-                    // it, the rest must follow before any other frame. The
-                    // worker is reading (its window has room), so this
-                    // drains promptly, and if it dies instead, the call
-                    // fails with it like any call it was sent.
-                    let mut rest = [std::io::IoSlice::new(&frame[n..])];
-                    let _ = socket::send_all(conn.fd(), &mut rest);
-                    return true;
-                }
-            }
+        order.filter_map(|i| slots[i].connection()).any(|conn| write_direct_to(&conn, window, call, frame))
+    }
+
+    /// Sends a call that uses objects (`keep`) to the worker holding them,
+    /// which `route` names. Fails with `stale_handle` when that worker
+    /// process is gone, and `handle_conflict` when the objects belong to
+    /// another pool.
+    pub fn submit_pinned(
+        &self,
+        call: Arc<Call<H::Caller>>,
+        frame: Vec<u8>,
+        route: Route,
+        keep: Vec<Arc<ObjectRef>>,
+    ) -> Result<(), Failure> {
+        let shared = &self.shared;
+        let refused = if route.pool != shared.id || route.slot >= shared.slots.len() {
+            Some(Failure::new(
+                Reason::HandleConflict,
+                format!("the call goes to pool {}, but its objects live in another pool", shared.name),
+            ))
+        } else if shared.stopping.load(Ordering::Acquire) {
+            Some(shared.stopped_failure())
+        } else {
+            None
+        };
+        if let Some(failure) = refused {
+            shared.table.remove(call.id);
+            return Err(failure);
         }
-        false
+        let slot = &shared.slots[route.slot];
+        let Some(conn) = slot
+            .connection()
+            .filter(|c| c.incarnation == route.incarnation && !c.is_retired())
+        else {
+            shared.table.remove(call.id);
+            return Err(stale_failure());
+        };
+        let pinned = &shared.pinned[route.slot];
+        if frame.len() <= DIRECT_MAX
+            && pinned.pending.load(Ordering::Acquire) == 0
+            && write_direct_to(&conn, shared.config.window, &call, &frame)
+        {
+            return Ok(());
+        }
+        if shared.queue_length() >= shared.config.max_queue {
+            shared.table.remove(call.id);
+            return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));
+        }
+        pinned.pending.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            call,
+            frame,
+            pinned: Some(route.incarnation),
+            keep,
+        };
+        if let Err(e) = pinned.tx.send(job) {
+            pinned.pending.fetch_sub(1, Ordering::AcqRel);
+            shared.table.remove(e.into_inner().call.id);
+            return Err(shared.stopped_failure());
+        }
+        slot.wake_writer_now();
+        Ok(())
     }
 
     /// Stops the pool: no new calls; workers see EOF on their socket and exit
@@ -278,7 +370,8 @@ impl<H: Hooks> Pool<H> {
         let draining = shared.clone();
         let drained = std::thread::Builder::new().name("sb-stop".into()).spawn(move || {
             let mut courier = draining.hooks.courier();
-            while let Ok(job) = draining.queue_rx.try_recv() {
+            let pinned = draining.pinned.iter().flat_map(|p| p.rx.try_iter());
+            for job in draining.queue_rx.try_iter().chain(pinned) {
                 draining.fail_job(&mut courier, job, draining.stopped_failure());
             }
         });
@@ -295,9 +388,52 @@ impl<H: Hooks> Pool<H> {
         }
     }
 
+    /// Handles the host holds on objects, per slot (0 where no worker runs).
+    pub fn objects(&self) -> Vec<usize> {
+        self.shared
+            .slots
+            .iter()
+            .map(|s| s.connection().map_or(0, |c| c.objects.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// OS pids of the running workers.
     pub fn os_pids(&self) -> Vec<u32> {
         self.shared.slots.iter().filter_map(|s| s.os_pid()).collect()
+    }
+}
+
+/// Writes `frame` to `conn` if its window has room, without blocking. True
+/// when the call needs nothing more (written, or cancelled meanwhile).
+fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &[u8]) -> bool {
+    // Never wait for the lock: its holder is writing to this worker
+    // already, and the call can queue for it instead.
+    let Some(_guard) = conn.write_lock.try_lock() else {
+        return false;
+    };
+    if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
+        return false;
+    }
+    if !call.mark_sent(conn.incarnation) {
+        return true;
+    }
+    conn.in_flight.fetch_add(1, Ordering::AcqRel);
+    match socket::try_send(conn.fd(), frame) {
+        Ok(n) if n == frame.len() => true,
+        Ok(0) | Err(_) => {
+            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            !call.mark_unsent()
+        }
+        Ok(n) => {
+            // A Unix stream socket sends a frame this small as one buffer,
+            // all or nothing; should the kernel ever split it, the rest must
+            // follow before any other frame. The worker is reading (its
+            // window has room), so this drains promptly, and if it dies
+            // instead, the call fails with it like any call it was sent.
+            let mut rest = [std::io::IoSlice::new(&frame[n..])];
+            let _ = socket::send_all(conn.fd(), &mut rest);
+            true
+        }
     }
 }
 

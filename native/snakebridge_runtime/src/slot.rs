@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
-use snakebridge_protocol::{DecodeError, FrameDecoder, Header, Kind, Message, PROTOCOL_VERSION};
+use snakebridge_protocol::{handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, PROTOCOL_VERSION};
 
 use crate::connection::{Connection, Control};
 use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, WorkerEvent};
-use crate::pool::Shared;
+use crate::object::Origin;
+use crate::pool::{stale_failure, Shared};
 use crate::socket;
 use crate::writer;
 use crate::spawn::{spawn_worker, WorkerProcess};
@@ -178,6 +179,7 @@ impl Slot {
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            objects: self.connection().map_or(0, |c| c.objects.load(Ordering::Relaxed)),
             rss: os_pid.map_or(0, rss_bytes),
         }
     }
@@ -197,6 +199,15 @@ impl Slot {
             }
             self.status_cv.wait_for(&mut guard, Duration::from_millis(200));
         }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Wakes the writer whatever it waits for.
+    pub fn wake_writer_now(&self) {
+        let _ = self.wake_tx.try_send(());
     }
 
     /// Wakes the writer if it waits for room in the window.
@@ -229,7 +240,7 @@ struct StartFailure {
     definitive: bool,
 }
 
-fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
+fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
     let mut courier = shared.hooks.courier();
     let mut failures: u32 = 0;
     while !shared.stopping.load(Ordering::Acquire) {
@@ -281,6 +292,7 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 };
                 let exit = reap(slot, &mut process.child, shared.config.stop_timeout);
                 fail_sent_calls(shared, &conn, exit, problem, &mut courier);
+                fail_pinned_calls(shared, slot, &mut courier);
                 shared.hooks.event(&mut courier, conn.os_pid, WorkerEvent::Exited(exit));
                 if shared.stopping.load(Ordering::Acquire) {
                     break;
@@ -389,8 +401,8 @@ fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<(F
 /// worker broke the protocol.
 fn read_replies<H: Hooks>(
     shared: &Shared<H>,
-    slot: &Slot,
-    conn: &Connection,
+    slot: &Arc<Slot>,
+    conn: &Arc<Connection>,
     mut decoder: FrameDecoder,
     courier: &mut H::Courier,
 ) -> Result<(), String> {
@@ -410,15 +422,21 @@ fn read_replies<H: Hooks>(
 
 fn route_reply<H: Hooks>(
     shared: &Shared<H>,
-    slot: &Slot,
-    conn: &Connection,
+    slot: &Arc<Slot>,
+    conn: &Arc<Connection>,
     body: &[u8],
     courier: &mut H::Courier,
 ) -> Result<(), DecodeError> {
     let mut fields = body;
     let header = Header::read(&mut fields)?;
+    let origin = Origin {
+        pool: shared.id,
+        slot,
+        conn,
+    };
     match header.kind {
         Kind::Ok | Kind::PyError | Kind::Failure => {}
+        Kind::Items => return route_items(shared, &origin, header.id, fields, courier),
         Kind::Pong => {
             conn.pong();
             return Ok(());
@@ -440,7 +458,7 @@ fn route_reply<H: Hooks>(
         slot.errors.fetch_add(1, Ordering::Relaxed);
     }
     let outcome = match header.kind {
-        Kind::Ok => Outcome::Ok(fields),
+        Kind::Ok => Outcome::Ok(fields, &origin),
         _ => match Message::decode(body)? {
             Message::PyError {
                 exc_type,
@@ -464,17 +482,60 @@ fn route_reply<H: Hooks>(
     };
     // No entry: the call was cancelled and its reply is dropped.
     let Some(call) = shared.table.get(header.id) else {
-        return Ok(());
+        return release_unread(&origin, &outcome);
     };
     if call.written_to() != conn.incarnation {
         return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
     }
     if !call.claim_reply() {
-        return Ok(());
+        return release_unread(&origin, &outcome);
     }
     let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
     shared.table.remove(header.id);
     delivered
+}
+
+/// Delivers a stream's next items, unless it was cancelled.
+fn route_items<H: Hooks>(
+    shared: &Shared<H>,
+    origin: &Origin<'_>,
+    id: u64,
+    fields: &[u8],
+    courier: &mut H::Courier,
+) -> Result<(), DecodeError> {
+    origin.conn.heard();
+    let outcome = Outcome::Items(fields, origin);
+    let Some(call) = shared.table.get(id) else {
+        return release_unread(origin, &outcome);
+    };
+    if call.written_to() != origin.conn.incarnation {
+        return Err(DecodeError::Invalid(format!("items for call {id} that was not sent to it")));
+    }
+    if !call.claim_items() {
+        return release_unread(origin, &outcome);
+    }
+    let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
+    call.items_delivered();
+    if delivered.is_err() && call.claim_reply() {
+        // The embedder answered the stream with the error already; the
+        // worker is replaced without answering it again.
+        shared.table.remove(id);
+    }
+    delivered
+}
+
+/// Releases the objects in a result nobody will read (its call was
+/// cancelled), which would otherwise stay in the worker for good.
+fn release_unread(origin: &Origin<'_>, outcome: &Outcome<'_>) -> Result<(), DecodeError> {
+    let (Outcome::Ok(value, _) | Outcome::Items(value, _)) = outcome else {
+        return Ok(());
+    };
+    let ids = handle_ids(value)?;
+    if !ids.is_empty() {
+        origin.conn.releases.lock().extend(ids);
+        origin.slot.wake_writer_now();
+    }
+    Ok(())
 }
 
 /// Waits for the worker to exit, killing it after `timeout`.
@@ -524,6 +585,16 @@ fn fail_sent_calls<H: Hooks>(
         };
         let _ = shared.hooks.deliver(courier, &call.caller, Outcome::Failed(failure));
         shared.table.remove(call.id);
+    }
+}
+
+/// Fails the calls pinned to this slot's worker that is gone: whatever
+/// replaces it does not have their objects.
+fn fail_pinned_calls<H: Hooks>(shared: &Shared<H>, slot: &Slot, courier: &mut H::Courier) {
+    let pinned = &shared.pinned[slot.index()];
+    for job in pinned.rx.try_iter() {
+        pinned.pending.fetch_sub(1, Ordering::AcqRel);
+        shared.fail_job(courier, job, stale_failure());
     }
 }
 

@@ -13,6 +13,8 @@ pub struct WorkerStats {
     /// Calls answered with an error, across restarts.
     pub errors: u64,
     pub restarts: u64,
+    /// Handles the host holds on objects in the current Python process.
+    pub objects: usize,
     /// Resident memory of the Python process in bytes (0 when none runs).
     pub rss: u64,
 }

@@ -1,20 +1,25 @@
-//! A slot's writer thread: moves calls from the pool's queue to its worker's
-//! socket in batches, and writes control frames (cancel, ping).
+//! A slot's writer thread: moves calls from the pool's queue (and the slot's
+//! own queue of calls pinned to its worker) to the worker's socket in
+//! batches, and writes control frames (cancel, ping, credit) and object
+//! releases.
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::{never, select};
+use snakebridge_protocol::Message;
 
 use crate::connection::{Action, Connection, Control};
 use crate::hooks::Hooks;
-use crate::pool::{Job, Shared};
+use crate::pool::{stale_failure, Job, Shared};
 use crate::slot::Slot;
 use crate::socket;
 
 /// Most bytes the writer gathers into one `sendmsg`.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most object ids in one release frame (9 bytes each at most).
+const MAX_RELEASE_IDS: usize = 64 * 1024;
 
 pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
     let mut courier = shared.hooks.courier();
@@ -24,22 +29,39 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
     // A call taken from the queue just as callers' direct writes filled the
     // window: it waits here for room rather than overrunning the window.
     let mut held: Option<Job<H::Caller>> = None;
+    let pinned = &shared.pinned[slot.index()];
     loop {
         let Some(conn) = slot.wait_ready(shared) else {
             break;
         };
+        send_releases(&conn);
         let has_room = conn.in_flight.load(Ordering::Acquire) < window && !conn.is_closed();
         if has_room {
             if let Some(job) = held.take() {
                 shared.held.fetch_sub(1, Ordering::AcqRel);
+                batch.push(job);
+            } else if let Ok(job) = pinned.rx.try_recv() {
                 batch.push(job);
             }
         }
         if batch.is_empty() {
             // The reader wakes this thread when replies free room.
             slot.writer_waiting.store(!has_room, Ordering::SeqCst);
-            let jobs = if has_room { &shared.queue_rx } else { &no_jobs };
+            let (jobs, pinned_jobs) = if has_room {
+                (&shared.queue_rx, &pinned.rx)
+            } else {
+                (&no_jobs, &no_jobs)
+            };
             select! {
+                recv(pinned_jobs) -> job => match job {
+                    Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
+                    Ok(job) => {
+                        shared.held.fetch_add(1, Ordering::AcqRel);
+                        held = Some(job);
+                        continue;
+                    }
+                    Err(_) => break,
+                },
                 recv(jobs) -> job => match job {
                     Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
                     Ok(job) => {
@@ -65,7 +87,7 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
         let room = window.saturating_sub(conn.in_flight.load(Ordering::Acquire));
         let mut bytes: usize = batch.iter().map(|j| j.frame.len()).sum();
         while batch.len() < room && bytes < MAX_BATCH_BYTES {
-            match shared.queue_rx.try_recv() {
+            match pinned.rx.try_recv().or_else(|_| shared.queue_rx.try_recv()) {
                 Ok(job) => {
                     bytes += job.frame.len();
                     batch.push(job);
@@ -73,12 +95,35 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 Err(_) => break,
             }
         }
+        let pinned_jobs = batch.iter().filter(|j| j.pinned.is_some()).count();
         write_batch(shared, &conn, &mut batch, &mut courier);
+        pinned.pending.fetch_sub(pinned_jobs, Ordering::AcqRel);
     }
     if let Some(job) = held {
         shared.held.fetch_sub(1, Ordering::AcqRel);
+        if job.pinned.is_some() {
+            pinned.pending.fetch_sub(1, Ordering::AcqRel);
+        }
         shared.requeue(&mut courier, job);
     }
+}
+
+/// Tells the worker which objects the host no longer refers to. After every
+/// call frame written so far, so none of them can find its object gone.
+fn send_releases(conn: &Connection) {
+    let ids = std::mem::take(&mut *conn.releases.lock());
+    if ids.is_empty() {
+        return;
+    }
+    let mut frames = Vec::with_capacity(ids.len() * 9 + 16);
+    for chunk in ids.chunks(MAX_RELEASE_IDS) {
+        Message::Release { ids: chunk.to_vec() }
+            .write_frame(&mut frames)
+            .expect("a release frame is far below the frame limit");
+    }
+    let _guard = conn.write_lock.lock();
+    let mut slices = [IoSlice::new(&frames)];
+    let _ = socket::send_all(conn.fd(), &mut slices);
 }
 
 fn write_control(slot: &Slot, conn: &Connection, control: Control) {
@@ -118,7 +163,12 @@ fn write_batch<H: Hooks>(
         }
         return;
     }
+    let mut stale = Vec::new();
     batch.retain(|job| {
+        if job.pinned.is_some_and(|incarnation| incarnation != conn.incarnation) {
+            stale.push(job.call.clone());
+            return false;
+        }
         if shared.hooks.caller_alive(courier, &job.call.caller) {
             return true;
         }
@@ -127,6 +177,9 @@ fn write_batch<H: Hooks>(
         }
         false
     });
+    for call in stale {
+        shared.fail_call(courier, &call, stale_failure());
+    }
     let _guard = conn.write_lock.lock();
     batch.retain(|job| job.call.mark_sent(conn.incarnation));
     conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);

@@ -9,14 +9,18 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use snakebridge_protocol::{DecodeError, Message, Value};
+use parking_lot::Mutex;
+use snakebridge_protocol::{handle_ids, DecodeError, Message, Target, Value, CALL_STREAM};
 use snakebridge_runtime::{
-    Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Outcome, Pool, PoolConfig, Reason, Stream, WorkerEvent,
+    Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, ObjectRef, Outcome, Pool, PoolConfig, Reason, Stream,
+    WorkerEvent,
 };
 
 #[derive(Debug, Clone, PartialEq)]
 enum Reply {
     Ok(Value),
+    /// Some of a stream's items.
+    Items(Vec<Value>),
     PythonError(String, String),
     Failed(Failure),
 }
@@ -39,9 +43,11 @@ impl Waiter {
     }
 }
 
-/// Replies go to the channel the caller holds; log lines to a shared channel.
+/// Replies go to the channel the caller holds; log lines to a shared channel;
+/// objects in results to a list the test takes them from.
 struct TestHooks {
     logs: Sender<(Stream, String)>,
+    objects: Mutex<Vec<Arc<ObjectRef>>>,
 }
 
 impl Hooks for TestHooks {
@@ -52,7 +58,14 @@ impl Hooks for TestHooks {
 
     fn deliver(&self, _: &mut (), caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
         let reply = match outcome {
-            Outcome::Ok(bytes) => Reply::Ok(Value::decode(bytes)?),
+            Outcome::Ok(bytes, origin) | Outcome::Items(bytes, origin) => {
+                let ids = handle_ids(bytes)?;
+                self.objects.lock().extend(ids.into_iter().map(|id| origin.object(id)));
+                match (Value::decode(bytes)?, matches!(outcome, Outcome::Items(..))) {
+                    (Value::List(items), true) => Reply::Items(items),
+                    (value, _) => Reply::Ok(value),
+                }
+            }
             Outcome::PythonError(e) => Reply::PythonError(e.exc_type, e.message),
             Outcome::Failed(f) => Reply::Failed(f),
         };
@@ -86,6 +99,16 @@ struct TestPool {
     pool: Pool<TestHooks>,
     table: Arc<CallTable<Caller>>,
     logs: Receiver<(Stream, String)>,
+    hooks: Arc<TestHooks>,
+}
+
+/// How a test call is sent.
+#[derive(Default)]
+struct Send {
+    /// The objects it uses: it goes to their worker.
+    objects: Vec<Arc<ObjectRef>>,
+    /// A stream, with this window.
+    stream: Option<u64>,
 }
 
 fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
@@ -93,16 +116,24 @@ fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
     config(&mut cfg);
     let (logs_tx, logs) = crossbeam_channel::unbounded();
     let table = Arc::new(CallTable::default());
-    let pool = Pool::start("test", cfg, Arc::new(TestHooks { logs: logs_tx }), table.clone()).unwrap();
-    TestPool { pool, table, logs }
+    let hooks = Arc::new(TestHooks {
+        logs: logs_tx,
+        objects: Mutex::new(Vec::new()),
+    });
+    let pool = Pool::start("test", cfg, hooks.clone(), table.clone()).unwrap();
+    TestPool { pool, table, logs, hooks }
 }
 
 static IDS: AtomicU64 = AtomicU64::new(1);
 
 impl TestPool {
     fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Waiter, Result<(), Failure>) {
+        self.submit_with(module, function, args, Send::default())
+    }
+
+    fn submit_with(&self, module: &str, function: &str, args: Vec<Value>, send: Send) -> (u64, Waiter, Result<(), Failure>) {
         let id = IDS.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let alive = Arc::new(());
         let call = Call::new(
             id,
@@ -120,14 +151,38 @@ impl TestPool {
         Message::Call {
             id,
             deadline: 0,
-            module: module.into(),
-            function: function.into(),
+            target: Target::Module(module.into()),
+            function: Some(function.into()),
             args,
             kwargs: vec![],
+            flags: if send.stream.is_some() { CALL_STREAM } else { 0 },
+            window: send.stream.unwrap_or(0),
         }
         .write_frame(&mut frame)
         .unwrap();
-        (id, rx, self.pool.submit(call, frame))
+        let submitted = match send.objects.first() {
+            Some(first) => self.pool.submit_pinned(call, frame, first.route(), send.objects),
+            None => self.pool.submit(call, frame),
+        };
+        (id, rx, submitted)
+    }
+
+    /// The objects results delivered since the last take.
+    fn take_objects(&self) -> Vec<Arc<ObjectRef>> {
+        std::mem::take(&mut *self.hooks.objects.lock())
+    }
+
+    /// Calls with `objects` (which `args` name as handles) in their worker.
+    fn call_on(&self, objects: &[Arc<ObjectRef>], module: &str, function: &str, args: Vec<Value>) -> Reply {
+        let send = Send {
+            objects: objects.to_vec(),
+            stream: None,
+        };
+        let (_, rx, submitted) = self.submit_with(module, function, args, send);
+        if let Err(f) = submitted {
+            return Reply::Failed(f);
+        }
+        rx.recv_timeout(Duration::from_secs(20)).expect("a reply")
     }
 
     fn call(&self, module: &str, function: &str, args: Vec<Value>) -> Reply {
@@ -473,4 +528,86 @@ fn a_worker_that_writes_garbage_is_replaced_and_its_call_fails() {
         assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
         assert_ne!(p.wait_ready(1), vec![pid]);
     }
+}
+
+fn handle(object: &ObjectRef) -> Value {
+    Value::Handle { id: object.id, info: None }
+}
+
+#[test]
+fn objects_stay_in_their_worker_until_dropped() {
+    let p = start(|c| c.size = 2);
+    p.wait_ready(2);
+    let mut objects = Vec::new();
+    for i in 0..6 {
+        let reply = p.call("collections", "Counter", vec![Value::Str(format!("ab{i}"))]);
+        assert!(matches!(&reply, Reply::Ok(Value::Handle { info: Some((t, _)), .. }) if t == "collections.Counter"), "{reply:?}");
+        objects.extend(p.take_objects());
+    }
+    assert_eq!(objects.len(), 6);
+    // Each object is found in its own worker, whichever that is.
+    for object in &objects {
+        let reply = p.call_on(std::slice::from_ref(object), "builtins", "len", vec![handle(object)]);
+        assert_eq!(reply, Reply::Ok(Value::Int(3)));
+    }
+    let held: usize = p.pool.objects().iter().sum();
+    assert_eq!(held, 6);
+    // Dropping the last reference releases the object in its worker.
+    let first = objects[0].clone();
+    let count_in = |object: &Arc<ObjectRef>| p.call_on(std::slice::from_ref(object), "snakebridge_worker._native", "object_count", vec![]);
+    let before = count_in(&first);
+    drop(objects);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count_in(&first) == before {
+        assert!(Instant::now() < deadline, "objects were not released");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(p.pool.objects().iter().sum::<usize>(), 1);
+}
+
+#[test]
+fn a_dead_workers_objects_are_stale() {
+    let p = start(|c| c.size = 1);
+    let old_pid = p.wait_ready(1)[0];
+    assert!(matches!(p.call("builtins", "object", vec![]), Reply::Ok(Value::Handle { .. })));
+    let object = p.take_objects().pop().unwrap();
+    assert_eq!(object.os_pid(), Some(old_pid));
+    unsafe { libc::kill(old_pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.pool.os_pids().first().is_none_or(|&pid| pid == old_pid) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.wait_ready(1);
+    let reply = p.call_on(&[object.clone()], "builtins", "id", vec![handle(&object)]);
+    assert!(matches!(reply, Reply::Failed(Failure { reason: Reason::StaleHandle, .. })), "{reply:?}");
+    assert_eq!(object.os_pid(), None);
+}
+
+#[test]
+fn streams_send_no_more_items_than_granted() {
+    let p = start(|c| c.size = 1);
+    let send = Send {
+        objects: vec![],
+        stream: Some(3),
+    };
+    let (id, rx, submitted) = p.submit_with("builtins", "range", vec![Value::Int(10)], send);
+    submitted.unwrap();
+    let mut items = Vec::new();
+    let take = |items: &mut Vec<Value>, until: usize| {
+        while items.len() < until {
+            match rx.recv_timeout(Duration::from_secs(10)).expect("items") {
+                Reply::Items(batch) => items.extend(batch),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    take(&mut items, 3);
+    assert_eq!(items.len(), 3);
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "items beyond the window");
+    assert!(p.table.grant_credit(id, 7, |_| true));
+    take(&mut items, 10);
+    assert_eq!(items, (0..10).map(Value::Int).collect::<Vec<_>>());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Reply::Ok(Value::Nil));
+    assert!(!p.table.grant_credit(id, 1, |_| true));
 }

@@ -1,0 +1,56 @@
+defmodule SnakeBridge.Object do
+  @moduledoc """
+  A Python object that stays in its worker: what a call returns when the
+  result has no Elixir equivalent (a model, a file, a class instance), or
+  when asked for with `as: :handle`.
+
+  Use it with `SnakeBridge.method/4`, `SnakeBridge.getattr/3`,
+  `SnakeBridge.setattr/4` and `SnakeBridge.call/3` (when it is callable), or
+  pass it as an argument, anywhere inside lists, maps and tuples, to other
+  calls: those run in the worker that holds the object.
+
+  The Python object lives as long as any Elixir process still refers to
+  this struct: when the BEAM garbage collects the last reference, the worker
+  drops it. `SnakeBridge.release/1` lets go of it at once.
+
+  If the worker that holds the object exits (a crash, a kill, recycling by
+  `:max_calls` or `:max_memory_mb`), the object is gone with it, and calls
+  using it return `{:error, %SnakeBridge.Error{reason: :stale_handle}}`,
+  never a call on another object.
+
+  Fields: `type` is the Python type's name (`"datetime.date"`), `repr` is
+  `repr(obj)` when it was returned (cut at 200 characters), `pool` is the
+  pool of its worker. `ref` is internal.
+
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> date.type
+      "datetime.date"
+      iex> SnakeBridge.method!(date, "isoformat")
+      "2024-02-29"
+  """
+
+  @enforce_keys [:type, :repr, :pool, :ref]
+  defstruct [:type, :repr, :pool, :ref]
+
+  @type t :: %__MODULE__{
+          type: String.t(),
+          repr: String.t(),
+          pool: SnakeBridge.Types.pool(),
+          ref: reference()
+        }
+
+  @doc """
+  The OS pid of the worker holding the object, or `nil` when that worker
+  is gone or the object was released.
+
+      {:ok, obj} = SnakeBridge.call("builtins", "object")
+      SnakeBridge.Object.os_pid(obj)
+      #=> 48213
+  """
+  @spec os_pid(t()) :: pos_integer() | nil
+  def os_pid(%__MODULE__{ref: ref}), do: SnakeBridge.NIF.object_os_pid(ref)
+
+  defimpl Inspect do
+    def inspect(%SnakeBridge.Object{repr: repr}, _opts), do: "#SnakeBridge.Object<#{repr}>"
+  end
+end

@@ -1,0 +1,101 @@
+defmodule SnakeBridge.Stream do
+  # The consumer side of SnakeBridge.stream/4: a Stream.resource that
+  # receives a Python iterator's items and grants the worker credit as they
+  # are consumed.
+  #
+  # The worker may send `window` items before it is granted more. Items
+  # arrive in batches, `{:snakebridge_stream, ref, items}`, and the stream
+  # ends with the call's one reply, `{:snakebridge, ref, result}`. A batch is
+  # consumed by the time the consumer asks for the next one, so credit for it
+  # is granted then, once at least half a window is owed: the worker never
+  # has more than `window` items produced and not yet consumed, and credit
+  # costs one message per half window.
+  @moduledoc false
+
+  alias SnakeBridge.{Error, NIF}
+
+  # See SnakeBridge's @reply_grace.
+  @reply_grace 5_000
+
+  defstruct [:ref, :window, :timeout, owed: 0, last: 0, done: false]
+
+  @doc false
+  def new(start, window, timeout) do
+    Stream.resource(
+      fn ->
+        case start.() do
+          {:ok, ref} -> %__MODULE__{ref: ref, window: window, timeout: timeout}
+          {:error, error} -> raise error
+        end
+      end,
+      &next/1,
+      &close/1
+    )
+  end
+
+  defp next(%__MODULE__{done: true} = state), do: {:halt, state}
+
+  defp next(%__MODULE__{ref: ref} = state) do
+    state = grant(state)
+
+    receive do
+      {:snakebridge_stream, ^ref, items} ->
+        {items, %{state | last: length(items)}}
+
+      {:snakebridge, ^ref, {:ok, _}} ->
+        {:halt, %{state | done: true}}
+
+      {:snakebridge, ^ref, {:error, error}} ->
+        raise error
+    after
+      state.timeout ->
+        close(state)
+
+        raise Error,
+          reason: :timeout,
+          message: "Python stream sent no item within #{state.timeout} ms and was closed",
+          details: %{timeout: state.timeout}
+    end
+  end
+
+  defp grant(%__MODULE__{owed: owed, last: last, window: window} = state) do
+    owed = owed + last
+
+    if owed >= max(div(window, 2), 1) do
+      # :closed when the stream already ended: its last reply is on its way.
+      _ok_or_closed = NIF.stream_credit(state.ref, owed)
+      %{state | owed: 0, last: 0}
+    else
+      %{state | owed: owed, last: 0}
+    end
+  end
+
+  # Closes the iterator in Python (a cancel, which runs its `finally`) unless
+  # it already ended, and leaves no message of the stream in the mailbox.
+  defp close(%__MODULE__{done: true}), do: :ok
+
+  defp close(%__MODULE__{ref: ref}) do
+    case NIF.cancel(ref) do
+      :replied ->
+        receive do
+          {:snakebridge, ^ref, _} -> :ok
+        after
+          @reply_grace -> :ok
+        end
+
+      _cancelled_or_unknown ->
+        :ok
+    end
+
+    flush(ref)
+  end
+
+  defp flush(ref) do
+    receive do
+      {:snakebridge_stream, ^ref, _} -> flush(ref)
+      {:snakebridge, ^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+end

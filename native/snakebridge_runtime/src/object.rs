@@ -1,0 +1,96 @@
+//! Python objects the host refers to: one [`ObjectRef`] per handle a worker
+//! sent, released in that worker when the last reference goes.
+//!
+//! The embedder keeps an `Arc<ObjectRef>` in whatever its users hold (for
+//! the NIF, a resource); a call that passes the handle keeps another clone in
+//! its job until the frame is on the socket. So the release, which the
+//! writer thread sends after every frame already written, can never overtake
+//! a call that uses the object.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use crate::connection::Connection;
+use crate::slot::Slot;
+
+/// One object in one worker process.
+pub struct ObjectRef {
+    /// The object's id in its worker's table.
+    pub id: u64,
+    pub(crate) route: Route,
+    conn: Weak<Connection>,
+    slot: Weak<Slot>,
+}
+
+/// Where a call that uses an object must run: one slot of one pool, and the
+/// exact worker process (incarnation) that holds the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub pool: u64,
+    pub slot: usize,
+    pub incarnation: u64,
+}
+
+impl ObjectRef {
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// OS pid of the worker holding the object, if it still runs.
+    pub fn os_pid(&self) -> Option<u32> {
+        self.conn.upgrade().filter(|c| !c.is_dead()).map(|c| c.os_pid)
+    }
+}
+
+impl Drop for ObjectRef {
+    fn drop(&mut self) {
+        // Runs wherever the last reference goes: for the NIF, in a resource
+        // destructor during a garbage collection, so nothing here may block
+        // for long (one uncontended mutex, one non-blocking send).
+        let Some(conn) = self.conn.upgrade() else {
+            return;
+        };
+        conn.objects.fetch_sub(1, Ordering::Relaxed);
+        if conn.is_dead() {
+            return;
+        }
+        let first = {
+            let mut releases = conn.releases.lock();
+            releases.push(self.id);
+            releases.len() == 1
+        };
+        if first {
+            if let Some(slot) = self.slot.upgrade() {
+                slot.wake_writer_now();
+            }
+        }
+    }
+}
+
+/// The worker a reply came from, to make [`ObjectRef`]s for the handles in
+/// it.
+pub struct Origin<'a> {
+    pub(crate) pool: u64,
+    pub(crate) slot: &'a Arc<Slot>,
+    pub(crate) conn: &'a Arc<Connection>,
+}
+
+impl Origin<'_> {
+    pub fn object(&self, id: u64) -> Arc<ObjectRef> {
+        self.conn.objects.fetch_add(1, Ordering::Relaxed);
+        Arc::new(ObjectRef {
+            id,
+            route: Route {
+                pool: self.pool,
+                slot: self.slot.index(),
+                incarnation: self.conn.incarnation,
+            },
+            conn: Arc::downgrade(self.conn),
+            slot: Arc::downgrade(self.slot),
+        })
+    }
+
+    pub fn os_pid(&self) -> u32 {
+        self.conn.os_pid
+    }
+}
