@@ -5,6 +5,8 @@
 #   make bench  the benchmark in bench/
 #   make soak   1,000,000 mixed calls; prints BEAM and worker memory growth
 #               (SOAK_CALLS=200000 make soak for a shorter run)
+#   make soak-objects  1,000,000 short-lived Python objects; prints the
+#               worker's object table and memory (SOAK_OBJECTS=200000 ...)
 #
 # Missing tools are installed on the way: Elixir/Erlang with apt-get when mix
 # is absent, and a virtualenv in .venv with python_worker/requirements-test.txt
@@ -26,7 +28,7 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench soak setup tools elixir rust venv compile cargo-test pytest mix-test clean
+.PHONY: test demo bench soak soak-objects setup tools elixir rust venv compile cargo-test pytest mix-test clean
 
 # compile first: the runtime's Rust tests run real workers from priv/python.
 test: setup compile cargo-test pytest mix-test
@@ -39,6 +41,9 @@ bench: setup compile
 
 soak: setup compile
 	mix run soak/soak.exs
+
+soak-objects: setup compile
+	mix run soak/objects.exs
 
 setup: tools venv
 

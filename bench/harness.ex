@@ -7,16 +7,28 @@ defmodule SnakeBridgeBench.Harness do
   @type system :: SnakeBridgeBench.Systems.system()
   @type scenario :: %{
           id: atom(),
-          kind: :latency | :throughput,
+          kind: :latency | :throughput | :items,
           label: String.t(),
           mfa: {String.t(), String.t(), list()},
           expected: term()
         }
 
+  # An :items scenario has no :mfa but `count` items to consume from one
+  # process: `stream: {m, f, a}` for systems that stream (SnakeBridge), and
+  # `per_item: fn i -> {m, f, a} end` for one call per item (the baseline);
+  # item i must equal `item.(i)`.
+
   # ---- one call, smoke check ------------------------------------------------
 
   @doc "Runs one call of `scenario` and checks the result."
   @spec check(system(), scenario()) :: :ok | {:error, term()}
+  def check(system, %{kind: :items} = scenario) do
+    case items_chunk(system, %{scenario | count: min(scenario.count, 10)}) do
+      {:ok, _} -> :ok
+      {:error, _count, example} -> {:error, example}
+    end
+  end
+
   def check(%{call: call}, %{mfa: {m, f, a}, expected: expected}) do
     case call.(m, f, a, 30_000) do
       {:ok, ^expected} -> :ok
@@ -117,6 +129,49 @@ defmodule SnakeBridgeBench.Harness do
     end
   end
 
+  # ---- items: one consumer of a sequence of results ---------------------------
+
+  @doc """
+  Consumes `count` items in this process, through the system's stream when it
+  has one and one call per item otherwise, and returns items per second.
+  """
+  @spec items_chunk(system(), scenario()) :: {:ok, %{rate: float()}} | {:error, non_neg_integer(), term()}
+  def items_chunk(system, %{count: count, item: item} = scenario) do
+    t0 = :erlang.monotonic_time()
+
+    {ok, errors, example} =
+      case system do
+        %{stream: stream} when is_function(stream) ->
+          {m, f, a} = scenario.stream
+
+          try do
+            m
+            |> stream.(f, a)
+            |> Enum.reduce({0, 0, nil}, fn value, acc -> tally(acc, value == item.(elem(acc, 0) + elem(acc, 1)), value) end)
+          rescue
+            e -> {0, 1, e}
+          end
+
+        %{call: call} ->
+          Enum.reduce(0..(count - 1), {0, 0, nil}, fn i, acc ->
+            {m, f, a} = scenario.per_item.(i)
+            result = call.(m, f, a, 30_000)
+            tally(acc, result == {:ok, item.(i)}, result)
+          end)
+      end
+
+    elapsed_s = :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
+
+    cond do
+      errors > 0 -> {:error, errors, example}
+      ok != count -> {:error, 1, {:items, ok, :expected, count}}
+      true -> {:ok, %{rate: ok / elapsed_s}}
+    end
+  end
+
+  defp tally({ok, errors, example}, true, _value), do: {ok + 1, errors, example}
+  defp tally({ok, errors, example}, false, value), do: {ok, errors + 1, example || value}
+
   # ---- the whole run ----------------------------------------------------------
 
   @doc """
@@ -151,12 +206,17 @@ defmodule SnakeBridgeBench.Harness do
 
         :throughput ->
           throughput_chunk(system, scenario, config.callers, min(config.seconds, 0.5))
+
+        :items ->
+          items_chunk(system, scenario)
       end
     end
   end
 
   defp measure(system, %{kind: :latency} = scenario, config),
     do: latency_chunk(system, scenario, config.latency_calls)
+
+  defp measure(system, %{kind: :items} = scenario, _config), do: items_chunk(system, scenario)
 
   defp measure(system, %{kind: :throughput} = scenario, config) do
     case throughput_chunk(system, scenario, config.callers, config.seconds) do
@@ -236,6 +296,7 @@ defmodule SnakeBridgeBench.Harness do
     do: [{:p50, label <> ", p50", "µs", :lower}, {:p99, label <> ", p99", "µs", :lower}]
 
   defp metrics(%{kind: :throughput, label: label}), do: [{:rate, label, "calls/s", :higher}]
+  defp metrics(%{kind: :items, label: label}), do: [{:rate, label, "items/s", :higher}]
 
   defp ratio_cell([{:ok, first, _, _}, {:ok, second, _, _}], better) when first > 0 do
     "#{:erlang.float_to_binary(second / first, decimals: 2)}x (#{better} is better)"

@@ -43,6 +43,8 @@ config = %{
   seconds: env_float.("BENCH_SECONDS", 1.0),
   latency_calls: env_int.("BENCH_LATENCY_CALLS", 2_000),
   callers: env_int.("BENCH_CALLERS", 64),
+  stream_items: env_int.("BENCH_STREAM_ITEMS", 20_000),
+  stream_blobs: env_int.("BENCH_STREAM_BLOBS", 200),
   verbose: System.get_env("BENCH_VERBOSE") in ["1", "true"]
 }
 
@@ -127,6 +129,8 @@ bytes64k = <<0xFF, random::binary>>
 false = String.valid?(bytes64k)
 
 callers = config.callers
+mib = 1_048_576
+blob = :binary.copy(<<0xFF>>, mib)
 
 scenarios = [
   %{
@@ -156,6 +160,24 @@ scenarios = [
     label: "#{callers} callers, identity(64 KiB bytes)",
     mfa: {"bench_funcs", "identity", [bytes64k]},
     expected: bytes64k
+  },
+  %{
+    id: :stream_small,
+    kind: :items,
+    label: "1 consumer, #{config.stream_items} small items (ints)",
+    count: config.stream_items,
+    stream: {"bench_funcs", "items", [config.stream_items]},
+    per_item: fn i -> {"bench_funcs", "identity", [i]} end,
+    item: fn i -> i end
+  },
+  %{
+    id: :stream_blobs,
+    kind: :items,
+    label: "1 consumer, #{config.stream_blobs} items of 1 MiB",
+    count: config.stream_blobs,
+    stream: {"bench_funcs", "blobs", [config.stream_blobs, mib]},
+    per_item: fn _ -> {"bench_funcs", "blob", [mib]} end,
+    item: fn _ -> blob end
   }
 ]
 

@@ -3,14 +3,17 @@ defmodule SnakeBridgeBench.Systems do
   The two systems under test, each as `%{name: String.t(), call: fun}` where
   `call.(module, function, args, timeout)` returns `{:ok, value}` or
   `{:error, reason}` and never raises or exits (so a broken system shows up as
-  errors in the report, not as a crashed benchmark).
+  errors in the report, not as a crashed benchmark). SnakeBridge also has
+  `stream.(module, function, args)`, a lazy stream of a Python iterator's
+  items; the baseline has no streams and makes one call per item.
   """
 
   alias SnakeBridgeBench.PortPool
 
   @type system :: %{
-          name: String.t(),
-          call: (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()})
+          required(:name) => String.t(),
+          required(:call) => (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()}),
+          optional(:stream) => (String.t(), String.t(), list() -> Enumerable.t())
         }
 
   @doc """
@@ -93,7 +96,11 @@ defmodule SnakeBridgeBench.Systems do
           call_snakebridge(snakebridge, module, function, args, timeout)
         end
 
-        {:ok, %{name: "snakebridge", call: call}}
+        stream = fn module, function, args ->
+          snakebridge.stream(module, function, args, pool: :bench, timeout: 30_000)
+        end
+
+        {:ok, %{name: "snakebridge", call: call, stream: stream}}
 
       {:ok, _pid} ->
         {:error, "SnakeBridge.Pool exited right after starting: #{inspect(flushed)}"}

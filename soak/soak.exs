@@ -17,7 +17,11 @@
 # Environment: SOAK_CALLS (default 1_000_000), SOAK_CALLERS (32),
 # SOAK_WORKERS (2), SOAK_WARMUP (20_000), SOAK_MAX_GROWTH_MB (5).
 
+Code.require_file("support.ex", __DIR__)
+
 defmodule SnakeBridge.Soak do
+  import SnakeBridge.SoakSupport
+
   @pool :soak
 
   def main do
@@ -28,7 +32,7 @@ defmodule SnakeBridge.Soak do
     max_growth = env_int("SOAK_MAX_GROWTH_MB", 5) * 1024 * 1024
 
     {:ok, _} = SnakeBridge.Pool.start_link(name: @pool, size: workers)
-    wait_for_workers(workers)
+    wait_for_workers(@pool, workers)
     payloads = payloads()
 
     IO.puts(
@@ -168,21 +172,6 @@ defmodule SnakeBridge.Soak do
     for w <- SnakeBridge.stats(@pool).workers, do: Map.take(w, [:os_pid, :rss, :restarts, :calls])
   end
 
-  # The BEAM's resident set size, in bytes, from /proc/self/status.
-  defp beam_rss do
-    "/proc/self/status"
-    |> File.read!()
-    |> String.split("\n")
-    |> Enum.find_value(fn
-      "VmRSS:" <> rest ->
-        rest |> String.trim() |> String.trim_trailing(" kB") |> String.to_integer()
-
-      _ ->
-        nil
-    end)
-    |> Kernel.*(1024)
-  end
-
   defp print_snapshot(label, s) do
     IO.puts(
       "#{label}: BEAM RSS #{mb(s.beam_rss)} (erlang total #{mb(s.erlang_total)}); " <>
@@ -245,35 +234,6 @@ defmodule SnakeBridge.Soak do
     else
       IO.puts("result: FAIL: " <> Enum.join(problems, "; "))
       System.halt(1)
-    end
-  end
-
-  ## Helpers
-
-  defp wait_for_workers(n) do
-    ready = Enum.count(SnakeBridge.stats(@pool).workers, &(&1.state == :ready))
-
-    if ready < n do
-      Process.sleep(20)
-      wait_for_workers(n)
-    end
-  end
-
-  defp env_int(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      "" -> default
-      value -> value |> String.replace("_", "") |> String.to_integer()
-    end
-  end
-
-  defp mb(bytes), do: "#{Float.round(bytes / (1024 * 1024), 1)} MB"
-
-  defp signed_mb(bytes) do
-    case Float.round(bytes / (1024 * 1024), 1) do
-      value when value > 0 -> "+#{value} MB"
-      value when value < 0 -> "#{value} MB"
-      _zero -> "+0.0 MB"
     end
   end
 end

@@ -579,7 +579,7 @@ fn a_dead_workers_objects_are_stale() {
         std::thread::sleep(Duration::from_millis(10));
     }
     p.wait_ready(1);
-    let reply = p.call_on(&[object.clone()], "builtins", "id", vec![handle(&object)]);
+    let reply = p.call_on(std::slice::from_ref(&object), "builtins", "id", vec![handle(&object)]);
     assert!(matches!(reply, Reply::Failed(Failure { reason: Reason::StaleHandle, .. })), "{reply:?}");
     assert_eq!(object.os_pid(), None);
 }
