@@ -82,8 +82,12 @@ def nested_date() -> list[Any]:
     return [1, 2, {"key": datetime.date(2024, 1, 2)}]
 
 
+def nested_surrogate() -> list[Any]:
+    return [1, 2, {"key": "\udc80"}]
+
+
 def bad_key() -> dict[Any, int]:
-    return {"ok": 1, datetime.date(2024, 1, 2): 2}
+    return {"ok": 1, "\udc80": 2}
 
 
 def nest(depth: int) -> Any:
