@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import pytest
 
@@ -46,8 +47,12 @@ CALL_AS_HANDLE, CALL_STREAM = 1, 2
 TIMEOUT = 20.0
 
 
-class Handle(NamedTuple):
-    """A handle as the worker sends it (``type_name`` and ``repr`` set) or as the host sends it back."""
+@dataclass(frozen=True)
+class Handle:
+    """A handle as the worker sends it (``type_name`` and ``repr`` set) or as the host sends it back.
+
+    Not a tuple: ``dumps`` would send a tuple by value.
+    """
 
     id: int
     type_name: str | None = None
