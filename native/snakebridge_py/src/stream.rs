@@ -26,6 +26,8 @@ pub(crate) const BATCH_ITEMS: u32 = 1024;
 pub(crate) const BATCH_BYTES: usize = 1 << 20;
 /// ...or this long after it began, so a slow iterator's items still flow.
 pub(crate) const BATCH_TIME: Duration = Duration::from_millis(1);
+/// A `next()` at least this long marks the stream slow.
+pub(crate) const SLOW_NEXT: Duration = Duration::from_micros(500);
 
 /// A sync stream.
 pub(crate) struct Stream {
@@ -35,6 +37,21 @@ pub(crate) struct Stream {
     pub(crate) credit: u64,
     /// Every item is sent as a handle (`CALL_AS_HANDLE`).
     pub(crate) as_handle: bool,
+    /// The last `next()` was slow: see [`Stream::batch_done`].
+    pub(crate) slow: bool,
+    /// A batch was sent already.
+    pub(crate) started: bool,
+}
+
+impl Stream {
+    /// Whether `batch` must end before another `next()`. The loop cannot
+    /// tell whether the next `next()` will block, and items held in a batch
+    /// meanwhile would wait with it; so, as for calls, the first item goes
+    /// alone, as does each item after a slow `next()`, and a fast stream
+    /// fills its batches.
+    pub(crate) fn batch_done(&self, batch: &Batch, out: &[u8]) -> bool {
+        self.credit == 0 || batch.full(out) || ((self.slow || !self.started) && !batch.is_empty())
+    }
 }
 
 /// One `items` message being written into the reply buffer.

@@ -487,6 +487,8 @@ impl<'py> Worker<'py> {
                     iterator: iterator.unbind(),
                     credit: window,
                     as_handle,
+                    slow: false,
+                    started: false,
                 });
                 Ok(())
             }
@@ -524,7 +526,7 @@ impl<'py> Worker<'py> {
         let mut iterator = self.streams[index].iterator.bind(py).clone();
         let mut batch = Batch::begin(&mut self.out, id);
         let end = loop {
-            if self.streams[index].credit == 0 || batch.full(&self.out) {
+            if self.streams[index].batch_done(&batch, &self.out) {
                 break None;
             }
             // Marked running around `next()` only, so a cancel's signal
@@ -532,8 +534,10 @@ impl<'py> Worker<'py> {
             let Some(running) = Running::begin(id) else {
                 break Some(End::Cancelled);
             };
+            let started = Instant::now();
             let next = panic::catch_unwind(AssertUnwindSafe(|| iterator.next()));
             drop(running);
+            self.streams[index].slow = started.elapsed() >= stream::SLOW_NEXT;
             let item = match next {
                 Ok(Some(Ok(item))) => item,
                 Ok(Some(Err(err))) => break Some(End::Raised(err)),
@@ -546,6 +550,7 @@ impl<'py> Worker<'py> {
             }
         };
         batch.finish(&mut self.out);
+        self.streams[index].started = true;
         let Some(end) = end else {
             return Ok(false);
         };
