@@ -164,6 +164,9 @@ class _Stream:
         self.granted = asyncio.Event()
         self.items: list[Any] = []
         self.first_unsent: Optional[float] = None
+        # Ends the run of the loop once the first unsent item has waited
+        # BATCH_SECONDS, so a slow iterator's items still flow.
+        self.timer: Optional[asyncio.TimerHandle] = None
         # Set when the native loop already sent this stream's end.
         self.silent = False
         self.task = runner.loop.create_task(self._drive(source))
@@ -179,6 +182,9 @@ class _Stream:
             self.runner.outcomes.append((self.call_id, ITEMS, self.items, self.as_handle))
         self.items = []
         self.first_unsent = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def _drive(self, source: Any) -> None:
         iterator: Any = None
@@ -197,6 +203,8 @@ class _Stream:
                     return
                 self.credit -= 1
                 self._produced(item)
+                # An iterator that never suspends must still let the loop
+                # stop, for the batch to be sent.
                 if len(self.items) >= BATCH_ITEMS or self.runner.loop.time() - (self.first_unsent or 0) >= BATCH_SECONDS:
                     await asyncio.sleep(0)
         except BaseException:
@@ -205,10 +213,13 @@ class _Stream:
             raise
 
     def _produced(self, item: Any) -> None:
+        """Adds an item to the batch; a full batch, or one that used the last credit, goes at once."""
         if not self.items:
             self.first_unsent = self.runner.loop.time()
-            self.runner._stop()
+            self.timer = self.runner.loop.call_later(BATCH_SECONDS, self.runner._stop)
         self.items.append(item)
+        if len(self.items) >= BATCH_ITEMS or self.credit == 0:
+            self.runner._stop()
 
     def _done(self, task: asyncio.Future[Any]) -> None:
         del self.runner.streams[self.call_id]

@@ -376,6 +376,11 @@ async def async_list(n: int) -> list[int]:
     return list(range(n))
 
 
+async def async_unsendable() -> list[Any]:
+    await asyncio.sleep(0)
+    return [1, "\udc80", 3]
+
+
 async def async_numbers(name: str, n: int, delay: float) -> AsyncIterator[int]:
     """Yields 0..n-1 with a sleep before each, counting in PRODUCED[name]."""
     PRODUCED[name] = 0
