@@ -88,10 +88,11 @@ class Runner:
         The handler runs inside the event loop's ``select`` (which retries
         after running signal handlers) and has emptied the socket, so the
         socket's reader will not fire: writing to the loop's self-pipe is
-        what ends the wait.
+        what ends the wait. Done even when the loop is not running (the
+        signal may land just before ``run`` starts it): the next run then
+        just stops after one turn.
         """
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self._stop)
 
     def run(self, block: bool) -> list[Outcome]:
         """Runs the event loop and returns the outcomes produced.

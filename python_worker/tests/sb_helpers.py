@@ -407,3 +407,13 @@ async def async_failing_after(count: int) -> AsyncIterator[int]:
         await asyncio.sleep(0)
         yield i
     raise CustomError("async stream broke")
+
+
+async def spin_then_sleep(path: str, spin_seconds: float, sleep_seconds: float) -> str:
+    """Runs Python code without awaiting (a cancel's signal handler runs in it), then sleeps."""
+    record(path, "spinning")
+    deadline = time.monotonic() + spin_seconds
+    while time.monotonic() < deadline:
+        pass
+    await asyncio.sleep(sleep_seconds)
+    return "slept"

@@ -62,6 +62,19 @@ def test_cancel_of_a_pending_task(worker: Worker, tmp_path: Path, signal_too: bo
     assert worker.ok("sb_helpers", "sleep_return", [1, 0]) == 1
 
 
+def test_cancel_signal_handled_inside_a_task_still_wakes_the_loop(worker: Worker, tmp_path: Path) -> None:
+    # The signal's handler runs in the task's own Python code and reads the
+    # Cancel frame there: the socket is empty by the time the event loop
+    # waits again, so only the handler's wake-up can end that wait early.
+    marks = tmp_path / "marks"
+    call_id = worker.start("sb_helpers", "spin_then_sleep", [str(marks), 0.5, 30])
+    wait_for_line(marks, "spinning")
+    started = time.monotonic()
+    worker.cancel(call_id)
+    assert worker.recv() == [FAILURE, call_id, "cancelled", "the caller cancelled the call"]
+    assert time.monotonic() - started < 0.5 + PROMPT
+
+
 def test_cancel_leaves_other_tasks_running(worker: Worker, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     other = worker.start("sb_helpers", "sleep_return", ["other", 0.3])

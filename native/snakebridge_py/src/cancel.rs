@@ -338,6 +338,8 @@ pub(crate) fn cancel_signal(signum: i32, frame: &Bound<'_, PyAny>) -> PyResult<(
         return Err(CallCancelled::new_err("the caller cancelled the call"));
     }
     if read {
+        // The event loop may be waiting for the socket this just emptied:
+        // see the module docs.
         let waker = WAKER.with_borrow(|waker| waker.as_ref().map(|w| w.clone_ref(frame.py())));
         if let Some(waker) = waker {
             waker.call0(frame.py())?;

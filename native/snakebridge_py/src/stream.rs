@@ -2,8 +2,8 @@
 //! to the host in `items` messages, never more in total than the host's
 //! credit allows (the call's window, plus each `credit` message).
 //!
-//! Sync iterators are stepped here, by the worker loop, one batch per turn
-//! and stream, so several streams share the loop fairly and the loop checks
+//! Sync iterators are stepped by the worker loop, one batch per turn,
+//! round-robin, so several streams share the loop fairly and the loop checks
 //! for input between batches: calls, pings, credit and cancels are served
 //! while streams run or wait for credit. Each `next()` runs marked as the
 //! running call (`Running`), so a cancel's signal interrupts a generator
@@ -94,9 +94,11 @@ impl Batch {
         self.count == 0
     }
 
-    /// Whether the batch should end before another item.
+    /// Whether the batch should end before another item. An empty batch
+    /// never is: every batch makes progress.
     pub(crate) fn full(&self, out: &[u8]) -> bool {
-        self.count >= BATCH_ITEMS || out.len() - self.start >= BATCH_BYTES || self.began.elapsed() >= BATCH_TIME
+        !self.is_empty()
+            && (self.count >= BATCH_ITEMS || out.len() - self.start >= BATCH_BYTES || self.began.elapsed() >= BATCH_TIME)
     }
 
     /// Appends `item`; on refusal `out` and the object table are as before.

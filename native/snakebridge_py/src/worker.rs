@@ -21,8 +21,8 @@
 //! table (`objects`) when it has no by-value form or the call asked for one.
 //! Two kinds of work outlive the frame that started them:
 //! - sync streams (`stream`): when no frame is queued, the loop writes one
-//!   batch of each stream that has credit, flushes, and checks the socket
-//!   without blocking before the next round;
+//!   batch of the next stream (round-robin) that has credit, flushes, and
+//!   checks the socket without blocking before the next batch;
 //! - coroutines and async iterators, run by the asyncio runner
 //!   (`snakebridge_worker.aio`): when no frame is queued and no sync stream
 //!   can send, the loop runs the event loop until the socket is readable or
@@ -158,6 +158,8 @@ struct Worker<'py> {
     pending_since: Option<Instant>,
     /// Sync streams, served round-robin in this order.
     streams: Vec<Stream>,
+    /// Where the round-robin goes on (may be past the end).
+    next_stream: usize,
 }
 
 pub(crate) fn serve(
@@ -182,6 +184,7 @@ pub(crate) fn serve(
         out: Vec::with_capacity(64 * 1024),
         pending_since: None,
         streams: Vec::new(),
+        next_stream: 0,
     };
     let installed = cancel::install(fd);
     let result = worker.hello().and_then(|()| worker.run());
@@ -496,27 +499,23 @@ impl<'py> Worker<'py> {
         }
     }
 
-    /// Writes one batch of every sync stream that has credit; ended streams
-    /// go. Whether any stream could send.
+    /// Writes one batch of the next sync stream (round-robin) that has
+    /// credit; an ended stream goes. Whether any stream could send.
     fn pump_streams(&mut self) -> Result<bool, Stop> {
-        let mut sent = false;
-        let mut i = 0;
-        while i < self.streams.len() {
-            if self.streams[i].credit == 0 {
-                i += 1;
-                continue;
-            }
-            sent = true;
-            if self.pump(i)? {
-                self.streams.remove(i);
-            } else {
-                i += 1;
-            }
-            if self.out.len() >= FLUSH_BYTES {
-                self.flush()?;
-            }
+        let count = self.streams.len();
+        let Some(index) = (0..count)
+            .map(|i| (self.next_stream + i) % count)
+            .find(|&i| self.streams[i].credit > 0)
+        else {
+            return Ok(false);
+        };
+        if self.pump(index)? {
+            self.streams.remove(index);
+            self.next_stream = index;
+        } else {
+            self.next_stream = index + 1;
         }
-        Ok(sent)
+        Ok(true)
     }
 
     /// Steps stream `index` for one batch; whether it ended.
