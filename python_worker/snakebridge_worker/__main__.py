@@ -2,7 +2,8 @@
 
 Exits 0 when the host closes the socket, 2 when it sends a malformed frame.
 The worker owns SIGUSR1: it is how a cancel from the host interrupts the
-running call (with ``snakebridge_worker.CallCancelled``).
+running call or stream step (with ``snakebridge_worker.CallCancelled``), or
+wakes the asyncio event loop so that it sees the cancel of a task.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     # To cancel a call, the host writes a Cancel frame, then sends SIGUSR1.
     # This handler (native, run by Python on the main thread) reads the
     # pending frames without blocking, records their cancels, and raises
-    # CallCancelled only if the call running now is one of them.
+    # CallCancelled only if the call running now is one of them (or wakes
+    # the event loop, when tasks are pending: see snakebridge_worker.aio).
     signal.signal(signal.SIGUSR1, _native.cancel_signal)
     try:
         _native.serve(args.fd, resolve, describe)

@@ -21,13 +21,21 @@ class EncodeError(ValueError):
 class DecodeError(ValueError):
     """Bytes that are not one valid value, or a value Python cannot hold."""
 
-def dumps(obj: Any) -> bytes: ...
-def loads(data: bytes) -> Any: ...
+def dumps(obj: Any, *, handle_id: Callable[[Any], int | None] | None = None) -> bytes:
+    """Encodes ``obj``; a value with no wire form raises EncodeError unless ``handle_id`` returns an id for it (written as a handle)."""
+
+def loads(data: bytes, *, handle: Callable[[int, str | None, str | None], Any] | None = None) -> Any:
+    """Decodes one value; a handle becomes ``handle(id, type_name, repr)`` (DecodeError without ``handle``)."""
+
+def object_count() -> int:
+    """Objects in the worker's object table (0 outside serve)."""
 def cancel_signal(signum: int, frame: FrameType | None) -> None:
     """SIGUSR1 handler: reads the Cancel frames the host sent and raises CallCancelled if the running call is cancelled."""
 
 def serve(
     fd: int,
-    resolve: Callable[[str, str], Callable[..., Any]],
+    resolve: Callable[[str, str | None], Callable[..., Any]],
     describe: Callable[[BaseException], tuple[str, str, str, list[str]]],
-) -> None: ...
+    runner: Callable[[int], Any] | None = None,
+) -> None:
+    """Serves the protocol on ``fd`` until EOF; ``runner(fd)`` makes the asyncio runner (default: aio.Runner)."""

@@ -1,4 +1,8 @@
-"""How a call finds its function, and how an exception is reported."""
+"""How a call whose target is a module finds its function, and how an exception is reported.
+
+A call whose target is a handle needs no resolving: the native loop looks the
+object up in its table and follows the attribute path itself.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,24 @@ import traceback
 from typing import Any, Callable
 
 
-def resolve(module: str, function: str) -> Callable[..., Any]:
+def resolve(module: str, function: str | None) -> Callable[..., Any]:
     """Returns the callable named ``function`` in ``module``.
 
     ``module`` may be dotted (``"os.path"``); so may ``function``, to reach
     attributes of attributes (``"JSONDecoder.decode"``). ``module`` may also
     end in attributes of a module (``"datetime.date"`` with ``"today"``): the
     longest importable prefix is imported and the rest looked up on it.
-    Raises what the import or the attribute lookup raises
+    ``function`` ``None`` means what ``module`` names itself (``"datetime.date"``
+    alone is the class). Raises what the import or the attribute lookup raises
     (``ModuleNotFoundError``, ``AttributeError``).
     """
     target, attributes = _import_prefix(module)
-    for name in attributes + function.split("."):
+    names = attributes + (function.split(".") if function is not None else [])
+    for name in names:
         target = getattr(target, name)
     if not callable(target):
-        raise TypeError(f"{module}.{function} is not callable (it is a {type(target).__qualname__})")
+        path = module if function is None else f"{module}.{function}"
+        raise TypeError(f"{path} is not callable (it is a {type(target).__qualname__})")
     return target
 
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
@@ -41,13 +42,39 @@ sys.path.insert(0, str(PRIV_PYTHON))
 
 from snakebridge_worker import _native  # noqa: E402
 
-CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG = 1, 2, 3, 4, 5, 6, 7
+CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG, RELEASE, ITEMS, CREDIT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+CALL_AS_HANDLE, CALL_STREAM = 1, 2
 TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A handle as the worker sends it (``type_name`` and ``repr`` set) or as the host sends it back.
+
+    Not a tuple: ``dumps`` would send a tuple by value.
+    """
+
+    id: int
+    type_name: str | None = None
+    repr: str | None = None
+
+
+def handle_id(obj: Any) -> int | None:
+    """``dumps``'s hook: a :class:`Handle` goes on the wire as the host sends one."""
+    return obj.id if isinstance(obj, Handle) else None
+
+
+def dumps(value: Any) -> bytes:
+    return _native.dumps(value, handle_id=handle_id)
+
+
+def loads(data: bytes) -> Any:
+    return _native.loads(data, handle=Handle)
 
 
 def frame(message: Any) -> bytes:
     """A frame holding ``message``; a Python list encodes as the msgpack array a message is."""
-    return frame_body(_native.dumps(message))
+    return frame_body(dumps(message))
 
 
 def frame_body(body: bytes) -> bytes:
@@ -55,14 +82,29 @@ def frame_body(body: bytes) -> bytes:
 
 
 def call_frame(
-    call_id: int, module: str, function: str, args: list[Any], kwargs: dict[str, Any], deadline: int = 0
+    call_id: int,
+    target: str | Handle,
+    function: str | None,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    deadline: int = 0,
+    flags: int = 0,
+    window: int = 0,
 ) -> bytes:
     """A call frame written field by field, as the host does: the arguments
     list is a value of its own (depth 0), not nested inside the message.
     ``deadline`` is a CLOCK_MONOTONIC time in microseconds (0: none)."""
-    dumps = _native.dumps
     return frame_body(
-        b"\x97" + dumps(CALL) + dumps(call_id) + dumps(deadline) + dumps(module) + dumps(function) + dumps(args) + dumps(kwargs)
+        b"\x99"
+        + dumps(CALL)
+        + dumps(call_id)
+        + dumps(deadline)
+        + dumps(target)
+        + dumps(function)
+        + dumps(args)
+        + dumps(kwargs)
+        + dumps(flags)
+        + dumps(window)
     )
 
 
@@ -127,7 +169,7 @@ class Worker:
         self.sock.sendall(data)
 
     def recv(self) -> list[Any]:
-        return _native.loads(self.recv_body())
+        return loads(self.recv_body())
 
     def recv_body(self) -> bytes:
         (length,) = struct.unpack(">I", self._read_exactly(4))
@@ -145,15 +187,17 @@ class Worker:
 
     def start(
         self,
-        module: str,
-        function: str,
+        target: str | Handle,
+        function: str | None,
         args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         deadline: int = 0,
+        flags: int = 0,
+        window: int = 0,
     ) -> int:
         """Sends a call without waiting for its reply; returns its id."""
         call_id = self.new_id()
-        self.send_raw(call_frame(call_id, module, function, args or [], kwargs or {}, deadline))
+        self.send_raw(call_frame(call_id, target, function, args or [], kwargs or {}, deadline, flags, window))
         return call_id
 
     def cancel(self, call_id: int, signal_too: bool = True) -> None:
@@ -162,16 +206,39 @@ class Worker:
         if signal_too:
             os.kill(self.proc.pid, signal.SIGUSR1)
 
-    def call(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> list[Any]:
-        call_id = self.start(module, function, args, kwargs)
+    def call(
+        self,
+        target: str | Handle,
+        function: str | None,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        flags: int = 0,
+    ) -> list[Any]:
+        call_id = self.start(target, function, args, kwargs, flags=flags)
         reply = self.recv()
         assert reply[1] == call_id, reply
         return reply
 
-    def ok(self, module: str, function: str, args: list[Any] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
-        reply = self.call(module, function, args, kwargs)
+    def ok(
+        self,
+        target: str | Handle,
+        function: str | None,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        flags: int = 0,
+    ) -> Any:
+        reply = self.call(target, function, args, kwargs, flags)
         assert reply[0] == OK, reply
         return reply[2]
+
+    def release(self, *ids: int) -> None:
+        self.send([RELEASE, 0, list(ids)])
+
+    def credit(self, call_id: int, credit: int) -> None:
+        self.send([CREDIT, call_id, credit])
+
+    def object_count(self) -> int:
+        return self.ok("snakebridge_worker._native", "object_count")
 
     def close(self) -> int:
         """Closes the host's end; returns the worker's exit status."""

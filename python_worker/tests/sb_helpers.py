@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ctypes
 import datetime
 import enum
 import sys
 import time
-from typing import Any
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from snakebridge_worker import CallCancelled
 
@@ -82,8 +83,12 @@ def nested_date() -> list[Any]:
     return [1, 2, {"key": datetime.date(2024, 1, 2)}]
 
 
+def nested_surrogate() -> list[Any]:
+    return [1, 2, {"key": "\udc80"}]
+
+
 def bad_key() -> dict[Any, int]:
-    return {"ok": 1, datetime.date(2024, 1, 2): 2}
+    return {"ok": 1, "\udc80": 2}
 
 
 def nest(depth: int) -> Any:
@@ -200,3 +205,215 @@ def blocked_in_c(path: str, seconds: float) -> int:
     abstime = _Timespec(int(end), int((end % 1) * 1e9))
     record(path, "blocked")
     return libc.pthread_mutex_timedlock(mutex, ctypes.byref(abstime))
+
+
+# ---- objects and handles ----------------------------------------------------
+
+
+class Counter:
+    """A stateful object the host holds by handle."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+        self.child: Counter | None = None
+
+    def add(self, n: int = 1) -> int:
+        self.value += n
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Counter({self.value})"
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class LongRepr:
+    def __repr__(self) -> str:
+        return "é" * 500
+
+
+def make_counter(start: int = 0) -> Counter:
+    counter = Counter(start)
+    counter.child = Counter(100)
+    return counter
+
+
+def make_adder(n: int) -> Callable[[int], int]:
+    def adder(x: int) -> int:
+        return x + n
+
+    return adder
+
+
+def all_same(*args: Any, **kwargs: Any) -> bool:
+    """Whether every argument, keyword argument and value nested in them is the same object."""
+    found: list[Any] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        else:
+            found.append(value)
+
+    walk(list(args))
+    walk(kwargs)
+    return len(found) > 1 and all(v is found[0] for v in found)
+
+
+def value_of(counter: Counter) -> int:
+    return counter.value
+
+
+def bad_repr() -> BadRepr:
+    return BadRepr()
+
+
+def long_repr() -> LongRepr:
+    return LongRepr()
+
+
+def dates_then_blob(size: int) -> list[Any]:
+    """Two handles, then more bytes than a frame may hold: the reply fails after registering them."""
+    return [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), b"x" * size]
+
+
+# ---- streams ----------------------------------------------------------------
+
+PRODUCED: dict[str, int] = {}
+
+
+def counted(name: str, n: int) -> Iterator[int]:
+    """Yields 0..n-1, counting in PRODUCED[name] how many it has produced."""
+    PRODUCED[name] = 0
+    for i in range(n):
+        PRODUCED[name] = i + 1
+        yield i
+
+
+def produced(name: str) -> int:
+    return PRODUCED.get(name, 0)
+
+
+def numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+def failing_after(count: int) -> Iterator[int]:
+    yield from range(count)
+    raise CustomError("stream broke")
+
+
+def guarded(path: str, n: int) -> Iterator[int]:
+    """Yields 0..n-1; records "closed" in its finally."""
+    try:
+        yield from range(n)
+    finally:
+        record(path, "closed")
+
+
+def blocking_stream(path: str, seconds: float) -> Iterator[int]:
+    """Yields one item, then blocks in next() for ``seconds``; records "finally"."""
+    try:
+        yield 1
+        record(path, "blocking")
+        time.sleep(seconds)
+        yield 2
+    finally:
+        record(path, "finally")
+
+
+def unsendable_third(path: str) -> Iterator[Any]:
+    try:
+        yield 1
+        yield 2
+        yield "\udc80"
+        yield 4
+    finally:
+        record(path, "closed")
+
+
+def dates(n: int) -> Iterator[datetime.date]:
+    for day in range(1, n + 1):
+        yield datetime.date(2024, 1, day)
+
+
+# ---- async ------------------------------------------------------------------
+
+
+async def sleep_return(value: Any, seconds: float) -> Any:
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def async_fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise CustomError(message)
+
+
+async def async_sleep_marked(path: str, seconds: float) -> str:
+    record(path, "started")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        record(path, "async finally")
+    return "slept"
+
+
+async def async_date() -> datetime.date:
+    await asyncio.sleep(0)
+    return datetime.date(2024, 1, 2)
+
+
+async def async_list(n: int) -> list[int]:
+    await asyncio.sleep(0)
+    return list(range(n))
+
+
+async def async_unsendable() -> list[Any]:
+    await asyncio.sleep(0)
+    return [1, "\udc80", 3]
+
+
+async def async_numbers(name: str, n: int, delay: float) -> AsyncIterator[int]:
+    """Yields 0..n-1 with a sleep before each, counting in PRODUCED[name]."""
+    PRODUCED[name] = 0
+    for i in range(n):
+        await asyncio.sleep(delay)
+        PRODUCED[name] = i + 1
+        yield i
+
+
+async def async_guarded(path: str, delay: float) -> AsyncIterator[int]:
+    """Yields 0, 1, ... each after ``delay``; records "closed" in its finally."""
+    try:
+        i = 0
+        while True:
+            await asyncio.sleep(delay)
+            yield i
+            i += 1
+    finally:
+        record(path, "closed")
+
+
+async def async_failing_after(count: int) -> AsyncIterator[int]:
+    for i in range(count):
+        await asyncio.sleep(0)
+        yield i
+    raise CustomError("async stream broke")
+
+
+async def spin_then_sleep(path: str, spin_seconds: float, sleep_seconds: float) -> str:
+    """Runs Python code without awaiting (a cancel's signal handler runs in it), then sleeps."""
+    record(path, "spinning")
+    deadline = time.monotonic() + spin_seconds
+    while time.monotonic() < deadline:
+        pass
+    await asyncio.sleep(sleep_seconds)
+    return "slept"

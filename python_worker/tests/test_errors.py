@@ -13,7 +13,9 @@ from snakebridge_worker import _native
 
 def raw_call(call_id: int, args: bytes, kwargs: bytes = b"\x80", function: str = "identity") -> bytes:
     dumps = _native.dumps
-    return frame_body(b"\x97" + dumps(CALL) + dumps(call_id) + dumps(0) + dumps("sb_helpers") + dumps(function) + args + kwargs)
+    return frame_body(
+        b"\x99" + dumps(CALL) + dumps(call_id) + dumps(0) + dumps("sb_helpers") + dumps(function) + args + kwargs + dumps(0) + dumps(0)
+    )
 
 
 def py_error(worker: Worker, module: str, function: str, args: list[Any] | None = None) -> list[Any]:
@@ -96,33 +98,27 @@ def test_exception_whose_str_fails(worker: Worker) -> None:
     assert_still_serving(worker)
 
 
-def test_unsupported_result_names_the_type(worker: Worker) -> None:
-    assert failure(worker, "sb_helpers", "today") == (
-        "unsupported_type",
-        "cannot convert result of Python type datetime.date",
-    )
+def test_unmappable_result_is_a_handle_not_a_failure(worker: Worker) -> None:
+    handle = worker.ok("sb_helpers", "today")
+    assert (handle.type_name, handle.repr) == ("datetime.date", "datetime.date(2024, 1, 2)")
     assert_still_serving(worker)
 
 
 def test_unsupported_nested_result_names_the_path(worker: Worker) -> None:
-    assert failure(worker, "sb_helpers", "nested_date") == (
-        "unsupported_type",
-        "cannot convert result[2]['key'] of Python type datetime.date",
-    )
+    reason, message = failure(worker, "sb_helpers", "nested_surrogate")
+    assert reason == "unsupported_type"
+    assert message.startswith("cannot convert result[2]['key'] of Python type builtins.str: not valid UTF-8")
 
 
 def test_unsupported_dict_key(worker: Worker) -> None:
     reason, message = failure(worker, "sb_helpers", "bad_key")
     assert reason == "unsupported_type"
-    assert message == "cannot convert result key datetime.date(2024, 1, 2) of Python type datetime.date"
+    assert message.startswith("cannot convert result key '\\udc80' of Python type builtins.str")
 
 
-def test_unsupported_builtin_types(worker: Worker) -> None:
-    assert failure(worker, "builtins", "complex", [1, 2]) == (
-        "unsupported_type",
-        "cannot convert result of Python type builtins.complex",
-    )
-    assert failure(worker, "builtins", "object")[1] == "cannot convert result of Python type builtins.object"
+def test_builtin_types_without_wire_form_are_handles(worker: Worker) -> None:
+    assert worker.ok("builtins", "complex", [1, 2]).type_name == "complex"
+    assert worker.ok("builtins", "object").type_name == "object"
 
 
 def test_string_with_surrogates_is_unsupported(worker: Worker) -> None:
@@ -187,7 +183,7 @@ def test_non_string_keyword_name(worker: Worker) -> None:
 @pytest.mark.parametrize("count", [1, 50])
 def test_errors_in_a_pipelined_batch_keep_order(worker: Worker, count: int) -> None:
     batch = b"".join(
-        frame([CALL, i, 0, "operator", "truediv", [1, i % 2], {}]) for i in range(count * 2)
+        frame([CALL, i, 0, "operator", "truediv", [1, i % 2], {}, 0, 0]) for i in range(count * 2)
     )
     worker.send_raw(batch)
     replies = [worker.recv() for _ in range(count * 2)]

@@ -18,6 +18,17 @@
 //!   the same, and nothing runs, so nothing is raised.
 //! Frames read by the handler stay queued, in order, for the loop.
 //!
+//! While the asyncio event loop runs (tasks or async streams pending, the
+//! loop otherwise idle), it waits in `select` with the socket registered as
+//! a reader. The signal interrupts that `select`, which runs the handler
+//! before retrying: the handler empties the socket into the queue, so the
+//! reader would never fire and the Cancel frame would wait unseen. So the
+//! handler calls the waker the runner registered ([`set_waker`]), which
+//! wakes and stops the event loop, and the loop handles the queue. The
+//! handler stays the same (rather than asyncio's `add_signal_handler`)
+//! because a sync call or stream step may run at any time between event
+//! loop runs and must still be interrupted at once.
+//!
 //! Borrowing: [`INBOX`] is a `RefCell`. The loop borrows it only in Rust code
 //! that runs no Python (a few lines each time, plus its blocking read, with
 //! the GIL released), and Python's signal handlers run only inside Python
@@ -53,6 +64,15 @@ const KEEP_CAPACITY: usize = 1 << 20;
 thread_local! {
     /// The loop's state while `serve` runs (on the main thread), else `None`.
     static INBOX: RefCell<Option<Inbox>> = const { RefCell::new(None) };
+    /// Called by the handler when it read something: wakes the event loop.
+    static WAKER: RefCell<Option<Py<PyAny>>> = const { RefCell::new(None) };
+}
+
+/// Sets (or clears) what the handler calls after reading frames, so an
+/// event loop waiting for the socket to become readable wakes up anyway.
+pub(crate) fn set_waker(waker: Option<Py<PyAny>>) {
+    let old = WAKER.replace(waker);
+    drop(old);
 }
 
 pub(crate) struct Inbox {
@@ -94,12 +114,20 @@ pub(crate) fn install(fd: RawFd) -> Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         INBOX.with_borrow_mut(|inbox| *inbox = None);
+        set_waker(None);
     }
 }
 
 /// Runs `f` on the loop's state. Never call Python from `f`.
 pub(crate) fn with<T>(f: impl FnOnce(&mut Inbox) -> T) -> T {
     INBOX.with_borrow_mut(|inbox| f(inbox.as_mut().expect("serve() is running")))
+}
+
+/// What [`Inbox::poll`] found.
+pub(crate) enum Polled {
+    Read,
+    Nothing,
+    Eof,
 }
 
 /// What [`Inbox::take`] found.
@@ -119,6 +147,21 @@ impl Inbox {
         let n = read_appending(self.fd, &mut self.pending)?;
         self.scan();
         Ok(n)
+    }
+
+    /// Reads what is available without blocking (the loop checks for input
+    /// between stream batches and event loop runs), and scans it.
+    pub(crate) fn poll(&mut self) -> io::Result<Polled> {
+        self.pending.reserve(room_needed(&self.pending[self.scanned..]));
+        match recv_nonblocking(self.fd, &mut self.pending) {
+            Ok(0) => Ok(Polled::Eof),
+            Ok(_) => {
+                self.scan();
+                Ok(Polled::Read)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Polled::Nothing),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records the cancels among the frames completed since the last scan.
@@ -197,9 +240,10 @@ impl Inbox {
 
     /// The handler's part: reads what is available without blocking, records
     /// its cancels, and says whether the running call is cancelled (then
-    /// forgets it, so a repeated signal does not raise again). EOF and read
-    /// errors are left for the loop's own read to see.
-    fn on_signal(&mut self) -> bool {
+    /// forgets it, so a repeated signal does not raise again), and whether
+    /// anything was read. EOF and read errors are left for the loop's own
+    /// read to see.
+    fn on_signal(&mut self) -> (bool, bool) {
         let mut read = 0;
         loop {
             self.pending.reserve(room_needed(&self.pending[self.scanned..]));
@@ -230,7 +274,7 @@ impl Inbox {
         if !cancelled && read > 0 && self.running.is_some() {
             self.recheck.arm();
         }
-        cancelled
+        (cancelled, read > 0)
     }
 }
 
@@ -285,13 +329,21 @@ impl Drop for Recheck {
 #[pyo3(signature = (signum, frame))]
 pub(crate) fn cancel_signal(signum: i32, frame: &Bound<'_, PyAny>) -> PyResult<()> {
     let _ = signum;
-    let cancelled = INBOX.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut inbox) => inbox.as_mut().is_some_and(Inbox::on_signal),
+    let (cancelled, read) = INBOX.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut inbox) => inbox.as_mut().map_or((false, false), Inbox::on_signal),
         // The loop is in Rust code (see the module docs): cannot happen.
-        Err(_) => false,
+        Err(_) => (false, false),
     });
     if cancelled {
         return Err(CallCancelled::new_err("the caller cancelled the call"));
+    }
+    if read {
+        // The event loop may be waiting for the socket this just emptied:
+        // see the module docs.
+        let waker = WAKER.with_borrow(|waker| waker.as_ref().map(|w| w.clone_ref(frame.py())));
+        if let Some(waker) = waker {
+            waker.call0(frame.py())?;
+        }
     }
     // Python clears a signal's flag before running its handler, and a
     // blocking call such as time.sleep goes straight back to sleep after the

@@ -3,7 +3,9 @@
 //! nil → `None`, bool → `bool`, ints and bigints → `int`, float → `float`,
 //! str → `str`, bin → `bytes`, array → `list`, ext 2 → `tuple`, map → `dict`,
 //! ext 3 → `set`, or `frozenset` where it must be hashable: as a dict key or a
-//! set element (also inside a tuple used that way).
+//! set element (also inside a tuple used that way). ext 4 (a handle) → the
+//! object it names in the worker's table (`objects`) when serving, or what
+//! `loads`'s `handle` hook makes of it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +23,8 @@ use snakebridge_protocol::{Builder, DecodeError};
 pub(crate) enum BuildError {
     Decode(DecodeError),
     Py(PyErr),
+    /// A handle to an object the table does not hold (any more).
+    Stale(u64),
 }
 
 impl From<DecodeError> for BuildError {
@@ -71,17 +75,28 @@ impl Hasher for KeyHasher {
     }
 }
 
-pub(crate) struct PyBuilder<'py> {
-    py: Python<'py>,
+/// What a handle decodes to.
+pub(crate) enum Handles<'a, 'py> {
+    /// The object in the table: call arguments in the worker loop.
+    Table,
+    /// `hook(id, type_name, repr)`: `loads(data, handle=hook)`.
+    Hook(&'a Bound<'py, PyAny>),
+    /// An error: handles mean nothing to a plain `loads`.
+    Refuse,
 }
 
-impl<'py> PyBuilder<'py> {
-    pub(crate) fn new(py: Python<'py>) -> Self {
-        PyBuilder { py }
+pub(crate) struct PyBuilder<'a, 'py> {
+    py: Python<'py>,
+    handles: Handles<'a, 'py>,
+}
+
+impl<'a, 'py> PyBuilder<'a, 'py> {
+    pub(crate) fn new(py: Python<'py>, handles: Handles<'a, 'py>) -> Self {
+        PyBuilder { py, handles }
     }
 }
 
-impl<'py> Builder for PyBuilder<'py> {
+impl<'py> Builder for PyBuilder<'_, 'py> {
     type Value = Bound<'py, PyAny>;
     type Error = BuildError;
 
@@ -163,6 +178,19 @@ impl<'py> Builder for PyBuilder<'py> {
             dict.set_item(hashable(key)?, value)?;
         }
         Ok(dict.into_any())
+    }
+
+    fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Self::Value, BuildError> {
+        match &self.handles {
+            Handles::Table => crate::objects::get(self.py, id).ok_or(BuildError::Stale(id)),
+            Handles::Hook(hook) => {
+                let (type_name, repr) = info.unzip();
+                Ok(hook.call1((id, type_name, repr))?)
+            }
+            Handles::Refuse => Err(BuildError::Decode(DecodeError::Invalid(format!(
+                "handle {id} found: pass loads(..., handle=...) to decode handles"
+            )))),
+        }
     }
 }
 

@@ -11,14 +11,17 @@
 //! | `list` / `tuple` / `dict`                | array / ext 2 / map          |
 //! | `set`, `frozenset`                       | ext 3                        |
 //!
-//! Subclasses map like their base. Anything else is an [`EncodeFailure`] that
-//! names the offending element's path and its type as `module.qualname`.
+//! Subclasses map like their base. What the encoder does with anything else
+//! depends on its [`Handles`]: a reply registers it in the object table and
+//! writes a handle (ext 4: id, type name, bounded repr); `dumps` fails with an
+//! [`EncodeFailure`] that names the offending element's path and its type as
+//! `module.qualname`.
 //!
 //! The exact built-in types are recognised by comparing type pointers, so the
-//! common case costs one branch per value. No user Python code runs while a
-//! value is written (big integers go through the unbound `int` methods, so a
-//! subclass cannot override them); user code only runs on the error path, to
-//! `repr()` dict keys for the message, after encoding has stopped.
+//! common case costs one branch per value. Big integers go through the unbound
+//! `int` methods, so a subclass cannot override them. User code runs only for
+//! a handle's `repr()` and on the error path (to `repr()` dict keys for the
+//! message, after encoding has stopped).
 
 use std::fmt::Write as _;
 use std::os::raw::c_char;
@@ -168,6 +171,31 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
+/// A handle's type name (`module.qualname`, just the qualname for builtins)
+/// and its `repr()`, cut to [`MAX_HANDLE_REPR`] characters.
+fn handle_info(obj: &Bound<'_, PyAny>) -> (String, String) {
+    let ty = obj.get_type();
+    let qualname = ty
+        .qualname()
+        .map(|q| q.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "<unknown type>".to_owned());
+    let type_name = match ty.module() {
+        Ok(m) if m.to_string_lossy() != "builtins" => format!("{}.{qualname}", m.to_string_lossy()),
+        _ => qualname,
+    };
+    let repr = match obj.repr() {
+        Ok(repr) => {
+            let repr = repr.to_string_lossy();
+            match repr.char_indices().nth(MAX_HANDLE_REPR) {
+                Some((cut, _)) => repr[..cut].to_owned(),
+                None => repr.into_owned(),
+            }
+        }
+        Err(_) => format!("<{type_name} object>"),
+    };
+    (type_name, repr)
+}
+
 /// A bounded `repr()` for paths in messages.
 fn short_repr(obj: &Bound<'_, PyAny>) -> String {
     const MAX: usize = 60;
@@ -181,16 +209,62 @@ fn short_repr(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
+/// What the encoder does with a value that has no by-value form.
+pub(crate) enum Handles<'a, 'py> {
+    /// Fails with `unsupported_type` (`dumps`).
+    Refuse,
+    /// Registers it in the object table and writes a handle, noting the id:
+    /// a reply that cannot be sent after all releases what it registered.
+    Register(&'a mut Vec<u64>),
+    /// Writes a handle with the id `hook(obj)` returns, or fails if it
+    /// returns `None` (`dumps(obj, handle_id=hook)`).
+    Hook(&'a Bound<'py, PyAny>),
+}
+
+/// Longest repr sent with a handle, in characters.
+const MAX_HANDLE_REPR: usize = 200;
+
 /// Writes Python objects into a buffer that may already hold other frames.
-pub(crate) struct Encoder<'a> {
+pub(crate) struct Encoder<'a, 'py> {
     out: &'a mut Vec<u8>,
     /// Where this value's frame starts; the size limit counts from here.
     start: usize,
+    handles: Handles<'a, 'py>,
 }
 
-impl<'a> Encoder<'a> {
-    pub(crate) fn new(out: &'a mut Vec<u8>, start: usize) -> Self {
-        Encoder { out, start }
+impl<'a, 'py> Encoder<'a, 'py> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, start: usize, handles: Handles<'a, 'py>) -> Self {
+        Encoder { out, start, handles }
+    }
+
+    /// Registers `obj` and writes its handle, whatever its type (a call with
+    /// `CALL_AS_HANDLE`). Needs [`Handles::Register`].
+    pub(crate) fn encode_as_handle(&mut self, obj: &Bound<'_, PyAny>) -> Result<(), EncodeFailure> {
+        let Handles::Register(ids) = &mut self.handles else {
+            return Err(EncodeFailure::unsupported(obj, None));
+        };
+        let (type_name, repr) = handle_info(obj);
+        let id = crate::objects::register(obj);
+        ids.push(id);
+        wire::write_handle(self.out, id, Some((&type_name, &repr)))?;
+        self.check_size()
+    }
+
+    /// A value with no by-value form: see [`Handles`].
+    fn handle(&mut self, obj: &Bound<'_, PyAny>) -> Result<(), EncodeFailure> {
+        match &self.handles {
+            Handles::Refuse => Err(EncodeFailure::unsupported(obj, None)),
+            Handles::Register(_) => self.encode_as_handle(obj),
+            Handles::Hook(hook) => {
+                let id = hook.call1((obj,)).map_err(|e| EncodeFailure::from_py(obj, e))?;
+                if id.is_none() {
+                    return Err(EncodeFailure::unsupported(obj, None));
+                }
+                let id: u64 = id.extract().map_err(|e| EncodeFailure::from_py(obj, e))?;
+                wire::write_handle(self.out, id, None)?;
+                self.check_size()
+            }
+        }
     }
 
     /// Appends `obj`, nested `depth` levels deep. On error `out` holds a
@@ -258,7 +332,7 @@ impl<'a> Encoder<'a> {
             } else if ffi::PyAnySet_Check(ptr) != 0 {
                 self.set(obj, depth)
             } else {
-                Err(EncodeFailure::unsupported(obj, None))
+                self.handle(obj)
             }
         }
     }
