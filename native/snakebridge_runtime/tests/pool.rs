@@ -540,8 +540,8 @@ fn objects_stay_in_their_worker_until_dropped() {
     p.wait_ready(2);
     let mut objects = Vec::new();
     for i in 0..6 {
-        let reply = p.call("collections", "Counter", vec![Value::Str(format!("ab{i}"))]);
-        assert!(matches!(&reply, Reply::Ok(Value::Handle { info: Some((t, _)), .. }) if t == "collections.Counter"), "{reply:?}");
+        let reply = p.call("collections", "deque", vec![Value::List(vec![Value::Int(i); 3])]);
+        assert!(matches!(&reply, Reply::Ok(Value::Handle { info: Some((t, _)), .. }) if t == "collections.deque"), "{reply:?}");
         objects.extend(p.take_objects());
     }
     assert_eq!(objects.len(), 6);
@@ -608,6 +608,10 @@ fn streams_send_no_more_items_than_granted() {
     assert!(p.table.grant_credit(id, 7, |_| true));
     take(&mut items, 10);
     assert_eq!(items, (0..10).map(Value::Int).collect::<Vec<_>>());
+    // The worker learns that the iterator is exhausted by asking it for one
+    // more item, which takes credit.
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    assert!(p.table.grant_credit(id, 1, |_| true));
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Reply::Ok(Value::Nil));
     assert!(!p.table.grant_credit(id, 1, |_| true));
 }
