@@ -58,9 +58,11 @@ defmodule SnakeBridge do
 
   ## Objects, streams, async and eval
 
-      iex> {:ok, counter} = SnakeBridge.call("collections", "Counter", ["abracadabra"])
-      iex> SnakeBridge.method!(counter, "most_common", [1])
-      [{"a", 5}]
+      iex> {:ok, rng} = SnakeBridge.call("random", "Random", [42])
+      iex> SnakeBridge.method!(rng, "randint", [1, 100])
+      82
+      iex> SnakeBridge.method!(rng, "randint", [1, 100])
+      15
 
   `stream/4` iterates a Python generator (or any iterable, sync or async) as
   a lazy Elixir `Stream`, with backpressure. A function defined with
@@ -329,8 +331,9 @@ defmodule SnakeBridge do
   items produced before it. The stream is enumerated by one process at a
   time, and each enumeration starts the call again.
 
-  `module` may be a `SnakeBridge.Object`, to iterate a method's result (or,
-  with `function` `nil`, the object itself).
+  `module` may be a `SnakeBridge.Object`, to iterate what one of its methods
+  returns (or, with `function` `nil`, what calling it returns);
+  `stream(object)` iterates the object itself.
 
   ## Options
 
@@ -351,7 +354,9 @@ defmodule SnakeBridge do
   """
   @spec stream(SnakeBridge.Types.target(), SnakeBridge.Types.name() | nil, list(), keyword()) ::
           Enumerable.t()
-  def stream(module, function, args \\ [], opts \\ []) do
+  def stream(module, function, args \\ [], opts \\ [])
+
+  def stream(module, function, args, opts) do
     {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
 
     stream_opts =
@@ -370,6 +375,19 @@ defmodule SnakeBridge do
     start = fn -> Native.start_call(module, function, args, call_opts, :infinity, window) end
     SnakeBridge.Stream.new(start, window, timeout)
   end
+
+  @doc """
+  Iterates a Python object itself (`iter(object)`) as a lazy `Stream`; see
+  `stream/4`.
+
+  ## Examples
+
+      iex> {:ok, letters} = SnakeBridge.call("builtins", "list", ["abc"], as: :handle)
+      iex> SnakeBridge.stream(letters) |> Enum.to_list()
+      ["a", "b", "c"]
+  """
+  @spec stream(Object.t()) :: Enumerable.t()
+  def stream(%Object{pool: pool} = object), do: stream("builtins", "iter", [object], pool: pool)
 
   @doc """
   Runs Python source `code` in a worker and returns the value of its last

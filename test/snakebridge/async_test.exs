@@ -11,6 +11,10 @@ defmodule SnakeBridge.AsyncTest do
     # One worker, so every call below shares its event loop.
     pool = unique(:async)
     start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})
+    # Started, and sbobjects imported (asyncio makes that slow), so that a
+    # short timeout hits a running coroutine, not a call still being set up.
+    wait_for_workers(pool, 1)
+    {:ok, _} = SnakeBridge.call("sbobjects", "async_sleep", [0], pool: pool)
     %{pool: pool}
   end
 

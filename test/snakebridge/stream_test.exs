@@ -9,6 +9,9 @@ defmodule SnakeBridge.StreamTest do
 
   setup_all do
     start_supervised!({SnakeBridge.Pool, pool_opts(@pool)})
+    # sbobjects imports asyncio, which is slow: import it in both workers
+    # before tests with short timeouts run.
+    for _ <- 1..4, do: {:ok, _} = SnakeBridge.call("sbobjects", "pid", [], pool: @pool)
     :ok
   end
 
@@ -56,7 +59,15 @@ defmodule SnakeBridge.StreamTest do
 
   test "streaming an object, or one of its methods" do
     {:ok, range} = SnakeBridge.call("builtins", "range", [3], pool: @pool, as: :handle)
-    assert SnakeBridge.stream(range, nil) |> Enum.to_list() == [0, 1, 2]
+    assert SnakeBridge.stream(range) |> Enum.to_list() == [0, 1, 2]
+
+    # With function nil the object is called, and the result iterated.
+    {:ok, numbers} = SnakeBridge.getattr(range, "index")
+    {:ok, gen} = SnakeBridge.call("sbobjects", "counters", [2], pool: @pool, as: :handle)
+    assert [%Object{}, %Object{}] = SnakeBridge.stream(gen) |> Enum.to_list()
+    assert {:error, %PythonError{type: "ValueError"}} = SnakeBridge.call(numbers, [7])
+    {:ok, make} = SnakeBridge.eval("lambda n: (i * i for i in range(n))", %{}, pool: @pool)
+    assert SnakeBridge.stream(make, nil, [4]) |> Enum.to_list() == [0, 1, 4, 9]
 
     {:ok, dict} = SnakeBridge.call("builtins", "dict", [], pool: @pool, kwargs: [x: 1, y: 2], as: :handle)
     assert SnakeBridge.stream(dict, "items") |> Enum.to_list() == [{"x", 1}, {"y", 2}]
