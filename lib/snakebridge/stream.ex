@@ -14,9 +14,6 @@ defmodule SnakeBridge.Stream do
 
   alias SnakeBridge.{Error, NIF}
 
-  # See SnakeBridge's @reply_grace.
-  @reply_grace 5_000
-
   defstruct [:ref, :window, :timeout, owed: 0, last: 0, done: false]
 
   @doc false
@@ -71,29 +68,19 @@ defmodule SnakeBridge.Stream do
   end
 
   # Closes the iterator in Python (a cancel, which runs its `finally`) unless
-  # it already ended, and leaves no message of the stream in the mailbox.
+  # it already ended, and leaves no message of the stream in the mailbox:
+  # once the cancel is done, every item sent is in the mailbox (items come
+  # before the final reply, which the cancel waits for or rules out).
   defp close(%__MODULE__{done: true}), do: :ok
 
   defp close(%__MODULE__{ref: ref}) do
-    case NIF.cancel(ref) do
-      :replied ->
-        receive do
-          {:snakebridge, ^ref, _} -> :ok
-        after
-          @reply_grace -> :ok
-        end
-
-      _cancelled_or_unknown ->
-        :ok
-    end
-
-    flush(ref)
+    SnakeBridge.cancel(ref)
+    flush_items(ref)
   end
 
-  defp flush(ref) do
+  defp flush_items(ref) do
     receive do
-      {:snakebridge_stream, ^ref, _} -> flush(ref)
-      {:snakebridge, ^ref, _} -> flush(ref)
+      {:snakebridge_stream, ^ref, _} -> flush_items(ref)
     after
       0 -> :ok
     end

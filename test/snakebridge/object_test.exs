@@ -208,6 +208,17 @@ defmodule SnakeBridge.ObjectTest do
   end
 
   describe "stale handles" do
+    test "an object of a stopped pool is :stale_handle, even when the pool runs again" do
+      pool = unique(:object_restarted_pool)
+      start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})
+      counter = new_counter(1, pool)
+      :ok = stop_supervised({SnakeBridge.Pool, pool})
+      start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})
+
+      assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.method(counter, "add")
+      assert SnakeBridge.method!(new_counter(5, pool), "add") == 6
+    end
+
     test "an object whose worker was killed is :stale_handle, never another object" do
       pool = unique(:object_stale)
       start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})

@@ -89,8 +89,4 @@ impl Origin<'_> {
             slot: Arc::downgrade(self.slot),
         })
     }
-
-    pub fn os_pid(&self) -> u32 {
-        self.conn.os_pid
-    }
 }

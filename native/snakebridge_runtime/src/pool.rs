@@ -292,7 +292,12 @@ impl<H: Hooks> Pool<H> {
         keep: Vec<Arc<ObjectRef>>,
     ) -> Result<(), Failure> {
         let shared = &self.shared;
-        let refused = if route.pool != shared.id || route.slot >= shared.slots.len() {
+        // An object of a stopped pool is gone, even if a pool of the same
+        // name runs again.
+        let gone = keep.iter().any(|object| object.os_pid().is_none());
+        let refused = if gone {
+            Some(stale_failure())
+        } else if route.pool != shared.id || route.slot >= shared.slots.len() {
             Some(Failure::new(
                 Reason::HandleConflict,
                 format!("the call goes to pool {}, but its objects live in another pool", shared.name),

@@ -52,26 +52,9 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
             } else {
                 (&no_jobs, &no_jobs)
             };
-            select! {
-                recv(pinned_jobs) -> job => match job {
-                    Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
-                    Ok(job) => {
-                        shared.held.fetch_add(1, Ordering::AcqRel);
-                        held = Some(job);
-                        continue;
-                    }
-                    Err(_) => break,
-                },
-                recv(jobs) -> job => match job {
-                    Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
-                    Ok(job) => {
-                        // Still waiting: it counts against max_queue.
-                        shared.held.fetch_add(1, Ordering::AcqRel);
-                        held = Some(job);
-                        continue;
-                    }
-                    Err(_) => break,
-                },
+            let job = select! {
+                recv(pinned_jobs) -> job => job,
+                recv(jobs) -> job => job,
                 recv(slot.control_rx) -> control => {
                     if let Ok(control) = control {
                         write_control(slot, &conn, control);
@@ -81,6 +64,16 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
                 recv(slot.wake_rx) -> _ => continue,
                 recv(shared.stop_rx) -> _ => break,
                 default(Duration::from_millis(100)) => continue,
+            };
+            match job {
+                Ok(job) if conn.in_flight.load(Ordering::Acquire) < window => batch.push(job),
+                Ok(job) => {
+                    // Still waiting: it counts against max_queue.
+                    shared.held.fetch_add(1, Ordering::AcqRel);
+                    held = Some(job);
+                    continue;
+                }
+                Err(_) => break,
             }
         }
         slot.writer_waiting.store(false, Ordering::SeqCst);
