@@ -532,7 +532,8 @@ defmodule SnakeBridge do
   `:restarts`, and `:workers`, one map per worker slot with `:os_pid` (`nil`
   while none runs), `:state` (`:starting`, `:ready`, `:restarting`,
   `:unavailable` or `:stopped`), `:in_flight`, `:calls`, `:errors`,
-  `:restarts` and `:rss` (bytes, of the Python process).
+  `:restarts`, `:objects` (the `SnakeBridge.Object`s Elixir holds on objects
+  in that worker) and `:rss` (bytes, of the Python process).
 
   Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs.
 

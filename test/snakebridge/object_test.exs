@@ -156,6 +156,22 @@ defmodule SnakeBridge.ObjectTest do
     end
   end
 
+  describe "bad objects and options" do
+    test "a struct that is not a real object is :unsupported_type" do
+      fake = %Object{type: "x", repr: "x", pool: @pool, ref: make_ref()}
+
+      assert {:error, %Error{reason: :unsupported_type, message: message}} =
+               SnakeBridge.call("sbhelpers", "identity", [[fake]], pool: @pool)
+
+      assert message == "args[0][0]: a malformed SnakeBridge.Object cannot be sent to Python"
+      assert {:error, %Error{reason: :unsupported_type}} = SnakeBridge.method(fake, "x")
+    end
+
+    test ":as must be :value or :handle" do
+      assert_raise ArgumentError, ~r/:as/, fn -> SnakeBridge.call("builtins", "int", [], as: :ref) end
+    end
+  end
+
   describe "release" do
     test "release/1 drops the object; later use is :stale_handle" do
       counter = new_counter()
