@@ -42,7 +42,7 @@ sys.path.insert(0, str(PRIV_PYTHON))
 
 from snakebridge_worker import _native  # noqa: E402
 
-CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG, RELEASE, ITEMS, CREDIT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG, RELEASE, ITEMS, CREDIT, STARTED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 CALL_AS_HANDLE, CALL_STREAM = 1, 2
 TIMEOUT = 20.0
 
@@ -137,6 +137,8 @@ class Worker:
         self.closed = False
         self.buffer = bytearray()
         self.next_id = 1
+        # Ids of calls the worker announced as going on in the background.
+        self.started: list[int] = []
         # Drained continuously, like the host does, so a chatty worker never
         # blocks on a full pipe.
         self.stdout: list[str] = []
@@ -169,7 +171,12 @@ class Worker:
         self.sock.sendall(data)
 
     def recv(self) -> list[Any]:
-        return loads(self.recv_body())
+        """The next message, skipping `started` ones (their ids go to ``self.started``)."""
+        while True:
+            message = loads(self.recv_body())
+            if message[0] != STARTED:
+                return message
+            self.started.append(message[1])
 
     def recv_body(self) -> bytes:
         (length,) = struct.unpack(">I", self._read_exactly(4))

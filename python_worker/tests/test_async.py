@@ -43,6 +43,17 @@ def test_async_exception_is_a_python_error(worker: Worker) -> None:
     assert "in async_fail" in "".join(reply[5])
 
 
+def test_tasks_and_streams_are_announced_as_started(worker: Worker) -> None:
+    plain = worker.call("operator", "add", [1, 2])[1]
+    task = worker.call("sb_helpers", "sleep_return", [1, 0.01])[1]
+    sync_stream = worker.start("builtins", "range", [3], flags=CALL_STREAM, window=10)
+    collect(worker, sync_stream)
+    async_stream = worker.start("sb_helpers", "async_numbers", ["s", 2, 0.001], flags=CALL_STREAM, window=10)
+    collect(worker, async_stream)
+    assert worker.started == [task, sync_stream, async_stream]
+    assert plain not in worker.started
+
+
 def test_async_result_as_handle(worker: Worker) -> None:
     assert worker.ok("sb_helpers", "async_date").repr == "datetime.date(2024, 1, 2)"
     handle = worker.ok("sb_helpers", "sleep_return", [5, 0], flags=CALL_AS_HANDLE)

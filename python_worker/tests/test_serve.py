@@ -109,9 +109,9 @@ def test_garbage_frame_exits_two(worker: Worker) -> None:
 
 
 def test_unknown_kind_exits_two(worker: Worker) -> None:
-    worker.send([11, 1])
+    worker.send([12, 1])
     assert worker.wait() == 2
-    assert "unknown message kind 11" in "".join(worker.stderr)
+    assert "unknown message kind 12" in "".join(worker.stderr)
 
 
 def test_host_only_message_from_host_exits_two(worker: Worker) -> None:

@@ -35,7 +35,7 @@ defmodule SnakeBridge.AsyncTest do
       end)
 
     assert replies == Enum.map(1..100, &{:ok, &1})
-    # One after another they would take 10 s; together, a little over 0.1 s.
+    # One after another they would take 10 s; together, about 0.1 s.
     assert elapsed_us < 5_000_000, "100 concurrent sleeps of 0.1 s took #{elapsed_us} µs"
   end
 

@@ -13,6 +13,7 @@
 //! | 8 release  | host → worker | handle ids (array) the host no longer references (id is 0) |
 //! | 9 items    | worker → host | the next items of a stream (array) |
 //! | 10 credit  | host → worker | how many more items the stream may send |
+//! | 11 started | worker → host | — (the call goes on in the background: a task or a stream) |
 //!
 //! A call's target is a module path (str) or a handle (the object itself);
 //! its function is an attribute path on the target, or nil to call the
@@ -21,6 +22,11 @@
 //! is iterated: items flow as `items` messages, at most `window` of them
 //! before the host grants more with `credit`; the stream ends with `ok`
 //! (nil), `py_error` or `failure`, and a `cancel` closes it).
+//!
+//! A call that goes on after its function returned (a coroutine awaited as a
+//! task, or a stream) is announced with `started`: it no longer holds the
+//! worker up, so it stops counting against the host's window of calls
+//! written ahead. Its final reply still comes later.
 //!
 //! A call's deadline is the `CLOCK_MONOTONIC` time, in microseconds, after
 //! which its caller no longer waits (0: no deadline). Both processes run on
@@ -60,6 +66,7 @@ pub enum Kind {
     Release = 8,
     Items = 9,
     Credit = 10,
+    Started = 11,
 }
 
 impl Kind {
@@ -76,6 +83,7 @@ impl Kind {
             8 => Kind::Release,
             9 => Kind::Items,
             10 => Kind::Credit,
+            11 => Kind::Started,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -88,7 +96,7 @@ impl Kind {
             Kind::Ok | Kind::Release | Kind::Items | Kind::Credit => 3,
             Kind::PyError => 6,
             Kind::Failure => 4,
-            Kind::Cancel | Kind::Ping | Kind::Pong => 2,
+            Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
         }
     }
 }
@@ -178,6 +186,9 @@ pub enum Message {
         id: u64,
         credit: u64,
     },
+    Started {
+        id: u64,
+    },
 }
 
 /// What a call calls into.
@@ -203,6 +214,7 @@ impl Message {
             Message::Release { .. } => (Kind::Release, 0),
             Message::Items { id, .. } => (Kind::Items, *id),
             Message::Credit { id, .. } => (Kind::Credit, *id),
+            Message::Started { id } => (Kind::Started, *id),
         };
         Header { kind, id }
     }
@@ -293,7 +305,7 @@ impl Message {
                 value::write_str(out, reason)?;
                 value::write_str(out, message)?;
             }
-            Message::Cancel { .. } | Message::Ping { .. } | Message::Pong { .. } => {}
+            Message::Cancel { .. } | Message::Ping { .. } | Message::Pong { .. } | Message::Started { .. } => {}
         }
         Ok(())
     }
@@ -391,6 +403,7 @@ impl Message {
             Kind::Cancel => Message::Cancel { id },
             Kind::Ping => Message::Ping { id },
             Kind::Pong => Message::Pong { id },
+            Kind::Started => Message::Started { id },
         };
         if !input.is_empty() {
             return Err(DecodeError::TrailingBytes(input.len()));
@@ -473,6 +486,7 @@ mod tests {
             id.prop_map(|id| Message::Cancel { id }),
             id.prop_map(|id| Message::Ping { id }),
             id.prop_map(|id| Message::Pong { id }),
+            id.prop_map(|id| Message::Started { id }),
         ]
     }
 

@@ -434,7 +434,7 @@ impl<'py> Worker<'py> {
         if self.is_awaitable(&value) {
             let started = self.runner().and_then(|runner| runner.call_method1("call", (id, value, as_handle)));
             return match started {
-                Ok(_) => Ok(()),
+                Ok(_) => self.started(id),
                 Err(err) => self.py_error(id, err),
             };
         }
@@ -479,7 +479,7 @@ impl<'py> Worker<'py> {
                 .runner()
                 .and_then(|runner| runner.call_method1("stream", (id, value, window, as_handle)));
             return match started {
-                Ok(_) => Ok(()),
+                Ok(_) => self.started(id),
                 Err(err) => self.py_error(id, err),
             };
         }
@@ -493,10 +493,20 @@ impl<'py> Worker<'py> {
                     slow: false,
                     started: false,
                 });
-                Ok(())
+                self.started(id)
             }
             Err(err) => self.py_error(id, err),
         }
+    }
+
+    /// Tells the host that call `id` goes on in the background (a task or a
+    /// stream), so it stops counting against the window of calls the host
+    /// writes ahead: waiting tasks and streams do not hold the loop up.
+    fn started(&mut self, id: u64) -> Result<(), Stop> {
+        Message::Started { id }
+            .write_frame(&mut self.out)
+            .expect("a started frame is small");
+        Ok(())
     }
 
     /// Writes one batch of the next sync stream (round-robin) that has

@@ -1,7 +1,7 @@
 //! The host's view of one running worker process, and the registry that finds
 //! it from a call's worker incarnation (for cancellation).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -61,6 +61,10 @@ pub(crate) struct Connection {
     ping_sent: Mutex<Option<Instant>>,
     /// Why the host killed the worker, if it did.
     pub kill_reason: Mutex<Option<String>>,
+    /// Calls that went on in the background (tasks, streams; see the
+    /// protocol's `started`): answered later, but out of the window.
+    detached: Mutex<HashSet<u64>>,
+    detached_count: AtomicUsize,
     /// Handles the host holds on objects in this worker.
     pub objects: AtomicUsize,
     /// Ids of objects the host no longer refers to, for the writer to send.
@@ -85,6 +89,8 @@ impl Connection {
             cancelling_count: AtomicUsize::new(0),
             ping_sent: Mutex::new(None),
             kill_reason: Mutex::new(None),
+            detached: Mutex::new(HashSet::new()),
+            detached_count: AtomicUsize::new(0),
             objects: AtomicUsize::new(0),
             releases: Mutex::new(Vec::new()),
             control,
@@ -162,6 +168,45 @@ impl Connection {
         });
     }
 
+    /// Call `id`, written to this worker, goes on in the background: it
+    /// leaves the window. False if no call is in the window.
+    pub fn detach(&self, id: u64) -> bool {
+        let mut detached = self.detached.lock();
+        if self.in_flight.load(Ordering::Acquire) == 0 || !detached.insert(id) {
+            return false;
+        }
+        self.detached_count.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Accounts for the final reply to call `id`: it leaves the window, or
+    /// the background calls if it was detached. False if no call was
+    /// pending at all.
+    pub fn finish(&self, id: u64) -> bool {
+        if self.detached_count.load(Ordering::Acquire) > 0 && self.detached.lock().remove(&id) {
+            self.detached_count.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Calls written to the worker and not answered yet, in its window or
+    /// in the background.
+    pub fn unanswered(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed) + self.detached_count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker has anything to do: calls in its window, or
+    /// tasks and streams going on in the background.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0 || self.detached_count.load(Ordering::Acquire) > 0
+    }
+
     /// The worker sent something.
     pub fn heard(&self) {
         self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
@@ -191,7 +236,7 @@ impl Connection {
             return now.duration_since(sent) > timeout;
         }
         let idle_for = monotonic_micros().saturating_sub(self.last_heard.load(Ordering::Relaxed));
-        if self.in_flight.load(Ordering::Acquire) == 0 && idle_for >= interval.as_micros() as u64 {
+        if !self.is_busy() && idle_for >= interval.as_micros() as u64 {
             let mut frame = Vec::new();
             Message::Ping { id: 0 }.write_frame(&mut frame).expect("a ping frame is small");
             *ping_sent = Some(now);

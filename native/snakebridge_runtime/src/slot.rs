@@ -175,7 +175,7 @@ impl Slot {
         WorkerStats {
             os_pid,
             state: self.status().name(),
-            in_flight: self.connection().map_or(0, |c| c.in_flight.load(Ordering::Relaxed)),
+            in_flight: self.connection().map_or(0, |c| c.unanswered()),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
@@ -437,17 +437,21 @@ fn route_reply<H: Hooks>(
     match header.kind {
         Kind::Ok | Kind::PyError | Kind::Failure => {}
         Kind::Items => return route_items(shared, &origin, header.id, fields, courier),
+        Kind::Started => {
+            if !conn.detach(header.id) {
+                return Err(DecodeError::Invalid(format!("call {} started, but none was sent", header.id)));
+            }
+            return Ok(());
+        }
         Kind::Pong => {
             conn.pong();
             return Ok(());
         }
         other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
     }
-    let in_flight = conn.in_flight.load(Ordering::Acquire);
-    if in_flight == 0 {
+    if !conn.finish(header.id) {
         return Err(DecodeError::Invalid(format!("reply to call {} that was never sent", header.id)));
     }
-    conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     let replies = conn.replies.fetch_add(1, Ordering::Relaxed) + 1;
     if shared.config.max_calls == Some(replies) {
         conn.drain();

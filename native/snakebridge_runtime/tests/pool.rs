@@ -615,3 +615,37 @@ fn streams_send_no_more_items_than_granted() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Reply::Ok(Value::Nil));
     assert!(!p.table.grant_credit(id, 1, |_| true));
 }
+
+#[test]
+fn tasks_and_streams_leave_the_window() {
+    let p = start(|c| {
+        c.size = 1;
+        c.window = 4;
+    });
+    p.wait_ready(1);
+    // More coroutines than the window holds, all waiting at once...
+    let sleeping: Vec<_> = (0..10)
+        .map(|i| {
+            let (_, rx, s) = p.submit("asyncio", "sleep", vec![Value::Float(2.0), Value::Int(i)]);
+            s.unwrap();
+            rx
+        })
+        .collect();
+    // ...and a stream paused for want of credit...
+    let send = Send {
+        objects: vec![],
+        stream: Some(1),
+    };
+    let (_, stream, s) = p.submit_with("itertools", "count", vec![], send);
+    s.unwrap();
+    assert_eq!(stream.recv_timeout(Duration::from_secs(10)).unwrap(), Reply::Items(vec![Value::Int(0)]));
+    // ...do not hold up a plain call: it is answered before any of them.
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+    for rx in &sleeping {
+        assert!(rx.replies.is_empty(), "a sleep answered before the plain call");
+    }
+    assert_eq!(p.pool.stats().workers[0].in_flight, 11);
+    for (i, rx) in sleeping.iter().enumerate() {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Int(i as i64)));
+    }
+}
