@@ -120,6 +120,22 @@ class Runner:
         outcomes, self.outcomes = self.outcomes, []
         return outcomes
 
+    def finish(self) -> list[Outcome]:
+        """Lets the tasks still running finish (the host sent its last frame
+        but reads on) and returns every outcome produced meanwhile."""
+        tasks = list(self.tasks.values())
+        if tasks:
+            # Outcomes end a run of the loop early (``_stop``); not this one.
+            self.closing = True
+            try:
+                self.loop.run_until_complete(asyncio.wait(tasks))
+            finally:
+                self.closing = False
+        for stream in self.streams.values():
+            stream.flush()
+        outcomes, self.outcomes = self.outcomes, []
+        return outcomes
+
     def shutdown(self) -> None:
         """Cancels what is still pending and closes the loop (``serve`` is over)."""
         self.closing = True

@@ -3,6 +3,7 @@ async iterators stream under credit like sync ones."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def test_tasks_and_streams_are_announced_as_started(worker: Worker) -> None:
     collect(worker, async_stream)
     assert worker.started == [task, sync_stream, async_stream]
     assert plain not in worker.started
+
+
+def test_tasks_answer_after_the_hosts_last_frame(worker: Worker) -> None:
+    call_id = worker.start("sb_helpers", "sleep_return", ["done", 0.2])
+    # Answered after the task was set up: the loop has handled both frames.
+    assert worker.ok("operator", "add", [1, 1]) == 2
+    worker.sock.shutdown(socket.SHUT_WR)
+    assert worker.recv() == [OK, call_id, "done"]
+    assert worker.wait() == 0
 
 
 def test_async_result_as_handle(worker: Worker) -> None:

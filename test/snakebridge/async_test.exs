@@ -62,6 +62,19 @@ defmodule SnakeBridge.AsyncTest do
     File.rm(path)
   end
 
+  test "a worker recycled by :max_calls lets its tasks answer first" do
+    pool = unique(:async_recycle)
+    start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1, max_calls: 3)})
+    [%{os_pid: os_pid}] = wait_for_workers(pool, 1).workers
+    {:ok, _} = SnakeBridge.call("sbobjects", "async_sleep", [0], pool: pool)
+    {:ok, ref} = SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.3, "late"], pool: pool)
+    assert SnakeBridge.call("sbhelpers", "identity", [1], pool: pool) == {:ok, 1}
+    # The third reply: the worker is recycled while the task still waits.
+    assert SnakeBridge.call("sbhelpers", "identity", [2], pool: pool) == {:ok, 2}
+    assert SnakeBridge.await(ref) == {:ok, "late"}
+    wait_until(fn -> match?([%{os_pid: new}] when new not in [nil, os_pid], SnakeBridge.stats(pool).workers) end)
+  end
+
   test "a coroutine's result may be an object", %{pool: pool} do
     assert {:ok, %SnakeBridge.Object{type: "list"}} =
              SnakeBridge.call("sbobjects", "async_sleep", [0, [1]], pool: pool, as: :handle)

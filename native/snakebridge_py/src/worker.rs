@@ -293,7 +293,10 @@ impl<'py> Worker<'py> {
     fn poll_input(&mut self) -> Result<(), Stop> {
         match cancel::with(|inbox| inbox.poll()) {
             Ok(Polled::Read | Polled::Nothing) => Ok(()),
-            Ok(Polled::Eof) => Err(Stop::HostGone),
+            Ok(Polled::Eof) => {
+                self.finish_tasks()?;
+                Err(Stop::HostGone)
+            }
             Err(e) if host_gone(&e) => Err(Stop::HostGone),
             Err(e) => Err(Stop::Fatal(e.into())),
         }
@@ -638,9 +641,28 @@ impl<'py> Worker<'py> {
     /// Runs the event loop (until the socket is readable or something
     /// finished, if `block`; else one turn) and writes what it produced.
     fn run_async(&mut self, block: bool) -> Result<(), Stop> {
-        let py = self.py;
         let runner = self.runner.clone().expect("async_busy found a runner");
-        let outcomes = match runner.call_method1("run", (block,)) {
+        let outcomes = runner.call_method1("run", (block,));
+        self.write_outcomes(&runner, outcomes)
+    }
+
+    /// The host sent its last frame (it is recycling this worker, or
+    /// stopping the pool) but still reads: tasks already running finish and
+    /// answer before the worker exits, as a running call would. Streams
+    /// cannot go on without the host's credit; they fail with the worker.
+    fn finish_tasks(&mut self) -> Result<(), Stop> {
+        let Some(runner) = self.runner.clone() else {
+            return Ok(());
+        };
+        let outcomes = runner.call_method0("finish");
+        self.write_outcomes(&runner, outcomes)?;
+        self.flush()
+    }
+
+    /// Writes what a run of the event loop produced.
+    fn write_outcomes(&mut self, runner: &Bound<'py, PyAny>, outcomes: PyResult<Bound<'py, PyAny>>) -> Result<(), Stop> {
+        let py = self.py;
+        let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
             // A SIGINT while tasks wait, with nothing to interrupt: as when idle.
             Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => return Ok(()),
