@@ -158,6 +158,24 @@ defmodule SnakeBridge.StreamTest do
     File.rm(path)
   end
 
+  test "a consumer that dies mid-stream has its generator closed" do
+    path = tmp_path("dead_consumer")
+    parent = self()
+
+    consumer =
+      spawn(fn ->
+        SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool, window: 4)
+        |> Stream.each(fn i -> if i == 2, do: send(parent, :consuming) end)
+        |> Stream.run()
+      end)
+
+    assert_receive :consuming, 5_000
+    Process.exit(consumer, :kill)
+    # The watchdog cancels the running calls of dead callers about once a second.
+    wait_until(fn -> File.read(path) == {:ok, "closed"} end)
+    File.rm(path)
+  end
+
   test "a worker dying mid-stream raises :worker_exited" do
     pool = unique(:stream_crash)
     start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})
