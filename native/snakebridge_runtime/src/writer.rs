@@ -150,7 +150,11 @@ fn write_batch<H: Hooks>(
     batch: &mut Vec<Job<H::Caller>>,
     courier: &mut H::Courier,
 ) {
-    if conn.is_closed() || shared.stopping.load(Ordering::Acquire) {
+    // A cancel that became pending since the batch was taken does not
+    // stop it: the batch could as well have been written a moment earlier.
+    // Pinned calls must not be turned away for it: they have nowhere else
+    // to go.
+    if conn.is_retired() || shared.stopping.load(Ordering::Acquire) {
         for job in batch.drain(..) {
             shared.requeue(courier, job);
         }
