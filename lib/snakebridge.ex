@@ -531,7 +531,8 @@ defmodule SnakeBridge do
   a worker), `:max_queue`, `:size`, the pool's totals `:calls`, `:errors` and
   `:restarts`, and `:workers`, one map per worker slot with `:os_pid` (`nil`
   while none runs), `:state` (`:starting`, `:ready`, `:restarting`,
-  `:unavailable` or `:stopped`), `:in_flight`, `:calls`, `:errors`,
+  `:unavailable` or `:stopped`), `:in_flight`, `:cancelling` (cancelled
+  calls the worker is still interrupting), `:calls`, `:errors`,
   `:restarts`, `:objects` (the `SnakeBridge.Object`s Elixir holds on objects
   in that worker) and `:rss` (bytes, of the Python process).
 

@@ -42,6 +42,7 @@ rustler::atoms! {
     workers,
     state,
     in_flight,
+    cancelling,
     calls,
     errors,
     restarts,

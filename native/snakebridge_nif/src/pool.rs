@@ -139,6 +139,7 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
                     (atoms::os_pid(), w.os_pid.encode(env)),
                     (atoms::state(), state.encode(env)),
                     (atoms::in_flight(), w.in_flight.encode(env)),
+                    (atoms::cancelling(), w.cancelling.encode(env)),
                     (atoms::calls(), w.calls.encode(env)),
                     (atoms::errors(), w.errors.encode(env)),
                     (atoms::restarts(), w.restarts.encode(env)),

@@ -37,6 +37,20 @@ pub(crate) enum Action {
     Shutdown,
 }
 
+/// One side of a cancel of a sent call, waiting for the other. A cancel and
+/// the call's reply race: the reader may read the reply before or after the
+/// canceller claims the call, and either may reach the connection first.
+/// Whichever comes second finds the other's mark and removes it, so every
+/// cancel leaves nothing behind.
+enum CancelMark {
+    /// The worker was asked to interrupt the call, which must stop (reply)
+    /// by then.
+    Interrupting(Instant),
+    /// The reply came in before the canceller asked for an interrupt: none
+    /// is needed.
+    Answered,
+}
+
 pub(crate) struct Connection {
     pub incarnation: u64,
     pub os_pid: u32,
@@ -53,9 +67,10 @@ pub(crate) struct Connection {
     dead: AtomicBool,
     /// No new calls: the worker finishes what it has, then exits.
     draining: AtomicBool,
-    /// Cancelled calls still running in the worker, with the time by which
-    /// each must have stopped.
-    cancelling: Mutex<HashMap<u64, Instant>>,
+    /// Cancels of calls sent to this worker whose reply has not been paired
+    /// with them yet (see [`CancelMark`]).
+    cancelling: Mutex<HashMap<u64, CancelMark>>,
+    /// `Interrupting` entries in `cancelling`.
     cancelling_count: AtomicUsize,
     /// When an unanswered ping was sent.
     ping_sent: Mutex<Option<Instant>>,
@@ -156,12 +171,20 @@ impl Connection {
     }
 
     /// Asks the worker to interrupt call `id`, which must stop within the
-    /// pool's cancel grace period or the worker is killed.
+    /// pool's cancel grace period or the worker is killed. Nothing is sent if
+    /// the call's reply came in first: the worker ignores a cancel for a call
+    /// it has answered, so waiting for it to stop would wait forever.
     fn interrupt(&self, id: u64) {
+        {
+            let mut cancelling = self.cancelling.lock();
+            if cancelling.remove(&id).is_some() {
+                return;
+            }
+            cancelling.insert(id, CancelMark::Interrupting(Instant::now() + self.cancel_grace));
+            self.cancelling_count.fetch_add(1, Ordering::AcqRel);
+        }
         let mut frame = Vec::new();
         Message::Cancel { id }.write_frame(&mut frame).expect("a cancel frame is small");
-        self.cancelling.lock().insert(id, Instant::now() + self.cancel_grace);
-        self.cancelling_count.fetch_add(1, Ordering::Release);
         let _ = self.control.send(Control {
             incarnation: self.incarnation,
             action: Action::Interrupt(frame),
@@ -212,12 +235,26 @@ impl Connection {
         self.last_heard.store(monotonic_micros(), Ordering::Relaxed);
     }
 
-    /// Called for every reply: a cancelled call that answered has stopped.
-    pub fn answered(&self, id: u64) {
-        self.heard();
-        if self.cancelling_count.load(Ordering::Acquire) > 0 && self.cancelling.lock().remove(&id).is_some() {
-            self.cancelling_count.fetch_sub(1, Ordering::Release);
+    /// The final reply to call `id` came in after the call was cancelled:
+    /// the call has stopped. Pairs with [`Connection::interrupt`], whichever
+    /// of the two runs first.
+    pub fn cancelled_call_answered(&self, id: u64) {
+        let mut cancelling = self.cancelling.lock();
+        match cancelling.remove(&id) {
+            Some(CancelMark::Interrupting(_)) => {
+                self.cancelling_count.fetch_sub(1, Ordering::AcqRel);
+            }
+            // Only one reply comes per call, so a mark left by the reply
+            // cannot be here already.
+            Some(CancelMark::Answered) | None => {
+                cancelling.insert(id, CancelMark::Answered);
+            }
         }
+    }
+
+    /// Cancelled calls the worker has yet to show have stopped.
+    pub fn cancelling(&self) -> usize {
+        self.cancelling_count.load(Ordering::Acquire)
     }
 
     /// The first cancelled call that overran its grace period, if any.
@@ -225,7 +262,10 @@ impl Connection {
         if self.cancelling_count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.cancelling.lock().iter().find(|(_, by)| **by <= now).map(|(id, _)| *id)
+        self.cancelling.lock().iter().find_map(|(id, mark)| match mark {
+            CancelMark::Interrupting(by) if *by <= now => Some(*id),
+            _ => None,
+        })
     }
 
     /// Sends a ping if the worker has been idle for `interval`; returns true
@@ -294,5 +334,40 @@ pub(crate) fn interrupt(incarnation: u64, id: u64) {
     let conn = registry().read().get(&incarnation).and_then(Weak::upgrade);
     if let Some(conn) = conn {
         conn.interrupt(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> (Arc<Connection>, crossbeam_channel::Receiver<Control>) {
+        let (host, _worker) = UnixStream::pair().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Connection::new(1, host, tx, Duration::from_secs(60)), rx)
+    }
+
+    #[test]
+    fn a_reply_before_the_interrupt_leaves_no_cancel_pending() {
+        let (conn, control) = connection();
+        conn.cancelled_call_answered(7);
+        conn.interrupt(7);
+        assert_eq!(conn.cancelling(), 0);
+        assert!(!conn.is_closed());
+        assert!(control.try_recv().is_err(), "no cancel frame for an answered call");
+        assert!(conn.cancelling.lock().is_empty());
+    }
+
+    #[test]
+    fn a_reply_after_the_interrupt_closes_it() {
+        let (conn, control) = connection();
+        conn.interrupt(8);
+        assert_eq!(conn.cancelling(), 1);
+        assert!(conn.is_closed(), "no new calls until the cancelled one stops");
+        assert!(matches!(control.try_recv(), Ok(Control { action: Action::Interrupt(_), .. })));
+        conn.cancelled_call_answered(8);
+        assert_eq!(conn.cancelling(), 0);
+        assert!(!conn.is_closed());
+        assert!(conn.cancelling.lock().is_empty());
     }
 }

@@ -427,7 +427,13 @@ fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &
         Ok(n) if n == frame.len() => true,
         Ok(0) | Err(_) => {
             conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-            !call.mark_unsent()
+            if call.mark_unsent() {
+                return false;
+            }
+            // Cancelled meanwhile, and the worker never saw it: nothing
+            // will answer the cancel, so close it here.
+            conn.cancelled_call_answered(call.id);
+            true
         }
         Ok(n) => {
             // A Unix stream socket sends a frame this small as one buffer,

@@ -176,6 +176,7 @@ impl Slot {
             os_pid,
             state: self.status().name(),
             in_flight: self.connection().map_or(0, |c| c.unanswered()),
+            cancelling: self.connection().map_or(0, |c| c.cancelling()),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
@@ -456,7 +457,7 @@ fn route_reply<H: Hooks>(
     if shared.config.max_calls == Some(replies) {
         conn.drain();
     }
-    conn.answered(header.id);
+    conn.heard();
     slot.calls.fetch_add(1, Ordering::Relaxed);
     if header.kind != Kind::Ok {
         slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -484,19 +485,20 @@ fn route_reply<H: Hooks>(
             _ => unreachable!("kind checked above"),
         },
     };
-    // No entry: the call was cancelled and its reply is dropped.
-    let Some(call) = shared.table.get(header.id) else {
-        return release_unread(&origin, &outcome);
-    };
-    if call.written_to() != conn.incarnation {
-        return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
+    if let Some(call) = shared.table.get(header.id) {
+        if call.written_to() != conn.incarnation {
+            return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
+        }
+        if call.claim_reply() {
+            let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
+            shared.table.remove(header.id);
+            return delivered;
+        }
     }
-    if !call.claim_reply() {
-        return release_unread(&origin, &outcome);
-    }
-    let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
-    shared.table.remove(header.id);
-    delivered
+    // Nothing else ends a sent call while its worker runs: it was cancelled
+    // (and is gone from the table, or about to be). The reply is dropped.
+    conn.cancelled_call_answered(header.id);
+    release_unread(&origin, &outcome)
 }
 
 /// Delivers a stream's next items, unless it was cancelled.

@@ -8,6 +8,9 @@ pub struct WorkerStats {
     /// `starting`, `ready`, `restarting`, `unavailable` or `stopped`.
     pub state: &'static str,
     pub in_flight: usize,
+    /// Cancelled calls the worker has yet to show have stopped; while there
+    /// are any, the worker takes no new calls.
+    pub cancelling: usize,
     /// Calls answered, across restarts of the slot.
     pub calls: u64,
     /// Calls answered with an error, across restarts.

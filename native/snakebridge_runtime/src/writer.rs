@@ -189,9 +189,16 @@ fn write_batch<H: Hooks>(
         let mut offset = 0;
         for job in batch.drain(..) {
             offset += job.frame.len();
-            if offset > written && job.call.mark_unsent() {
-                conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if offset <= written {
+                continue;
+            }
+            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if job.call.mark_unsent() {
                 shared.requeue(courier, job);
+            } else {
+                // Cancelled meanwhile: the worker, which never saw the call,
+                // will not answer the cancel.
+                conn.cancelled_call_answered(job.call.id);
             }
         }
     }

@@ -649,3 +649,83 @@ fn tasks_and_streams_leave_the_window() {
         assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Int(i as i64)));
     }
 }
+
+/// A cheap generator for the offsets of the races below (xorshift).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Cancels race replies at offsets from 0 to ~100 µs after the submit, so
+/// every interleaving of "reply read", "call claimed" and "cancel sent"
+/// occurs. Whatever the order, each call ends exactly once, no cancel stays
+/// pending in the worker's connection (which would close it to new calls
+/// until `cancel_grace` killed it), and no worker is replaced.
+#[test]
+fn cancels_racing_replies_leave_nothing_behind() {
+    const THREADS: u64 = 4;
+    const RACES: u64 = 25_000;
+    let p = Arc::new(start(|c| {
+        c.size = 2;
+        // Long enough that a stuck cancel cannot be healed by a kill
+        // within the test: it must show up in the stats instead.
+        c.cancel_grace = Duration::from_secs(60);
+    }));
+    p.wait_ready(2);
+    let racers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (t + 1);
+                let (mut replied, mut cancelled) = (Vec::new(), Vec::new());
+                for i in 0..RACES as i64 {
+                    let (id, waiter, submitted) = p.submit("operator", "add", vec![Value::Int(i), Value::Int(1)]);
+                    // A worker wedged by a lost cancel takes no calls: the
+                    // queue fills and this fails with overloaded.
+                    submitted.expect("submitted");
+                    let offset = Duration::from_nanos(next_random(&mut seed) % 100_000);
+                    let started = Instant::now();
+                    while started.elapsed() < offset {
+                        std::hint::spin_loop();
+                    }
+                    // Unknown: the reply was delivered and the call is gone.
+                    match p.table.cancel(id, |_| true) {
+                        CancelOutcome::Replied | CancelOutcome::Unknown => replied.push((i, waiter)),
+                        CancelOutcome::Cancelled => cancelled.push(waiter),
+                    }
+                }
+                (replied, cancelled)
+            })
+        })
+        .collect();
+    let mut outcomes = (0, 0);
+    let mut cancelled_waiters = Vec::new();
+    for racer in racers {
+        let (replied, cancelled) = racer.join().unwrap();
+        outcomes.0 += replied.len();
+        outcomes.1 += cancelled.len();
+        for (i, waiter) in replied {
+            let reply = waiter.recv_timeout(Duration::from_secs(20)).expect("a replied call's reply");
+            assert_eq!(reply, Reply::Ok(Value::Int(i + 1)));
+        }
+        cancelled_waiters.extend(cancelled);
+    }
+    assert_eq!(outcomes.0 + outcomes.1, (THREADS * RACES) as usize);
+    // The next call is answered at once, by the same workers.
+    let (_, next, submitted) = p.submit("operator", "add", vec![Value::Int(2), Value::Int(2)]);
+    submitted.unwrap();
+    assert_eq!(next.recv_timeout(Duration::from_secs(5)), Ok(Reply::Ok(Value::Int(4))));
+    let stats = p.pool.stats();
+    for worker in &stats.workers {
+        assert_eq!(worker.cancelling, 0, "a cancel was left pending: {stats:?}");
+        assert_eq!(worker.restarts, 0, "a worker was replaced: {stats:?}");
+        assert_eq!(worker.state, "ready");
+    }
+    for waiter in cancelled_waiters {
+        assert!(waiter.replies.try_recv().is_err(), "a cancelled call was answered");
+    }
+    assert!(p.table.is_empty(), "{} calls left in the table", p.table.len());
+    eprintln!("{} replied, {} cancelled", outcomes.0, outcomes.1);
+}
