@@ -19,6 +19,7 @@
 mod call;
 mod config;
 mod connection;
+mod exit;
 mod hooks;
 mod object;
 mod pool;

@@ -16,6 +16,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use snakebridge_protocol::{handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, PROTOCOL_VERSION};
 
 use crate::connection::{Connection, Control};
+use crate::exit;
 use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, WorkerEvent};
 use crate::object::Origin;
 use crate::pool::{stale_failure, Shared};
@@ -162,10 +163,15 @@ impl Slot {
         }
     }
 
+    /// Kills the worker and every process in its process group: what it
+    /// forked dies with it, unless it left the group (`setsid`, `setpgid`).
     pub fn kill_process(&self) {
         if let Some(pid) = *self.process.lock() {
+            // SAFETY: kill has no memory effects. The worker leads its own
+            // group (see `spawn_worker`) and its pid is not recycled while
+            // this lock holds it (see `reap`).
             unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
             }
         }
     }
@@ -239,6 +245,25 @@ struct StartFailure {
     message: String,
     /// The interpreter could not even be executed: retrying soon won't help.
     definitive: bool,
+    /// The failure came from the interpreter (it exited with a status or
+    /// crashed, hung, or spoke nonsense), not from outside it (a kill by
+    /// another process, the OOM killer, a socket error): only these count
+    /// toward giving up on Python.
+    interpreter: bool,
+}
+
+/// Whether a worker's death is its own doing: an exit status, or a signal
+/// the process raises on itself when it crashes. SIGKILL, SIGTERM and the
+/// like come from outside (a user, the OOM killer, a chaos test) and say
+/// nothing about whether Python works.
+fn died_of_itself(exit: ExitInfo) -> bool {
+    match exit {
+        ExitInfo::Status(_) => true,
+        ExitInfo::Signal(signal) => matches!(
+            signal,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGSYS | libc::SIGTRAP
+        ),
+    }
 }
 
 fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
@@ -247,7 +272,9 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
     while !shared.stopping.load(Ordering::Acquire) {
         match start(shared, slot) {
             Err(failure) => {
-                failures += 1;
+                if failure.interpreter {
+                    failures += 1;
+                }
                 shared.hooks.event(
                     &mut courier,
                     0,
@@ -281,13 +308,13 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                 if !shared.stopping.load(Ordering::Acquire) {
                     slot.set_status(Status::Restarting);
                 }
-                let problem = match ended {
+                let problem = match &ended {
                     Err(problem) => {
                         // A worker that speaks garbage cannot be trusted with
                         // another call.
                         slot.kill_process();
                         *slot.last_error.lock() = Some(problem.clone());
-                        Some(problem)
+                        Some(problem.clone())
                     }
                     Ok(()) => conn.kill_reason.lock().clone(),
                 };
@@ -299,8 +326,14 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                     break;
                 }
                 slot.restarts.fetch_add(1, Ordering::Relaxed);
-                // A recycled worker exits because it was asked to.
-                if started.elapsed() < MIN_HEALTHY_LIFETIME && !conn.is_draining() {
+                // A recycled worker exits because it was asked to; one the
+                // watchdog killed, or that was killed from outside, says
+                // nothing about Python.
+                let own_fault = match ended {
+                    Err(_) => true,
+                    Ok(()) => conn.kill_reason.lock().is_none() && died_of_itself(exit),
+                };
+                if started.elapsed() < MIN_HEALTHY_LIFETIME && !conn.is_draining() && own_fault {
                     failures += 1;
                 } else {
                     failures = 0;
@@ -325,20 +358,34 @@ fn start<H: Hooks>(
     let mut process = spawn_worker(config, &shared.hooks).map_err(|e| StartFailure {
         message: format!("could not start {:?}: {e}", config.python),
         definitive: matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied),
+        interpreter: true,
     })?;
     *slot.process.lock() = Some(process.os_pid);
+    let watched = process.socket.try_clone().and_then(|socket| exit::shut_down_on_exit(process.os_pid, socket));
+    if let Err(e) = watched {
+        slot.kill_process();
+        reap(slot, &mut process.child, Duration::from_secs(1));
+        return Err(StartFailure {
+            message: format!("could not watch the worker process: {e}"),
+            definitive: false,
+            interpreter: false,
+        });
+    }
     match handshake(shared, &process) {
         Ok((decoder, python)) => {
             let socket = process.socket.try_clone().map_err(|e| StartFailure {
                 message: format!("socket: {e}"),
                 definitive: false,
+                interpreter: false,
             })?;
             let conn = Connection::new(process.os_pid, socket, slot.control_tx.clone(), config.cancel_grace);
             Ok((process, conn, decoder, python))
         }
-        Err(problem) => {
+        Err((problem, cause)) => {
             slot.kill_process();
             let exit = reap(slot, &mut process.child, Duration::from_secs(1));
+            let killed = matches!(cause, Cause::Exited) && !died_of_itself(exit);
+            let interpreter = matches!(cause, Cause::Interpreter) || (matches!(cause, Cause::Exited) && !killed);
             // Let the stderr forwarder catch the interpreter's last words.
             std::thread::sleep(Duration::from_millis(50));
             let tail: Vec<String> = process.stderr_tail.lock().iter().cloned().collect();
@@ -350,50 +397,61 @@ fn start<H: Hooks>(
                 message.push_str(": ");
                 message.push_str(&tail.join("\n"));
             }
+            if killed {
+                message.push_str(" (killed from outside the interpreter: retrying)");
+            }
             Err(StartFailure {
                 message,
                 definitive: false,
+                interpreter,
             })
         }
     }
 }
 
-fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<(FrameDecoder, String), String> {
+/// Who a failed handshake is down to.
+enum Cause {
+    /// The process exited: its exit says whose doing that was.
+    Exited,
+    Interpreter,
+    Host,
+}
+
+fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<(FrameDecoder, String), (String, Cause)> {
     let deadline = Instant::now() + shared.config.start_timeout;
     let mut decoder = FrameDecoder::default();
     let mut socket = &process.socket;
     loop {
         match decoder.next_frame() {
             Ok(Some(body)) => {
-                return match Message::decode(body) {
-                    Ok(Message::Hello { version, python, .. }) if version == PROTOCOL_VERSION => Ok((decoder, python)),
-                    Ok(Message::Hello { version, .. }) => Err(format!(
-                        "speaks protocol version {version}, expected {PROTOCOL_VERSION}"
-                    )),
-                    Ok(other) => Err(format!("sent {:?} before hello", other.header().kind)),
-                    Err(e) => Err(format!("sent a malformed hello: {e}")),
+                let refused = match Message::decode(body) {
+                    Ok(Message::Hello { version, python, .. }) if version == PROTOCOL_VERSION => return Ok((decoder, python)),
+                    Ok(Message::Hello { version, .. }) => format!("speaks protocol version {version}, expected {PROTOCOL_VERSION}"),
+                    Ok(other) => format!("sent {:?} before hello", other.header().kind),
+                    Err(e) => format!("sent a malformed hello: {e}"),
                 };
+                return Err((refused, Cause::Interpreter));
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("sent a malformed frame: {e}")),
+            Err(e) => return Err((format!("sent a malformed frame: {e}"), Cause::Interpreter)),
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(format!("did not start within {:?}", shared.config.start_timeout));
+            return Err((format!("did not start within {:?}", shared.config.start_timeout), Cause::Interpreter));
         }
         if shared.stopping.load(Ordering::Acquire) {
-            return Err("was stopped while starting".to_owned());
+            return Err(("was stopped while starting".to_owned(), Cause::Host));
         }
         let wait = (deadline - now).min(Duration::from_millis(100));
         match socket::wait_readable(process.socket.as_raw_fd(), wait) {
             Ok(false) => continue,
             Ok(true) => {}
-            Err(e) => return Err(format!("socket: {e}")),
+            Err(e) => return Err((format!("socket: {e}"), Cause::Host)),
         }
         match decoder.fill_from(&mut socket) {
-            Ok(0) => return Err("exited before it was ready".to_owned()),
+            Ok(0) => return Err(("exited before it was ready".to_owned(), Cause::Exited)),
             Ok(_) => {}
-            Err(e) => return Err(format!("socket: {e}")),
+            Err(e) => return Err((format!("socket: {e}"), Cause::Host)),
         }
     }
 }
@@ -544,23 +602,28 @@ fn release_unread(origin: &Origin<'_>, outcome: &Outcome<'_>) -> Result<(), Deco
     Ok(())
 }
 
-/// Waits for the worker to exit, killing it after `timeout`.
+/// Waits for the worker to exit, killing it after `timeout`, then kills
+/// what is left of its process group and reaps it.
 fn reap(slot: &Slot, child: &mut Child, timeout: Duration) -> ExitInfo {
     let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
+    let os_pid = child.id();
+    loop {
+        match exit::wait(os_pid, false) {
+            Ok(false) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(false) => {
                 slot.kill_process();
-                break child.wait().ok();
+                let _ = exit::wait(os_pid, true);
+                break;
             }
-            Err(_) => break None,
+            Ok(true) | Err(_) => break,
         }
-    };
-    // The pid is only cleared here, after the wait, while the zombie still
-    // held it; see `Slot::process`.
+    }
+    // The dead worker still holds its pid, and so its group's id: processes
+    // it forked go now, without outliving it or holding its socket open.
+    slot.kill_process();
+    // The pid is cleared before the zombie is reaped; see `Slot::process`.
     *slot.process.lock() = None;
+    let status = child.wait().ok();
     match status {
         Some(s) => match (s.code(), s.signal()) {
             (Some(code), _) => ExitInfo::Status(code),

@@ -43,6 +43,9 @@ pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result
 
     let mut command = Command::new(&config.python);
     command
+        // Its own process group, so the worker and whatever it forks are
+        // killed together (see `Slot::kill_process`).
+        .process_group(0)
         .args(["-m", "snakebridge_worker", "--fd", "3"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -51,8 +54,8 @@ pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result
         .env("PYTHONUNBUFFERED", "1")
         .envs(config.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed; prctl, getppid, dup2, fcntl and
-    // _exit all are, and nothing here allocates.
+    // async-signal-safe calls are allowed; prctl, getppid, dup2, fcntl,
+    // getrlimit, close_range and _exit all are, and nothing here allocates.
     unsafe {
         command.pre_exec(move || {
             // The worker dies with the BEAM even after `kill -9`.
@@ -72,6 +75,7 @@ pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result
             } else if libc::dup2(worker_fd, WORKER_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            close_on_exec_above(WORKER_FD);
             Ok(())
         });
     }
@@ -92,6 +96,32 @@ pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result
         os_pid,
         stderr_tail,
     })
+}
+
+/// Marks every descriptor above `fd` close-on-exec, so the worker inherits
+/// nothing of the BEAM's (listen sockets, files, other ports' pipes) that was
+/// opened without `O_CLOEXEC`. Marking rather than closing keeps the pipe
+/// through which the standard library reports a failed exec.
+///
+/// # Safety
+///
+/// Only for the child between fork and exec: it changes descriptors other
+/// threads of a running process would still use.
+unsafe fn close_on_exec_above(fd: libc::c_int) {
+    let first = fd as libc::c_uint + 1;
+    if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) == 0 {
+        return;
+    }
+    // Kernels before 5.11: one fcntl per possible descriptor.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
+        limit.rlim_cur.min(libc::c_int::MAX as libc::rlim_t) as libc::c_int
+    } else {
+        1 << 20
+    };
+    for other in fd + 1..max {
+        libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
 }
 
 fn python_path(config: &PoolConfig) -> String {

@@ -729,3 +729,136 @@ fn cancels_racing_replies_leave_nothing_behind() {
     assert!(p.table.is_empty(), "{} calls left in the table", p.table.len());
     eprintln!("{} replied, {} cancelled", outcomes.0, outcomes.1);
 }
+
+/// Whether process `pid` is gone or only waits to be reaped (by whoever
+/// adopted it).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` is gone within seconds: a SIGKILL takes effect when the
+/// process next runs, and its reaping is up to whoever adopted it.
+fn soon_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn kill(pid: u32, signal: libc::c_int) {
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Forks a child of the worker that sleeps for a minute, holding the
+/// worker's socket (every fd is inherited by fork); returns its pid.
+fn fork_sleeper(p: &TestPool) -> u32 {
+    let code = "import builtins, os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(60)\n    os._exit(0)\nbuiltins._sb_child = pid\n";
+    assert_eq!(exec_reply(p, code), Reply::Ok(Value::Nil));
+    match p.call("builtins", "eval", vec![Value::Str("__import__('builtins')._sb_child".into())]) {
+        Reply::Ok(Value::Int(pid)) => pid as u32,
+        other => panic!("no child pid: {other:?}"),
+    }
+}
+
+fn exec_reply(p: &TestPool, code: &str) -> Reply {
+    let (_, rx, submitted) = exec(p, code);
+    submitted.unwrap();
+    rx.recv_timeout(Duration::from_secs(20)).expect("a reply")
+}
+
+#[test]
+fn a_killed_worker_is_seen_dead_though_a_forked_child_holds_its_socket() {
+    let p = start(|c| c.size = 1);
+    let worker = p.wait_ready(1)[0];
+    let child = fork_sleeper(&p);
+    let (_, sleeping, submitted) = p.submit("time", "sleep", vec![Value::Float(30.0)]);
+    submitted.unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    kill(worker, libc::SIGKILL);
+    // Well before the child's minute is up: the exit itself was seen.
+    match sleeping.recv_timeout(Duration::from_secs(20)) {
+        Ok(Reply::Failed(f)) => {
+            assert_eq!(f.reason, Reason::WorkerExited);
+            assert_eq!(f.exit, Some(ExitInfo::Signal(libc::SIGKILL)));
+        }
+        other => panic!("expected worker_exited, got {other:?}"),
+    }
+    assert!(soon_gone(child), "the worker's forked child outlived it");
+    let replacement = p.wait_ready(1)[0];
+    assert_ne!(replacement, worker);
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+}
+
+#[test]
+fn stopping_a_pool_ends_what_its_workers_forked() {
+    let p = start(|c| {
+        c.size = 1;
+        c.stop_timeout = Duration::from_millis(500);
+    });
+    p.wait_ready(1);
+    let child = fork_sleeper(&p);
+    let stopped = Instant::now();
+    p.pool.stop();
+    // A hang check, not a speed check: the child would hold on for a minute.
+    assert!(stopped.elapsed() < Duration::from_secs(30));
+    assert!(soon_gone(child), "the worker's forked child outlived the pool");
+}
+
+#[test]
+fn workers_inherit_no_descriptor_of_the_host() {
+    // A descriptor opened without O_CLOEXEC, as C libraries and ports in
+    // the BEAM do: dup never sets it.
+    let file = std::fs::File::open(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let leaky = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+    assert!(leaky > 2);
+    let p = start(|c| c.size = 1);
+    let worker = p.wait_ready(1)[0];
+    let targets: Vec<(u32, PathBuf)> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd: u32 = entry.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(entry.path()).ok()?))
+        })
+        .collect();
+    unsafe { libc::close(leaky) };
+    let ours = std::fs::read_link(format!("/proc/self/fd/{leaky}"));
+    assert!(ours.is_err(), "closed");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).canonicalize().unwrap();
+    assert!(
+        targets.iter().all(|(_, target)| target != &dir),
+        "the worker holds the host's descriptor: {targets:?}"
+    );
+    assert!(targets.iter().any(|(fd, _)| *fd == 3), "the worker's socket is fd 3: {targets:?}");
+}
+
+#[test]
+fn workers_killed_from_outside_while_starting_do_not_make_python_unavailable() {
+    let p = start(|c| c.size = 1);
+    let first = p.wait_ready(1)[0];
+    kill(first, libc::SIGKILL);
+    // Kill each new worker as soon as it appears, before its hello, more
+    // times than the failed starts that make a slot give up.
+    let mut killed = vec![first];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while killed.len() < 8 {
+        assert!(Instant::now() < deadline, "no new worker to kill: {:?}", p.pool.stats());
+        for pid in p.pool.os_pids() {
+            if !killed.contains(&pid) {
+                kill(pid, libc::SIGKILL);
+                killed.push(pid);
+            }
+        }
+        let stats = p.pool.stats();
+        assert_ne!(stats.workers[0].state, "unavailable", "{stats:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+}

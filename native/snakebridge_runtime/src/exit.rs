@@ -1,0 +1,46 @@
+//! Learning of a worker's exit from the process itself, not from EOF on its
+//! socket: a process the worker forked inherits the socket's other end and
+//! would keep it open long after the worker died.
+//!
+//! `waitid` with `WNOWAIT` sees the exit without reaping, so the pid stays
+//! the dead worker's (a zombie) until the supervisor reaps it; nothing can
+//! signal a recycled pid meanwhile.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+
+/// Watches worker `os_pid` on a thread of its own and shuts `socket` (the
+/// host's end) down when the process exits, which ends the supervisor's
+/// read with EOF and stops any write blocked on it.
+pub(crate) fn shut_down_on_exit(os_pid: u32, socket: UnixStream) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("sb-exit-{os_pid}"))
+        .spawn(move || {
+            // Err: already reaped, so the supervisor knows.
+            if wait(os_pid, true).is_ok() {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+        })?;
+    Ok(())
+}
+
+/// Whether child `os_pid` has exited (it is left to be reaped). With
+/// `block`, waits until it has.
+pub(crate) fn wait(os_pid: u32, block: bool) -> io::Result<bool> {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitid writes only the siginfo it is given, zeroed first
+        // so that a WNOHANG call that finds nothing leaves si_pid 0.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::waitid(libc::P_PID, os_pid as libc::id_t, &mut info, flags) };
+        if r == 0 {
+            // SAFETY: filled in by waitid for a child's state change.
+            return Ok(unsafe { info.si_pid() } != 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
