@@ -143,3 +143,32 @@ def tagged(value: Any, seconds: float = 0.0) -> list[Any]:
     if seconds > 0:
         time.sleep(seconds)
     return [value, os.getpid()]
+
+
+## Leaving things behind
+
+
+def fork_sleeper(seconds: float = 60.0, new_session: bool = False) -> int:
+    """Forks a child that sleeps, holding every fd the worker has (fork
+    ignores close-on-exec), and returns its pid. With ``new_session`` the
+    child leaves the worker's process group first, as daemons do."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if new_session:
+                os.setsid()
+            time.sleep(seconds)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def fd_targets() -> dict[int, str]:
+    """What each of this process's file descriptors refers to."""
+    targets = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    return targets
