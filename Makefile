@@ -7,6 +7,8 @@
 #               (SOAK_CALLS=200000 make soak for a shorter run)
 #   make soak-objects  1,000,000 short-lived Python objects; prints the
 #               worker's object table and memory (SOAK_OBJECTS=200000 ...)
+#   make soak-chaos  200,000 mixed calls while workers are SIGKILLed and
+#               SIGSTOPped; every call must end exactly once
 #
 # Missing tools are installed on the way: Elixir/Erlang with apt-get when mix
 # is absent, and a virtualenv in .venv with python_worker/requirements-test.txt
@@ -28,7 +30,7 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench soak soak-objects setup tools elixir rust venv compile cargo-test pytest mix-test clean
+.PHONY: test demo bench soak soak-objects soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test clean
 
 # compile first: the runtime's Rust tests run real workers from priv/python.
 test: setup compile cargo-test pytest mix-test
@@ -44,6 +46,9 @@ soak: setup compile
 
 soak-objects: setup compile
 	mix run soak/objects.exs
+
+soak-chaos: setup compile
+	mix run soak/chaos.exs
 
 setup: tools venv
 
