@@ -4,8 +4,8 @@
 //! the `output` messages on their sockets) goes through one bounded queue,
 //! drained by one thread that hands lines to [`Hooks::log`] at most at the
 //! pool's `log_rate`. A full queue or an exceeded rate drops the line and
-//! counts it; the count is reported through [`Hooks::log_dropped`] once the
-//! queue has run dry, or at most every second while lines keep coming. The
+//! counts it; the count is reported through [`Hooks::log_dropped`] a second
+//! after the first drop, so a flood gets one report per second it lasts. The
 //! threads that read workers only ever `try_send`, so a flood of output
 //! never holds up replies, and the embedder sees at most `log_rate` lines a
 //! second however much Python prints.
@@ -86,46 +86,58 @@ pub(crate) fn log_queue<C>(capacity: usize, rate: u32) -> (LogQueue<C>, LogDrain
 /// Hands queued lines to `hooks` until `stop` is disconnected.
 pub(crate) fn drain<H: Hooks>(hooks: &H, mut drain: LogDrain<H::Caller>, stop: &Receiver<()>) {
     let mut courier = hooks.courier();
-    let mut last_report = Instant::now();
+    // When drops were first seen since the last report: they are reported
+    // a second later, so a flood gets one warning per second it lasts.
+    let mut dropping_since: Option<Instant> = None;
     loop {
+        let report_at = dropping_since.map(|since| since + REPORT_EVERY);
+        let wait = report_at.map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
         let entry = select! {
-            recv(drain.rx) -> entry => entry.ok(),
-            recv(stop) -> _ => None,
+            recv(drain.rx) -> entry => match entry {
+                Ok(entry) => Some(entry),
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+            default(wait) => None,
         };
-        let Some(entry) = entry else {
-            report(hooks, &mut courier, &drain.dropped, &mut last_report);
-            return;
-        };
-        if drain.bucket.take(Instant::now()) {
-            hooks.log(
-                &mut courier,
-                LogLine {
-                    os_pid: entry.os_pid,
-                    stream: entry.stream,
-                    level: entry.level,
-                    text: &entry.text,
-                    caller: entry.call.as_ref().map(|call| &call.caller),
-                    module: entry.module.as_deref(),
-                    function: entry.function.as_deref(),
-                },
-            );
-        } else {
-            drain.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(entry) = entry {
+            if drain.bucket.take(Instant::now()) {
+                hooks.log(
+                    &mut courier,
+                    LogLine {
+                        os_pid: entry.os_pid,
+                        stream: entry.stream,
+                        level: entry.level,
+                        text: &entry.text,
+                        caller: entry.call.as_ref().map(|call| &call.caller),
+                        module: entry.module.as_deref(),
+                        function: entry.function.as_deref(),
+                    },
+                );
+            } else {
+                drain.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        // A flood ends when the queue runs dry; while it goes on, its
-        // drops are reported once a second. No timer is needed: a line
-        // dropped by a full queue leaves lines behind, and so a later turn.
-        if drain.rx.is_empty() || last_report.elapsed() >= REPORT_EVERY {
-            report(hooks, &mut courier, &drain.dropped, &mut last_report);
+        let now = Instant::now();
+        match dropping_since {
+            Some(since) if now >= since + REPORT_EVERY => {
+                report(hooks, &mut courier, &drain.dropped);
+                dropping_since = None;
+            }
+            Some(_) => {}
+            // Pushers drop only when the queue is full, so this thread has
+            // lines to take and gets here to notice.
+            None if drain.dropped.load(Ordering::Relaxed) > 0 => dropping_since = Some(now),
+            None => {}
         }
     }
+    report(hooks, &mut courier, &drain.dropped);
 }
 
-fn report<H: Hooks>(hooks: &H, courier: &mut H::Courier, dropped: &AtomicU64, last_report: &mut Instant) {
+fn report<H: Hooks>(hooks: &H, courier: &mut H::Courier, dropped: &AtomicU64) {
     let count = dropped.swap(0, Ordering::Relaxed);
     if count > 0 {
         hooks.log_dropped(courier, count);
-        *last_report = Instant::now();
     }
 }
 

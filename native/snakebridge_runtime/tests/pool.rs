@@ -686,3 +686,49 @@ fn tasks_and_streams_leave_the_window() {
         assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Int(i as i64)));
     }
 }
+
+#[test]
+fn worker_output_carries_its_call_and_level() {
+    let p = start(|_| {});
+    let (id, rx, submitted) = p.submit("logging", "error", vec![Value::Str("from logging".into())]);
+    submitted.unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Nil));
+    let line = p.logs.recv_timeout(Duration::from_secs(5)).unwrap();
+    let expected = Logged {
+        stream: Stream::Logging,
+        level: Level::Error,
+        text: "from logging".into(),
+        call: Some(id),
+        module: Some("logging".into()),
+        function: Some("error".into()),
+    };
+    assert_eq!(line, expected);
+}
+
+#[test]
+fn a_flood_of_output_is_bounded_and_its_drops_counted() {
+    const LINES: u64 = 200_000;
+    let p = start(|c| {
+        c.log_queue = 100;
+        c.log_rate = 100;
+    });
+    let flood = format!("for i in range({LINES}): print(i)");
+    assert_eq!(p.call("builtins", "exec", vec![Value::Str(flood)]), Reply::Ok(Value::Nil));
+    // Responsive while lines are still being dropped or logged.
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut delivered, mut dropped, mut reports) = (0u64, 0u64, 0u64);
+    while delivered + dropped < LINES {
+        assert!(Instant::now() < deadline, "{delivered} delivered and {dropped} dropped of {LINES}");
+        delivered += p.logs.try_iter().count() as u64;
+        for count in p.dropped.try_iter() {
+            dropped += count;
+            reports += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(delivered + dropped, LINES);
+    assert!(dropped > 0 && reports >= 1);
+    // One report a second at most while the flood lasts, and one at its end.
+    assert!(reports <= 62, "{reports} reports");
+}
