@@ -5,7 +5,7 @@ defmodule SnakeBridge.Pool do
   The process owns the native pool: the Rust runtime spawns, watches and
   restarts the Python processes, and calls go straight from the caller to the
   runtime by pool name, never through this process. It forwards the workers'
-  stdout and stderr to `Logger` and stops the workers when it stops.
+  output to `Logger` (see "Logging" below) and stops the workers when it stops.
 
       children = [
         {SnakeBridge.Pool,
@@ -47,12 +47,30 @@ defmodule SnakeBridge.Pool do
     * `:cancel_grace` — milliseconds a cancelled or timed-out call may keep
       running (stuck in C code that ignores the interruption) before its
       worker is killed and replaced. Default `2_000`.
+    * `:log_queue` — lines of Python output (from all workers of the pool)
+      that may wait to be logged; past it, lines are dropped. Default `1_000`.
+    * `:log_rate` — lines of Python output logged per second at most, after
+      a burst of `:log_queue` lines; past it, lines are dropped. Default `1_000`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
 
-  Log lines carry the metadata `python_worker: os_pid` and `pool: name`;
-  stdout lines are logged at `:info`, stderr lines at `:warning`.
+  ## Logging
+
+  Lines that Python writes to `sys.stdout` are logged at `:info`, lines
+  written to `sys.stderr` at `:warning`, and `logging` records at their own
+  level (`DEBUG` → `:debug`, `INFO` → `:info`, 25 → `:notice`, `WARNING` →
+  `:warning`, `ERROR` → `:error`, `CRITICAL` → `:critical`; a level between
+  two rounds down). Every line has the metadata `pool: name` and
+  `python_worker: os_pid`; a line written during a call also has
+  `caller: pid` (while the call is running), `python_module` and
+  `python_function` (the call's target: for a call on an object, its type).
+  Text without a final newline is logged when the call ends.
+
+  When lines come faster than `:log_rate` or more than `:log_queue` wait, the
+  excess is dropped and one warning says how many: `"dropped N lines of
+  Python output"`. The pool process never holds more than that in its
+  mailbox, however much Python prints.
   """
 
   use GenServer
@@ -85,6 +103,8 @@ defmodule SnakeBridge.Pool do
           | {:health_check_interval, pos_integer()}
           | {:health_check_timeout, pos_integer()}
           | {:cancel_grace, pos_integer()}
+          | {:log_queue, pos_integer()}
+          | {:log_rate, pos_integer()}
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -131,7 +151,9 @@ defmodule SnakeBridge.Pool do
         max_memory_mb: nil,
         health_check_interval: 5_000,
         health_check_timeout: 5_000,
-        cancel_grace: 2_000
+        cancel_grace: 2_000,
+        log_queue: 1_000,
+        log_rate: 1_000
       )
 
     %{
@@ -149,7 +171,9 @@ defmodule SnakeBridge.Pool do
         check!(opts, :health_check_interval, &pos_integer?/1, "a positive integer"),
       health_check_timeout:
         check!(opts, :health_check_timeout, &pos_integer?/1, "a positive integer"),
-      cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer")
+      cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
+      log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
+      log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer")
     }
   end
 
@@ -182,15 +206,14 @@ defmodule SnakeBridge.Pool do
   end
 
   @impl true
-  def handle_info({:snakebridge_log, os_pid, stream, line}, state) do
-    metadata = [python_worker: os_pid, pool: state.name]
-    line = String.trim_trailing(line, "\n")
+  def handle_info({:snakebridge_log, os_pid, level, line, call_metadata}, state) do
+    metadata = [python_worker: os_pid, pool: state.name] ++ Map.to_list(call_metadata)
+    Logger.log(level, line, metadata)
+    {:noreply, state}
+  end
 
-    case stream do
-      :stderr -> Logger.warning(line, metadata)
-      _stdout -> Logger.info(line, metadata)
-    end
-
+  def handle_info({:snakebridge_log_dropped, count}, state) do
+    Logger.warning("dropped #{count} lines of Python output", pool: state.name)
     {:noreply, state}
   end
 

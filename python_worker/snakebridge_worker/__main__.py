@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from snakebridge_worker import _native
+from snakebridge_worker import _native, output
 from snakebridge_worker.dispatch import describe, resolve
 
 
@@ -30,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     # CallCancelled only if the call running now is one of them (or wakes
     # the event loop, when tasks are pending: see snakebridge_worker.aio).
     signal.signal(signal.SIGUSR1, _native.cancel_signal)
+    # print() and logging reach the host on the socket, with their call.
+    output.install()
     try:
         _native.serve(args.fd, resolve, describe)
     except _native.ProtocolError as exc:
+        output.uninstall()
         print(f"snakebridge_worker: {exc}", file=sys.stderr, flush=True)
         return 2
+    output.uninstall()
     return 0
 
 

@@ -39,3 +39,14 @@ def serve(
     runner: Callable[[int], Any] | None = None,
 ) -> None:
     """Serves the protocol on ``fd`` until EOF; ``runner(fd)`` makes the asyncio runner (default: aio.Runner)."""
+
+CallInfo = tuple[int, str | None, str | None]
+
+def output(source: int, text: str, call: CallInfo | None = None) -> None:
+    """Text written to stdout (0) or stderr (1); each complete line is sent to the host, tagged with ``call`` or the running call."""
+
+def log(level: int, text: str, call: CallInfo | None = None) -> None:
+    """Sends one formatted ``logging`` record at its numeric level."""
+
+def current_call() -> CallInfo | None:
+    """``(id, module, function)`` of the call the main thread runs."""

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
-from typing import Any, Awaitable, Optional, Tuple
+from typing import Any, Awaitable, Callable, Optional, Tuple, TypeVar
+
+from snakebridge_worker import _native, output
+
+T = TypeVar("T")
 
 # Outcome kinds, as the native loop reads them.
 OK, ERROR, CANCELLED, ITEMS = 0, 1, 2, 3
@@ -53,13 +58,13 @@ class Runner:
 
     def call(self, call_id: int, awaitable: Awaitable[Any], as_handle: bool) -> None:
         """Runs ``awaitable`` as a task; its result becomes the call's reply."""
-        task = asyncio.ensure_future(awaitable, loop=self.loop)
+        task = _in_call_context(asyncio.ensure_future, awaitable, loop=self.loop)
         self.tasks[call_id] = task
         task.add_done_callback(lambda done: self._task_done(call_id, done, as_handle))
 
     def stream(self, call_id: int, source: Any, window: int, as_handle: bool) -> None:
         """Streams ``source`` (async iterable, or awaitable of an iterable) under ``window`` credit."""
-        self.streams[call_id] = _Stream(self, call_id, source, window, as_handle)
+        self.streams[call_id] = _in_call_context(_Stream, self, call_id, source, window, as_handle)
 
     def cancel(self, call_id: int) -> None:
         """Cancels a task or stream; it is answered once it has finished cancelling."""
@@ -251,6 +256,14 @@ class _Stream:
             self.runner._emit((self.call_id, ERROR, task.exception(), False))
         else:
             self.runner._emit((self.call_id, OK, None, False))
+
+
+def _in_call_context(make: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs ``make`` (which creates a task) in a context that names the running
+    call, so that the task's output is that call's (see ``output.CALL``)."""
+    context = contextvars.copy_context()
+    context.run(output.CALL.set, _native.current_call())
+    return context.run(make, *args, **kwargs)
 
 
 async def _close(iterator: Any) -> None:

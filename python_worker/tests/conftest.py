@@ -42,7 +42,7 @@ sys.path.insert(0, str(PRIV_PYTHON))
 
 from snakebridge_worker import _native  # noqa: E402
 
-CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG, RELEASE, ITEMS, CREDIT, STARTED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+CALL, OK, PY_ERROR, FAILURE, CANCEL, PING, PONG, RELEASE, ITEMS, CREDIT, STARTED, OUTPUT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 CALL_AS_HANDLE, CALL_STREAM = 1, 2
 TIMEOUT = 20.0
 
@@ -139,6 +139,8 @@ class Worker:
         self.next_id = 1
         # Ids of calls the worker announced as going on in the background.
         self.started: list[int] = []
+        # Output messages, [OUTPUT, id, source, level, text, module, function].
+        self.output: list[list[Any]] = []
         # Drained continuously, like the host does, so a chatty worker never
         # blocks on a full pipe.
         self.stdout: list[str] = []
@@ -171,12 +173,16 @@ class Worker:
         self.sock.sendall(data)
 
     def recv(self) -> list[Any]:
-        """The next message, skipping `started` ones (their ids go to ``self.started``)."""
+        """The next message, skipping `started` ones (their ids go to
+        ``self.started``) and `output` ones (to ``self.output``)."""
         while True:
             message = loads(self.recv_body())
-            if message[0] != STARTED:
+            if message[0] == STARTED:
+                self.started.append(message[1])
+            elif message[0] == OUTPUT:
+                self.output.append(message)
+            else:
                 return message
-            self.started.append(message[1])
 
     def recv_body(self) -> bytes:
         (length,) = struct.unpack(">I", self._read_exactly(4))

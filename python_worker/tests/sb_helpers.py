@@ -7,7 +7,10 @@ import collections
 import ctypes
 import datetime
 import enum
+import logging
+import os
 import sys
+import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -73,6 +76,41 @@ def chatty(count: int) -> str:
     print("to stderr", file=sys.stderr)
     sys.stderr.write("written to stderr\n")
     return "done"
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def log_levels() -> None:
+    logger = logging.getLogger("sb_helpers.levels")
+    logger.setLevel(logging.DEBUG)
+    logger.debug("debug record")
+    logger.info("info record")
+    logger.log(25, "between info and warning")
+    logger.warning("warning record")
+    logger.error("error record")
+    logger.critical("critical record")
+    try:
+        raise ValueError("logged exception")
+    except ValueError:
+        logger.exception("it failed")
+
+
+def write_fd(text: str) -> None:
+    os.write(1, text.encode())
+
+
+def print_in_thread(text: str) -> None:
+    thread = threading.Thread(target=print, args=(text,))
+    thread.start()
+    thread.join()
+
+
+async def print_in_task(text: str) -> str:
+    await asyncio.sleep(0.01)
+    print(text)
+    return text
 
 
 def today() -> datetime.date:

@@ -109,9 +109,9 @@ def test_garbage_frame_exits_two(worker: Worker) -> None:
 
 
 def test_unknown_kind_exits_two(worker: Worker) -> None:
-    worker.send([12, 1])
+    worker.send([99, 1])
     assert worker.wait() == 2
-    assert "unknown message kind 12" in "".join(worker.stderr)
+    assert "unknown message kind 99" in "".join(worker.stderr)
 
 
 def test_host_only_message_from_host_exits_two(worker: Worker) -> None:
@@ -137,22 +137,6 @@ def test_replies_before_a_bad_frame_are_still_sent(worker: Worker) -> None:
     worker.send_raw(frame([CALL, 1, 0, "operator", "add", [1, 2], {}, 0, 0]) + frame_body(b"\xc1"))
     assert worker.recv() == [OK, 1, 3]
     assert worker.wait() == 2
-
-
-def test_print_and_stderr_go_to_the_pipes(worker: Worker) -> None:
-    assert worker.ok("sb_helpers", "chatty", [3]) == "done"
-    assert worker.ok("builtins", "print", ["via builtins"]) is None
-    assert worker.ok("operator", "add", [2, 2]) == 4
-    assert worker.close() == 0
-    assert worker.stdout == ["stdout line 0\n", "stdout line 1\n", "stdout line 2\n", "via builtins\n"]
-    assert worker.stderr == ["to stderr\n", "written to stderr\n"]
-
-
-def test_a_lot_of_output_does_not_disturb_replies(worker: Worker) -> None:
-    assert worker.ok("sb_helpers", "chatty", [20_000]) == "done"
-    assert worker.ok("operator", "add", [1, 2]) == 3
-    assert worker.close() == 0
-    assert len(worker.stdout) == 20_000
 
 
 def test_subprocesses_do_not_inherit_the_channel(worker: Worker) -> None:

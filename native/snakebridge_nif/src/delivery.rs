@@ -7,7 +7,7 @@
 
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Hooks, Origin, Outcome, Reason, Stream, WorkerEvent};
+use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reason, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
@@ -88,17 +88,31 @@ impl Hooks for Delivery {
         problem.map_or(Ok(()), Err)
     }
 
-    fn log(&self, env: &mut OwnedEnv, os_pid: u32, stream: Stream, line: &[u8]) {
+    /// `{:snakebridge_log, os_pid, level, line, metadata}`, where metadata
+    /// is a map with `:caller`, `:python_module` and `:python_function`
+    /// when the line was written during a call.
+    fn log(&self, env: &mut OwnedEnv, line: LogLine<'_, Caller>) {
         let _ = env.send_and_clear(&self.owner, |env| {
-            let stream = match stream {
-                Stream::Stdout => atoms::stdout(),
-                Stream::Stderr => atoms::stderr(),
-            };
-            let mut bin = rustler::NewBinary::new(env, line.len());
-            bin.as_mut_slice().copy_from_slice(line);
-            let line: Term = bin.into();
-            (atoms::snakebridge_log(), os_pid, stream, line)
+            let level = Atom::from_str(env, line.level.as_str()).expect("level names are valid atoms");
+            let mut bin = rustler::NewBinary::new(env, line.text.len());
+            bin.as_mut_slice().copy_from_slice(line.text);
+            let text: Term = bin.into();
+            let mut metadata = Term::map_new(env);
+            if let Some(caller) = line.caller {
+                metadata = metadata.map_put(atoms::caller(), caller.pid).expect("a new key");
+            }
+            if let Some(module) = line.module {
+                metadata = metadata.map_put(atoms::python_module(), module).expect("a new key");
+            }
+            if let Some(function) = line.function {
+                metadata = metadata.map_put(atoms::python_function(), function).expect("a new key");
+            }
+            (atoms::snakebridge_log(), line.os_pid, level, text, metadata)
         });
+    }
+
+    fn log_dropped(&self, env: &mut OwnedEnv, count: u64) {
+        let _ = env.send_and_clear(&self.owner, |env| (atoms::snakebridge_log_dropped(), count).encode(env));
     }
 
     fn caller_alive(&self, env: &mut OwnedEnv, caller: &Caller) -> bool {

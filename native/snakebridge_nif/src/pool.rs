@@ -87,6 +87,8 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.ping_interval = Duration::from_millis(field(config, atoms::health_check_interval())?);
     pool_config.ping_timeout = Duration::from_millis(field(config, atoms::health_check_timeout())?);
     pool_config.cancel_grace = Duration::from_millis(field(config, atoms::cancel_grace())?);
+    pool_config.log_queue = field::<usize>(config, atoms::log_queue())?.max(1);
+    pool_config.log_rate = field::<u32>(config, atoms::log_rate())?.max(1);
     let owner: LocalPid = field(config, atoms::owner())?;
 
     let mut pools = registry().write();

@@ -14,6 +14,7 @@
 //! | 9 items    | worker → host | the next items of a stream (array) |
 //! | 10 credit  | host → worker | how many more items the stream may send |
 //! | 11 started | worker → host | — (the call goes on in the background: a task or a stream) |
+//! | 12 output  | worker → host | source ([`OUTPUT_STDOUT`], [`OUTPUT_STDERR`] or [`OUTPUT_LOGGING`]), Python logging level, text, module (str or nil), function (str or nil) |
 //!
 //! A call's target is a module path (str) or a handle (the object itself);
 //! its function is an attribute path on the target, or nil to call the
@@ -27,6 +28,11 @@
 //! task, or a stream) is announced with `started`: it no longer holds the
 //! worker up, so it stops counting against the host's window of calls
 //! written ahead. Its final reply still comes later.
+//!
+//! A line the worker's Python code writes to `sys.stdout` or `sys.stderr`,
+//! or a `logging` record, is sent as `output`, ahead of the reply of the call
+//! that wrote it. Its id is that call's (0 outside any call), and module and
+//! function are the call's target, so the host can tell whose line it is.
 //!
 //! A call's deadline is the `CLOCK_MONOTONIC` time, in microseconds, after
 //! which its caller no longer waits (0: no deadline). Both processes run on
@@ -52,6 +58,13 @@ pub const CALL_AS_HANDLE: u64 = 1;
 /// Call flag: iterate the result and stream its items.
 pub const CALL_STREAM: u64 = 2;
 
+/// Output source: a line written to `sys.stdout`.
+pub const OUTPUT_STDOUT: u8 = 0;
+/// Output source: a line written to `sys.stderr`.
+pub const OUTPUT_STDERR: u8 = 1;
+/// Output source: a `logging` record.
+pub const OUTPUT_LOGGING: u8 = 2;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -67,6 +80,7 @@ pub enum Kind {
     Items = 9,
     Credit = 10,
     Started = 11,
+    Output = 12,
 }
 
 impl Kind {
@@ -84,6 +98,7 @@ impl Kind {
             9 => Kind::Items,
             10 => Kind::Credit,
             11 => Kind::Started,
+            12 => Kind::Output,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -97,6 +112,7 @@ impl Kind {
             Kind::PyError => 6,
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
+            Kind::Output => 7,
         }
     }
 }
@@ -189,6 +205,14 @@ pub enum Message {
     Started {
         id: u64,
     },
+    Output {
+        id: u64,
+        source: u8,
+        level: u32,
+        text: String,
+        module: Option<String>,
+        function: Option<String>,
+    },
 }
 
 /// What a call calls into.
@@ -215,6 +239,7 @@ impl Message {
             Message::Items { id, .. } => (Kind::Items, *id),
             Message::Credit { id, .. } => (Kind::Credit, *id),
             Message::Started { id } => (Kind::Started, *id),
+            Message::Output { id, .. } => (Kind::Output, *id),
         };
         Header { kind, id }
     }
@@ -304,6 +329,24 @@ impl Message {
             Message::Failure { reason, message, .. } => {
                 value::write_str(out, reason)?;
                 value::write_str(out, message)?;
+            }
+            Message::Output {
+                source,
+                level,
+                text,
+                module,
+                function,
+                ..
+            } => {
+                value::write_u64(out, *source as u64);
+                value::write_u64(out, *level as u64);
+                value::write_str(out, text)?;
+                for name in [module, function] {
+                    match name {
+                        Some(name) => value::write_str(out, name)?,
+                        None => value::write_nil(out),
+                    }
+                }
             }
             Message::Cancel { .. } | Message::Ping { .. } | Message::Pong { .. } | Message::Started { .. } => {}
         }
@@ -404,6 +447,16 @@ impl Message {
             Kind::Ping => Message::Ping { id },
             Kind::Pong => Message::Pong { id },
             Kind::Started => Message::Started { id },
+            Kind::Output => Message::Output {
+                id,
+                source: u8::try_from(read_uint(&mut input)?)
+                    .map_err(|_| DecodeError::Invalid("output source out of range".into()))?,
+                level: u32::try_from(read_uint(&mut input)?)
+                    .map_err(|_| DecodeError::Invalid("output level out of range".into()))?,
+                text: read_string(&mut input)?,
+                module: read_optional_string(&mut input)?,
+                function: read_optional_string(&mut input)?,
+            },
         };
         if !input.is_empty() {
             return Err(DecodeError::TrailingBytes(input.len()));
@@ -437,6 +490,18 @@ pub fn read_string(input: &mut &[u8]) -> Result<String, DecodeError> {
         Value::Str(s) => Ok(s),
         _ => Err(DecodeError::UnexpectedType {
             expected: "string",
+            found: "another type",
+        }),
+    }
+}
+
+/// Reads a field that is a string or nil.
+pub fn read_optional_string(input: &mut &[u8]) -> Result<Option<String>, DecodeError> {
+    match decode_value(input, &mut ValueBuilder, 0)? {
+        Value::Str(s) => Ok(Some(s)),
+        Value::Nil => Ok(None),
+        _ => Err(DecodeError::UnexpectedType {
+            expected: "string or nil",
             found: "another type",
         }),
     }
@@ -487,6 +552,9 @@ mod tests {
             id.prop_map(|id| Message::Ping { id }),
             id.prop_map(|id| Message::Pong { id }),
             id.prop_map(|id| Message::Started { id }),
+            (id, any::<u8>(), any::<u32>(), text, proptest::option::of(text), proptest::option::of(text)).prop_map(
+                |(id, source, level, text, module, function)| Message::Output { id, source, level, text, module, function }
+            ),
         ]
     }
 

@@ -14,12 +14,16 @@
 //!   frame, then the signal) interrupts the running call or stream step with
 //!   `CallCancelled`, or wakes the event loop (`cancel`).
 //! - [`object_count`]: how many objects the table holds.
+//! - `output`, `log`, `current_call`: lines written to `sys.stdout` and
+//!   `sys.stderr` and `logging` records, sent to the host tagged with the
+//!   call that wrote them (`output`; see `snakebridge_worker.output`).
 
 mod cancel;
 mod decode;
 mod encode;
 mod fd;
 mod objects;
+mod output;
 mod stream;
 mod worker;
 
@@ -146,6 +150,9 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(object_count, m)?)?;
     m.add_function(wrap_pyfunction!(cancel::cancel_signal, m)?)?;
+    m.add_function(wrap_pyfunction!(output::output, m)?)?;
+    m.add_function(wrap_pyfunction!(output::log, m)?)?;
+    m.add_function(wrap_pyfunction!(output::current_call, m)?)?;
     m.add("CallCancelled", py.get_type::<CallCancelled>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;

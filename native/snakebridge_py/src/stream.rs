@@ -19,6 +19,7 @@ use snakebridge_protocol::{FrameWriter, Header, Kind};
 
 use crate::encode::{EncodeFailure, Encoder, Handles};
 use crate::objects;
+use crate::output::CallInfo;
 
 /// A batch ends after this many items...
 pub(crate) const BATCH_ITEMS: u32 = 1024;
@@ -41,6 +42,8 @@ pub(crate) struct Stream {
     pub(crate) slow: bool,
     /// A batch was sent already.
     pub(crate) started: bool,
+    /// The call it belongs to, for the lines its `next()` writes.
+    pub(crate) call: Option<CallInfo>,
 }
 
 impl Stream {

@@ -52,8 +52,9 @@ use snakebridge_protocol::{
 use crate::cancel::{self, frames, monotonic_micros, Polled, Running, Took};
 use crate::decode::{self, non_string_keyword, BuildError, PyBuilder};
 use crate::encode::{EncodeFailure, Encoder, Handles};
-use crate::fd::{host_gone, write_all};
+use crate::fd::host_gone;
 use crate::objects;
+use crate::output::{self, CallInfo, CallScope};
 use crate::stream::{self, Batch, Refused, Stream};
 use crate::{CallCancelled, ProtocolError};
 
@@ -187,6 +188,7 @@ pub(crate) fn serve(
         next_stream: 0,
     };
     let installed = cancel::install(fd);
+    output::serve(fd);
     let result = worker.hello().and_then(|()| worker.run());
     drop(installed);
     let result = match result {
@@ -198,6 +200,7 @@ pub(crate) fn serve(
         }
     };
     worker.shutdown();
+    output::stop();
     result
 }
 
@@ -376,6 +379,17 @@ impl<'py> Worker<'py> {
         let Some(running) = Running::begin(id) else {
             return self.failure(id, "cancelled", "the call was cancelled before it started");
         };
+        // Until the end of this function: lines written by the call, and by
+        // the streams and tasks its result starts, are its own.
+        let _output = CallScope::begin(CallInfo {
+            id,
+            module: match (&target, &target_object) {
+                (Target::Module(module), _) => Some((*module).to_owned()),
+                (Target::Handle(_), Some(object)) => object.get_type().fully_qualified_name().ok().map(|n| n.to_string()),
+                (Target::Handle(_), None) => None,
+            },
+            function: function.map(str::to_owned),
+        });
         let resolved = match (target, target_object) {
             (Target::Module(module), _) => self.lookup(module, function)?.map(|index| {
                 let entry = &self.entries[index];
@@ -495,6 +509,7 @@ impl<'py> Worker<'py> {
                     as_handle,
                     slow: false,
                     started: false,
+                    call: output::current(),
                 });
                 self.started(id)
             }
@@ -546,8 +561,10 @@ impl<'py> Worker<'py> {
             let Some(running) = Running::begin(id) else {
                 break Some(End::Cancelled);
             };
+            let scope = CallScope::begin(self.streams[index].call.clone().unwrap_or_default());
             let started = Instant::now();
             let next = panic::catch_unwind(AssertUnwindSafe(|| iterator.next()));
+            drop(scope);
             drop(running);
             self.streams[index].slow = started.elapsed() >= stream::SLOW_NEXT;
             let item = match next {
@@ -643,6 +660,7 @@ impl<'py> Worker<'py> {
     fn run_async(&mut self, block: bool) -> Result<(), Stop> {
         let runner = self.runner.clone().expect("async_busy found a runner");
         let outcomes = runner.call_method1("run", (block,));
+        output::flush_partials();
         self.write_outcomes(&runner, outcomes)
     }
 
@@ -865,7 +883,8 @@ impl<'py> Worker<'py> {
             return Ok(());
         }
         let (fd, out) = (self.fd, &self.out);
-        let written = self.py.detach(|| write_all(fd, out));
+        // Output first: a call's lines go before its reply.
+        let written = self.py.detach(|| output::write_after_output(fd, out));
         self.out.clear();
         if self.out.capacity() > KEEP_CAPACITY {
             self.out.shrink_to(KEEP_CAPACITY);

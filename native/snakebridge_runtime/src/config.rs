@@ -34,6 +34,12 @@ pub struct PoolConfig {
     pub max_calls: Option<u64>,
     /// Replace a worker whose resident memory exceeds this many bytes.
     pub max_memory: Option<u64>,
+    /// Lines of worker output (from all workers) waiting to be logged;
+    /// past it, lines are dropped and counted.
+    pub log_queue: usize,
+    /// Lines of worker output logged per second at most, after a burst of
+    /// `log_queue` lines; lines beyond it are dropped and counted.
+    pub log_rate: u32,
 }
 
 impl PoolConfig {
@@ -53,6 +59,8 @@ impl PoolConfig {
             ping_timeout: Duration::from_secs(5),
             max_calls: None,
             max_memory: None,
+            log_queue: 1_000,
+            log_rate: 1_000,
         }
     }
 }

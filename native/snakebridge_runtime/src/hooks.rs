@@ -6,11 +6,75 @@ use snakebridge_protocol::DecodeError;
 
 use crate::object::Origin;
 
-/// Which standard stream of a worker a line came from.
+/// Where a line of a worker's output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
     Stderr,
+    /// A record of Python's `logging`.
+    Logging,
+}
+
+/// A log level, named as Elixir's `Logger` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Level {
+    /// The level of a Python `logging` level number. A level between two
+    /// named ones rounds down, as Python's own level filters treat it; 25,
+    /// between INFO and WARNING, is `notice`.
+    pub fn from_python(level: u32) -> Level {
+        match level {
+            0..=19 => Level::Debug,
+            20..=24 => Level::Info,
+            25..=29 => Level::Notice,
+            30..=39 => Level::Warning,
+            40..=49 => Level::Error,
+            _ => Level::Critical,
+        }
+    }
+
+    /// The level of a line written to a standard stream outside `logging`.
+    pub fn of_stream(stream: Stream) -> Level {
+        match stream {
+            Stream::Stdout => Level::Info,
+            Stream::Stderr | Stream::Logging => Level::Warning,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Notice => "notice",
+            Level::Warning => "warning",
+            Level::Error => "error",
+            Level::Critical => "critical",
+        }
+    }
+}
+
+/// One line of a worker's output, as handed to [`Hooks::log`].
+#[derive(Debug)]
+pub struct LogLine<'a, C> {
+    pub os_pid: u32,
+    pub stream: Stream,
+    pub level: Level,
+    pub text: &'a [u8],
+    /// Who made the call that wrote the line, if the line came during a
+    /// call (through the protocol) and the call is still in the table.
+    pub caller: Option<&'a C>,
+    /// The module (or, for a call on an object, its type) and function of
+    /// that call.
+    pub module: Option<&'a str>,
+    pub function: Option<&'a str>,
 }
 
 /// How a worker process ended.
@@ -150,7 +214,12 @@ pub trait Hooks: Send + Sync + 'static {
     /// protocol error), and reported back as `Err`, so the runtime replaces
     /// the worker that sent it.
     fn deliver(&self, courier: &mut Self::Courier, caller: &Self::Caller, outcome: Outcome<'_>) -> Result<(), DecodeError>;
-    fn log(&self, courier: &mut Self::Courier, os_pid: u32, stream: Stream, line: &[u8]);
+    /// One line of worker output; called from one thread per pool, at most
+    /// at the pool's `log_rate`.
+    fn log(&self, courier: &mut Self::Courier, line: LogLine<'_, Self::Caller>);
+    /// `count` lines of worker output were dropped (the pool's log queue was
+    /// full, or lines came faster than its `log_rate`).
+    fn log_dropped(&self, courier: &mut Self::Courier, count: u64);
     /// Whether the caller still waits for replies: calls of a caller that
     /// died are dropped or cancelled.
     fn caller_alive(&self, courier: &mut Self::Courier, caller: &Self::Caller) -> bool;

@@ -21,6 +21,7 @@ mod config;
 mod connection;
 mod exit;
 mod hooks;
+mod log;
 mod object;
 mod pool;
 mod slot;
@@ -32,7 +33,7 @@ mod writer;
 
 pub use call::{Call, CallTable, CancelOutcome};
 pub use config::PoolConfig;
-pub use hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, Stream, WorkerEvent};
+pub use hooks::{ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, Stream, WorkerEvent};
 pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
 pub use stats::{PoolStats, WorkerStats};

@@ -12,6 +12,7 @@ use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
 use crate::connection::Connection;
 use crate::hooks::{Failure, Hooks, Outcome, Reason};
+use crate::log::{self, LogQueue};
 use crate::object::{ObjectRef, Route};
 use crate::slot::{self, Slot};
 use crate::watchdog;
@@ -100,6 +101,8 @@ pub(crate) struct Shared<H: Hooks> {
     /// Calls writers took from the queue but hold until their worker's
     /// window has room; they still count as queued.
     pub held: AtomicUsize,
+    /// Where every worker's output goes on its way to `Hooks::log`.
+    pub logs: Arc<LogQueue<H::Caller>>,
 }
 
 impl<H: Hooks> Shared<H> {
@@ -186,6 +189,7 @@ impl<H: Hooks> Pool<H> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.max_queue.max(1));
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let size = config.size.max(1);
+        let (logs, log_drain) = log::log_queue(config.log_queue, config.log_rate);
         let shared = Arc::new(Shared {
             name: name.into(),
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
@@ -201,6 +205,7 @@ impl<H: Hooks> Pool<H> {
             stop_tx: Mutex::new(Some(stop_tx)),
             next_slot: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            logs: Arc::new(logs),
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -215,6 +220,11 @@ impl<H: Hooks> Pool<H> {
             .name(format!("sb-watch-{}", shared.name))
             .spawn(move || watchdog::watch(&watched))?;
         pool.threads.lock().push(watchdog);
+        let logged = shared.clone();
+        let logger = std::thread::Builder::new()
+            .name(format!("sb-log-{}", shared.name))
+            .spawn(move || log::drain(&*logged.hooks, log_drain, &logged.stop_rx))?;
+        pool.threads.lock().push(logger);
         Ok(pool)
     }
 

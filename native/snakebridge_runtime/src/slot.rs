@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
-use snakebridge_protocol::{handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, PROTOCOL_VERSION};
+use snakebridge_protocol::{
+    handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
+    PROTOCOL_VERSION,
+};
 
 use crate::connection::{Connection, Control};
 use crate::exit;
-use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, PythonError, Reason, WorkerEvent};
+use crate::hooks::{ExitInfo, Failure, Hooks, Level, Outcome, PythonError, Reason, Stream, WorkerEvent};
+use crate::log::Entry;
 use crate::object::Origin;
 use crate::pool::{stale_failure, Shared};
 use crate::socket;
@@ -355,7 +359,7 @@ fn start<H: Hooks>(
 ) -> Result<(WorkerProcess, Arc<Connection>, FrameDecoder, String), StartFailure> {
     let config = &shared.config;
     slot.set_status(Status::Starting);
-    let mut process = spawn_worker(config, &shared.hooks).map_err(|e| StartFailure {
+    let mut process = spawn_worker(config, &shared.logs).map_err(|e| StartFailure {
         message: format!("could not start {:?}: {e}", config.python),
         definitive: matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied),
         interpreter: true,
@@ -506,6 +510,7 @@ fn route_reply<H: Hooks>(
             conn.pong();
             return Ok(());
         }
+        Kind::Output => return route_output(shared, conn, body),
         other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
     }
     if !conn.finish(header.id) {
@@ -586,6 +591,48 @@ fn route_items<H: Hooks>(
         shared.table.remove(id);
     }
     delivered
+}
+
+/// Queues a line the worker's Python code wrote, with the call that wrote
+/// it if that call's caller still waits.
+fn route_output<H: Hooks>(shared: &Shared<H>, conn: &Connection, body: &[u8]) -> Result<(), DecodeError> {
+    conn.heard();
+    let Message::Output {
+        id,
+        source,
+        level,
+        text,
+        module,
+        function,
+    } = Message::decode(body)?
+    else {
+        unreachable!("kind checked by the caller")
+    };
+    let stream = match source {
+        OUTPUT_STDOUT => Stream::Stdout,
+        OUTPUT_STDERR => Stream::Stderr,
+        OUTPUT_LOGGING => Stream::Logging,
+        other => return Err(DecodeError::Invalid(format!("unknown output source {other}"))),
+    };
+    let level = match stream {
+        Stream::Logging => Level::from_python(level),
+        _ => Level::of_stream(stream),
+    };
+    // A worker names only its own calls.
+    let call = (id != 0)
+        .then(|| shared.table.get(id))
+        .flatten()
+        .filter(|call| call.written_to() == conn.incarnation);
+    shared.logs.push(Entry {
+        os_pid: conn.os_pid,
+        stream,
+        level,
+        text: text.into_bytes(),
+        call,
+        module,
+        function,
+    });
+    Ok(())
 }
 
 /// Releases the objects in a result nobody will read (its call was

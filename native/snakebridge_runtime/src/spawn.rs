@@ -11,7 +11,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::config::PoolConfig;
-use crate::hooks::{Hooks, Stream};
+use crate::hooks::Stream;
+use crate::log::{Entry, LogQueue};
 use crate::socket;
 
 /// The worker's end of the socketpair appears as this fd in the worker.
@@ -31,11 +32,11 @@ pub struct WorkerProcess {
 }
 
 /// Starts `python -m snakebridge_worker` with its socket on fd 3 and its
-/// stdout/stderr forwarded, line by line, to `hooks.log`.
+/// stdout/stderr forwarded, line by line, to the pool's log queue.
 ///
 /// Call this from a thread that outlives the process: `PR_SET_PDEATHSIG`
 /// fires when the *thread* that forked the child exits, not the process.
-pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result<WorkerProcess> {
+pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<LogQueue<C>>) -> io::Result<WorkerProcess> {
     let (host, worker) = UnixStream::pair()?;
     socket::set_buffer_sizes(host.as_raw_fd());
     let worker_fd = worker.as_raw_fd();
@@ -85,10 +86,10 @@ pub fn spawn_worker<H: Hooks>(config: &PoolConfig, hooks: &Arc<H>) -> io::Result
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     if let Some(stdout) = child.stdout.take() {
-        forward_lines(stdout, Stream::Stdout, os_pid, hooks.clone(), None);
+        forward_lines(stdout, Stream::Stdout, os_pid, logs.clone(), None);
     }
     if let Some(stderr) = child.stderr.take() {
-        forward_lines(stderr, Stream::Stderr, os_pid, hooks.clone(), Some(stderr_tail.clone()));
+        forward_lines(stderr, Stream::Stderr, os_pid, logs.clone(), Some(stderr_tail.clone()));
     }
     Ok(WorkerProcess {
         child,
@@ -137,16 +138,15 @@ fn python_path(config: &PoolConfig) -> String {
 
 /// Reads a worker's output stream on its own thread until EOF (the worker
 /// exited), forwarding each line.
-fn forward_lines<H: Hooks, R: Read + Send + 'static>(
+fn forward_lines<C: Send + Sync + 'static, R: Read + Send + 'static>(
     source: R,
     stream: Stream,
     os_pid: u32,
-    hooks: Arc<H>,
+    logs: Arc<LogQueue<C>>,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
     let name = format!("sb-{}-{os_pid}", if stream == Stream::Stdout { "out" } else { "err" });
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let mut courier = hooks.courier();
         let mut reader = BufReader::new(source);
         let mut line = Vec::new();
         loop {
@@ -164,7 +164,7 @@ fn forward_lines<H: Hooks, R: Read + Send + 'static>(
                 }
                 tail.push_back(String::from_utf8_lossy(text).into_owned());
             }
-            hooks.log(&mut courier, os_pid, stream, text);
+            logs.push(Entry::piped(os_pid, stream, text));
         }
     });
     // Without the thread the pipe fills and the worker blocks on output;

@@ -12,8 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use snakebridge_protocol::{handle_ids, DecodeError, Message, Target, Value, CALL_STREAM};
 use snakebridge_runtime::{
-    Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, ObjectRef, Outcome, Pool, PoolConfig, Reason, Stream,
-    WorkerEvent,
+    Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Level, LogLine, ObjectRef, Outcome, Pool, PoolConfig,
+    Reason, Stream, WorkerEvent,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,8 @@ enum Reply {
 
 /// A test's stand-in for a calling process: it is alive while its [`Waiter`] is.
 struct Caller {
+    /// Its call's id, which log lines report back.
+    id: u64,
     replies: Sender<Reply>,
     alive: Weak<()>,
 }
@@ -43,10 +45,24 @@ impl Waiter {
     }
 }
 
-/// Replies go to the channel the caller holds; log lines to a shared channel;
-/// objects in results to a list the test takes them from.
+/// A line handed to `Hooks::log`.
+#[derive(Debug, Clone, PartialEq)]
+struct Logged {
+    stream: Stream,
+    level: Level,
+    text: String,
+    /// The id of the call whose caller the line names.
+    call: Option<u64>,
+    module: Option<String>,
+    function: Option<String>,
+}
+
+/// Replies go to the channel the caller holds; log lines to a shared channel,
+/// counts of dropped lines to another; objects in results to a list the test
+/// takes them from.
 struct TestHooks {
-    logs: Sender<(Stream, String)>,
+    logs: Sender<Logged>,
+    dropped: Sender<u64>,
     objects: Mutex<Vec<Arc<ObjectRef>>>,
 }
 
@@ -73,8 +89,19 @@ impl Hooks for TestHooks {
         Ok(())
     }
 
-    fn log(&self, _: &mut (), _os_pid: u32, stream: Stream, line: &[u8]) {
-        let _ = self.logs.send((stream, String::from_utf8_lossy(line).into_owned()));
+    fn log(&self, _: &mut (), line: LogLine<'_, Caller>) {
+        let _ = self.logs.send(Logged {
+            stream: line.stream,
+            level: line.level,
+            text: String::from_utf8_lossy(line.text).into_owned(),
+            call: line.caller.map(|caller| caller.id),
+            module: line.module.map(str::to_owned),
+            function: line.function.map(str::to_owned),
+        });
+    }
+
+    fn log_dropped(&self, _: &mut (), count: u64) {
+        let _ = self.dropped.send(count);
     }
 
     fn caller_alive(&self, _: &mut (), caller: &Caller) -> bool {
@@ -98,7 +125,8 @@ fn worker_path() -> String {
 struct TestPool {
     pool: Pool<TestHooks>,
     table: Arc<CallTable<Caller>>,
-    logs: Receiver<(Stream, String)>,
+    logs: Receiver<Logged>,
+    dropped: Receiver<u64>,
     hooks: Arc<TestHooks>,
 }
 
@@ -115,13 +143,21 @@ fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
     let mut cfg = PoolConfig::new("python3", worker_path());
     config(&mut cfg);
     let (logs_tx, logs) = crossbeam_channel::unbounded();
+    let (dropped_tx, dropped) = crossbeam_channel::unbounded();
     let table = Arc::new(CallTable::default());
     let hooks = Arc::new(TestHooks {
         logs: logs_tx,
+        dropped: dropped_tx,
         objects: Mutex::new(Vec::new()),
     });
     let pool = Pool::start("test", cfg, hooks.clone(), table.clone()).unwrap();
-    TestPool { pool, table, logs, hooks }
+    TestPool {
+        pool,
+        table,
+        logs,
+        dropped,
+        hooks,
+    }
 }
 
 static IDS: AtomicU64 = AtomicU64::new(1);
@@ -138,6 +174,7 @@ impl TestPool {
         let call = Call::new(
             id,
             Caller {
+                id,
                 replies: tx,
                 alive: Arc::downgrade(&alive),
             },
@@ -249,8 +286,8 @@ fn worker_output_is_forwarded_not_mixed_into_replies() {
     let p = start(|_| {});
     let reply = p.call("builtins", "print", vec![Value::Str("hello from python".into())]);
     assert_eq!(reply, Reply::Ok(Value::Nil));
-    let (stream, line) = p.logs.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!((stream, line.as_str()), (Stream::Stdout, "hello from python"));
+    let line = p.logs.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((line.stream, line.level, line.text.as_str()), (Stream::Stdout, Level::Info, "hello from python"));
 }
 
 #[test]
@@ -318,7 +355,7 @@ fn cancelled_queued_call_never_runs_or_replies() {
     assert_eq!(busy.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Nil));
     assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]), Reply::Ok(Value::Int(2)));
     assert!(cancelled.recv_timeout(Duration::from_millis(200)).is_err());
-    assert!(p.logs.try_iter().all(|(_, line)| line != "must not run"));
+    assert!(p.logs.try_iter().all(|line| line.text != "must not run"));
 }
 
 #[test]
@@ -861,4 +898,49 @@ fn workers_killed_from_outside_while_starting_do_not_make_python_unavailable() {
         std::thread::sleep(Duration::from_micros(200));
     }
     assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+
+#[test]
+fn worker_output_carries_its_call_and_level() {
+    let p = start(|_| {});
+    let (id, rx, submitted) = p.submit("logging", "error", vec![Value::Str("from logging".into())]);
+    submitted.unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Nil));
+    let line = p.logs.recv_timeout(Duration::from_secs(5)).unwrap();
+    let expected = Logged {
+        stream: Stream::Logging,
+        level: Level::Error,
+        text: "from logging".into(),
+        call: Some(id),
+        module: Some("logging".into()),
+        function: Some("error".into()),
+    };
+    assert_eq!(line, expected);
+}
+
+#[test]
+fn a_flood_of_output_is_bounded_and_its_drops_counted() {
+    const LINES: u64 = 200_000;
+    let p = start(|c| {
+        c.log_queue = 100;
+        c.log_rate = 100;
+    });
+    let flood = format!("for i in range({LINES}): print(i)");
+    assert_eq!(p.call("builtins", "exec", vec![Value::Str(flood)]), Reply::Ok(Value::Nil));
+    // Responsive while lines are still being dropped or logged.
+    assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut delivered, mut dropped, mut reports) = (0u64, 0u64, 0u64);
+    while delivered + dropped < LINES {
+        assert!(Instant::now() < deadline, "{delivered} delivered and {dropped} dropped of {LINES}");
+        delivered += p.logs.try_iter().count() as u64;
+        for count in p.dropped.try_iter() {
+            dropped += count;
+            reports += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(delivered + dropped, LINES);
+    assert!(dropped > 0 && reports >= 1);
+    // One report a second at most while the flood lasts, and one at its end.
+    assert!(reports <= 62, "{reports} reports");
 }

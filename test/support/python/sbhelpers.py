@@ -158,3 +158,25 @@ def subclass_values() -> list[Any]:
         pass
 
     return [MyInt(7), MyStr("s"), MyDict(a=1), True]
+
+
+def log_at_levels(tag: str) -> None:
+    import logging
+
+    logger = logging.getLogger("sbhelpers.levels")
+    logger.setLevel(logging.DEBUG)
+    logger.debug("debug %s", tag)
+    logger.info("info %s", tag)
+    logger.warning("warning %s", tag)
+    logger.error("error %s", tag)
+    logger.critical("critical %s", tag)
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def flood(lines: int) -> int:
+    for i in range(lines):
+        print(i)
+    return lines
