@@ -16,4 +16,4 @@ pub mod value;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameDecoder, FrameWriter, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{Header, Kind, Message, Target, CALL_AS_HANDLE, CALL_STREAM, PROTOCOL_VERSION};
-pub use value::{decode_value, handle_ids, Builder, Value, ValueBuilder, MAX_DEPTH};
+pub use value::{decode_value, handle_ids, Builder, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};
