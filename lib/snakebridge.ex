@@ -78,7 +78,7 @@ defmodule SnakeBridge do
   `t:SnakeBridge.Types.reason/0`.
   """
 
-  alias SnakeBridge.{Error, NIF, Native, Object}
+  alias SnakeBridge.{Args, Error, NIF, Native, Object}
 
   @default_timeout 5_000
 
@@ -144,8 +144,7 @@ defmodule SnakeBridge do
           SnakeBridge.Types.result()
   def call(module, function, args \\ [], opts \\ [])
 
-  def call(%Object{} = object, args, opts, []) when is_list(args) and is_list(opts),
-    do: call(object, nil, args, opts)
+  def call(%Object{} = object, args, opts, []) when is_list(args), do: call(object, nil, args, opts)
 
   def call(module, function, args, []) when is_binary(module) do
     case Native.start_call(module, function, args, [], @default_timeout) do
@@ -157,10 +156,10 @@ defmodule SnakeBridge do
   def call(module, function, args, opts) do
     {timeout, opts} =
       opts
-      |> Keyword.validate!([:kwargs, :pool, :as, timeout: @default_timeout])
+      |> Args.opts!([:kwargs, :pool, :as, timeout: @default_timeout])
       |> Keyword.pop!(:timeout)
 
-    validate_timeout!(timeout)
+    Args.timeout!(timeout)
 
     case Native.start_call(module, function, args, opts, timeout) do
       {:ok, ref} -> await(ref, timeout)
@@ -212,7 +211,8 @@ defmodule SnakeBridge do
   """
   @spec method(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) ::
           SnakeBridge.Types.result()
-  def method(%Object{} = object, name, args \\ [], opts \\ []), do: call(object, name, args, opts)
+  def method(object, name, args \\ [], opts \\ []),
+    do: call(Args.object!(object), Args.name!(name, :method), args, opts)
 
   @doc """
   Like `method/4`, but returns the value itself and raises on failure.
@@ -224,7 +224,7 @@ defmodule SnakeBridge do
       "2024-02-29"
   """
   @spec method!(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) :: term()
-  def method!(%Object{} = object, name, args \\ [], opts \\ []), do: call!(object, name, args, opts)
+  def method!(object, name, args \\ [], opts \\ []), do: unwrap!(method(object, name, args, opts))
 
   @doc """
   Reads attribute `name` of a Python object: `getattr(object, name)`.
@@ -240,8 +240,9 @@ defmodule SnakeBridge do
       {:ok, 2024}
   """
   @spec getattr(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: SnakeBridge.Types.result()
-  def getattr(%Object{} = object, name, opts \\ []) do
-    call("builtins", "getattr", [object, attribute!(name)], object_opts(object, opts))
+  def getattr(object, name, opts \\ []) do
+    object = Args.object!(object)
+    call("builtins", "getattr", [object, Args.name!(name, :attribute)], object_opts(object, opts))
   end
 
   @doc """
@@ -254,7 +255,7 @@ defmodule SnakeBridge do
       2
   """
   @spec getattr!(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: term()
-  def getattr!(%Object{} = object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
+  def getattr!(object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
 
   @doc """
   Sets attribute `name` of a Python object to `value`:
@@ -274,8 +275,11 @@ defmodule SnakeBridge do
   """
   @spec setattr(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) ::
           :ok | {:error, SnakeBridge.PythonError.t() | SnakeBridge.Error.t()}
-  def setattr(%Object{} = object, name, value, opts \\ []) do
-    case call("builtins", "setattr", [object, attribute!(name), value], object_opts(object, opts)) do
+  def setattr(object, name, value, opts \\ []) do
+    object = Args.object!(object)
+    args = [object, Args.name!(name, :attribute), value]
+
+    case call("builtins", "setattr", args, object_opts(object, opts)) do
       {:ok, nil} -> :ok
       {:error, _} = error -> error
     end
@@ -291,7 +295,7 @@ defmodule SnakeBridge do
       :ok
   """
   @spec setattr!(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) :: :ok
-  def setattr!(%Object{} = object, name, value, opts \\ []) do
+  def setattr!(object, name, value, opts \\ []) do
     case setattr(object, name, value, opts) do
       :ok -> :ok
       {:error, error} -> raise error
@@ -312,8 +316,9 @@ defmodule SnakeBridge do
       iex> {:error, %SnakeBridge.Error{reason: :stale_handle}} = SnakeBridge.call("builtins", "id", [obj])
   """
   @spec release(Object.t()) :: :ok
-  def release(%Object{ref: ref}) do
-    _ok_or_already_released = NIF.release(ref)
+  def release(object) do
+    %Object{ref: ref} = object = Args.object!(object)
+    _ok_or_already_released = Args.made_object!(object, fn -> NIF.release(ref) end)
     :ok
   end
 
@@ -357,23 +362,13 @@ defmodule SnakeBridge do
   def stream(module, function, args \\ [], opts \\ [])
 
   def stream(module, function, args, opts) do
+    opts = Args.opts!(opts, [:kwargs, :pool, window: @default_window, timeout: @default_timeout])
     {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
-
-    stream_opts =
-      Keyword.validate!(stream_opts, window: @default_window, timeout: @default_timeout)
-
-    window = stream_opts[:window]
-    timeout = stream_opts[:timeout]
-
-    unless is_integer(window) and window > 0 do
-      raise ArgumentError, "expected :window to be a positive integer, got: #{inspect(window)}"
-    end
-
-    validate_timeout!(timeout)
-    call_opts = Keyword.validate!(call_opts, [:kwargs, :pool])
-
-    start = fn -> Native.start_call(module, function, args, call_opts, :infinity, window) end
-    SnakeBridge.Stream.new(start, window, timeout)
+    window = Args.window!(stream_opts[:window])
+    timeout = Args.timeout!(stream_opts[:timeout])
+    # Checked now rather than when the stream is first enumerated.
+    request = Native.request!(module, function, args, call_opts, window)
+    SnakeBridge.Stream.new(fn -> Native.submit(request, :infinity) end, window, timeout)
   end
 
   @doc """
@@ -387,7 +382,10 @@ defmodule SnakeBridge do
       ["a", "b", "c"]
   """
   @spec stream(Object.t()) :: Enumerable.t()
-  def stream(%Object{pool: pool} = object), do: stream("builtins", "iter", [object], pool: pool)
+  def stream(object) do
+    %Object{pool: pool} = object = Args.object!(object)
+    stream("builtins", "iter", [object], pool: pool)
+  end
 
   @doc """
   Runs Python source `code` in a worker and returns the value of its last
@@ -407,16 +405,21 @@ defmodule SnakeBridge do
       iex> SnakeBridge.eval("x * 2", %{"x" => 21})
       {:ok, 42}
 
-      iex> SnakeBridge.eval("""
+      iex> SnakeBridge.eval(\"""
       ...> import math
       ...> r = 2
       ...> round(math.pi * r ** 2, 2)
-      ...> """)
+      ...> \""")
       {:ok, 12.57}
   """
   @spec eval(String.t(), map(), [call_option()]) :: SnakeBridge.Types.result()
-  def eval(code, globals \\ %{}, opts \\ []) when is_binary(code) and is_map(globals) do
-    opts = Keyword.validate!(opts, [:pool, :as, timeout: @default_timeout])
+  def eval(code, globals \\ %{}, opts \\ []) do
+    unless is_binary(code) do
+      raise ArgumentError, "expected code to be a string, got: #{inspect(code)}"
+    end
+
+    globals = Args.globals!(globals)
+    opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
     call("snakebridge_worker.evaluate", "evaluate", [code, globals], opts)
   end
 
@@ -448,8 +451,9 @@ defmodule SnakeBridge do
       #=> {:ok, 2432902008176640000}
   """
   @spec await(reference(), timeout()) :: SnakeBridge.Types.result()
-  def await(ref, timeout \\ @default_timeout) when is_reference(ref) do
-    validate_timeout!(timeout)
+  def await(ref, timeout \\ @default_timeout) do
+    Args.ref!(ref, "the call's ref")
+    Args.timeout!(timeout)
 
     receive do
       {:snakebridge, ^ref, result} -> result
@@ -493,8 +497,8 @@ defmodule SnakeBridge do
       :ok = SnakeBridge.cancel(ref)
   """
   @spec cancel(reference()) :: :ok
-  def cancel(ref) when is_reference(ref) do
-    case NIF.cancel(ref) do
+  def cancel(ref) do
+    case NIF.cancel(Args.ref!(ref, "the call's ref")) do
       :replied ->
         receive do
           {:snakebridge, ^ref, _} -> :ok
@@ -526,6 +530,10 @@ defmodule SnakeBridge do
   @spec bytes(binary()) :: SnakeBridge.Bytes.t()
   def bytes(data) when is_binary(data), do: %SnakeBridge.Bytes{data: data}
 
+  def bytes(data) do
+    raise ArgumentError, "expected data to be a binary, got: #{inspect(data)}"
+  end
+
   @doc """
   Returns the state of a pool: a map with `:queue_length` (calls waiting for
   a worker), `:max_queue`, `:size`, the pool's totals `:calls`, `:errors` and
@@ -547,23 +555,16 @@ defmodule SnakeBridge do
           required(:workers) => [map()],
           optional(atom()) => term()
         }
-  def stats(pool \\ :default) when is_atom(pool) do
-    case NIF.stats(pool) do
+  def stats(pool \\ :default) do
+    case NIF.stats(Args.pool!(pool)) do
       {:ok, stats} -> stats
       {:error, error} -> raise error
     end
   end
 
   defp object_opts(%Object{pool: pool}, opts) do
-    opts = Keyword.validate!(opts, [:as, timeout: @default_timeout])
+    opts = Args.opts!(opts, [:as, timeout: @default_timeout])
     Keyword.put(opts, :pool, pool)
-  end
-
-  defp attribute!(name) when is_binary(name), do: name
-  defp attribute!(name) when is_atom(name) and name not in [nil, true, false], do: Atom.to_string(name)
-
-  defp attribute!(name) do
-    raise ArgumentError, "expected an attribute name (a string or an atom), got: #{inspect(name)}"
   end
 
   defp unwrap!({:ok, value}), do: value
@@ -576,13 +577,5 @@ defmodule SnakeBridge do
        message: "Python call did not answer within #{timeout} ms and was cancelled",
        details: %{timeout: timeout}
      }}
-  end
-
-  defp validate_timeout!(:infinity), do: :ok
-  defp validate_timeout!(timeout) when is_integer(timeout) and timeout >= 0, do: :ok
-
-  defp validate_timeout!(timeout) do
-    raise ArgumentError,
-          "expected :timeout to be a non-negative integer or :infinity, got: #{inspect(timeout)}"
   end
 end

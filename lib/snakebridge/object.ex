@@ -48,7 +48,10 @@ defmodule SnakeBridge.Object do
       #=> 48213
   """
   @spec os_pid(t()) :: pos_integer() | nil
-  def os_pid(%__MODULE__{ref: ref}), do: SnakeBridge.NIF.object_os_pid(ref)
+  def os_pid(object) do
+    %__MODULE__{ref: ref} = object = SnakeBridge.Args.object!(object)
+    SnakeBridge.Args.made_object!(object, fn -> SnakeBridge.NIF.object_os_pid(ref) end)
+  end
 
   defimpl Inspect do
     def inspect(%SnakeBridge.Object{repr: repr}, _opts), do: "#SnakeBridge.Object<#{repr}>"
