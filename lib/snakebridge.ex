@@ -76,6 +76,12 @@ defmodule SnakeBridge do
   (import failures and missing attributes included); everything else as
   `{:error, %SnakeBridge.Error{}}` whose `reason` is one of
   `t:SnakeBridge.Types.reason/0`.
+
+  Every function checks its arguments first: a bad one (a timeout outside
+  `t:SnakeBridge.Types.timeout_ms/0`, an improper list, an unknown option, a
+  name that is neither a string nor an atom, something that is not a
+  `SnakeBridge.Object`...) raises `ArgumentError` naming it, and nothing is
+  sent to Python.
   """
 
   alias SnakeBridge.{Args, Error, NIF, Native, Object}
@@ -91,7 +97,7 @@ defmodule SnakeBridge do
   @typedoc "Options of `call/4`."
   @type call_option ::
           {:kwargs, keyword() | map()}
-          | {:timeout, timeout()}
+          | {:timeout, SnakeBridge.Types.timeout_ms()}
           | {:pool, SnakeBridge.Types.pool()}
           | {:as, :value | :handle}
 
@@ -113,10 +119,14 @@ defmodule SnakeBridge do
   this call is in, or will later arrive in, the caller's mailbox — after a
   timeout included.
 
+  Raises `ArgumentError`, before anything is sent, when an argument or
+  option is invalid; the message names it.
+
   ## Options
 
     * `:kwargs` — keyword arguments, a keyword list or a map. Default `[]`.
-    * `:timeout` — milliseconds to wait, or `:infinity`. Default `5_000`.
+    * `:timeout` — milliseconds to wait (`0..4_294_967_295`), or `:infinity`.
+      Default `5_000`.
       On timeout the call is cancelled and
       `{:error, %SnakeBridge.Error{reason: :timeout}}` returned.
     * `:pool` — the pool to run in. Default `:default` (for an object, its
@@ -194,7 +204,9 @@ defmodule SnakeBridge do
   the worker that holds it.
 
   `name` may be a dotted attribute path (`"config.to_dict"`). Returns what
-  `call/4` returns.
+  `call/4` returns; raises `ArgumentError` when `object` is not a
+  `SnakeBridge.Object`, `name` is neither a string nor an atom, or an
+  argument or option is invalid, as `call/4` does.
 
   ## Options
 
@@ -228,6 +240,7 @@ defmodule SnakeBridge do
 
   @doc """
   Reads attribute `name` of a Python object: `getattr(object, name)`.
+  Raises `ArgumentError` for a bad argument, as `method/4` does.
 
   ## Options
 
@@ -260,6 +273,7 @@ defmodule SnakeBridge do
   @doc """
   Sets attribute `name` of a Python object to `value`:
   `setattr(object, name, value)`. Returns `:ok` or `{:error, error}`.
+  Raises `ArgumentError` for a bad argument, as `method/4` does.
 
   ## Options
 
@@ -306,7 +320,8 @@ defmodule SnakeBridge do
   Lets go of a Python object now, instead of when the BEAM garbage collects
   the last reference to `object`. Later uses of it return
   `{:error, %SnakeBridge.Error{reason: :stale_handle}}`. Releasing twice is
-  harmless. Returns `:ok`.
+  harmless. Returns `:ok`; raises `ArgumentError` when `object` is not a
+  `SnakeBridge.Object` made by SnakeBridge.
 
   ## Examples
 
@@ -343,11 +358,14 @@ defmodule SnakeBridge do
   ## Options
 
     * `:kwargs`, `:pool` — as for `call/4`.
-    * `:window` — items in flight between the worker and the consumer.
-      Default #{@default_window}.
-    * `:timeout` — milliseconds to wait for each next item, or `:infinity`.
-      Default `5_000`. On timeout the stream is closed and
-      `SnakeBridge.Error` (reason `:timeout`) raised.
+    * `:window` — items in flight between the worker and the consumer,
+      `1..4_294_967_295`. Default #{@default_window}.
+    * `:timeout` — milliseconds to wait for each next item
+      (`0..4_294_967_295`), or `:infinity`. Default `5_000`. On timeout the
+      stream is closed and `SnakeBridge.Error` (reason `:timeout`) raised.
+
+  The arguments and options are checked when `stream/4` is called, not when
+  the stream is enumerated: a bad one raises `ArgumentError` at once.
 
   ## Examples
 
@@ -394,7 +412,9 @@ defmodule SnakeBridge do
   The code runs in a fresh namespace holding `globals` (a map whose keys
   become Python names); nothing is kept between calls. Top-level `await`
   is allowed. A `SyntaxError` or any exception comes back as
-  `{:error, %SnakeBridge.PythonError{}}`.
+  `{:error, %SnakeBridge.PythonError{}}`. Raises `ArgumentError` when `code`
+  is not a string, `globals` is not a map with string or atom keys, or an
+  option is invalid.
 
   ## Options
 
@@ -412,7 +432,8 @@ defmodule SnakeBridge do
       ...> \""")
       {:ok, 12.57}
   """
-  @spec eval(String.t(), map(), [call_option()]) :: SnakeBridge.Types.result()
+  @spec eval(String.t(), %{optional(String.t() | atom()) => term()}, [call_option()]) ::
+          SnakeBridge.Types.result()
   def eval(code, globals \\ %{}, opts \\ []) do
     unless is_binary(code) do
       raise ArgumentError, "expected code to be a string, got: #{inspect(code)}"
@@ -444,13 +465,16 @@ defmodule SnakeBridge do
   raced the timeout, in which case the reply is returned. Either way no
   message for `ref` is left behind.
 
+  Raises `ArgumentError`, before waiting, when `ref` is not a reference or
+  `timeout` is neither `:infinity` nor in `0..4_294_967_295`.
+
   ## Examples
 
       {:ok, ref} = SnakeBridge.Native.call_async("math", "factorial", [20])
       SnakeBridge.await(ref)
       #=> {:ok, 2432902008176640000}
   """
-  @spec await(reference(), timeout()) :: SnakeBridge.Types.result()
+  @spec await(reference(), SnakeBridge.Types.timeout_ms()) :: SnakeBridge.Types.result()
   def await(ref, timeout \\ @default_timeout) do
     Args.ref!(ref, "the call's ref")
     Args.timeout!(timeout)
@@ -489,7 +513,7 @@ defmodule SnakeBridge do
   a call still queued never runs; a reply that was already delivered is
   removed from the mailbox. Call it from the process that made the call, since
   that is the mailbox it cleans. Cancelling an unknown or finished call is a
-  no-op. Always returns `:ok`.
+  no-op. Returns `:ok`; raises `ArgumentError` when `ref` is not a reference.
 
   ## Examples
 
@@ -517,7 +541,8 @@ defmodule SnakeBridge do
 
   @doc """
   Wraps a binary so that Python receives it as `bytes`, even when it is valid
-  UTF-8 (which would otherwise become `str`).
+  UTF-8 (which would otherwise become `str`). Raises `ArgumentError` when
+  `data` is not a binary (iodata included: use `IO.iodata_to_binary/1`).
 
   ## Examples
 
@@ -543,7 +568,8 @@ defmodule SnakeBridge do
   `:restarts`, `:objects` (the `SnakeBridge.Object`s Elixir holds on objects
   in that worker) and `:rss` (bytes, of the Python process).
 
-  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs.
+  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs,
+  and `ArgumentError` when `pool` is not an atom.
 
   ## Examples
 

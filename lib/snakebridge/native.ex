@@ -48,6 +48,11 @@ defmodule SnakeBridge.Native do
   `:payload_too_large`), or objects whose worker is gone (`:stale_handle`)
   or that live in different workers (`:handle_conflict`).
 
+  Raises `ArgumentError`, before anything is queued, when an argument or
+  option is invalid (`opts` or `args` not a proper list, `:kwargs` neither a
+  keyword list nor a map with atom or string keys, a name neither a string
+  nor an atom, an unknown option...); the message names it.
+
   ## Options
 
     * `:kwargs` — keyword arguments, as a keyword list or a map with atom or

@@ -41,7 +41,8 @@ defmodule SnakeBridge.Object do
 
   @doc """
   The OS pid of the worker holding the object, or `nil` when that worker
-  is gone or the object was released.
+  is gone or the object was released. Raises `ArgumentError` when `object`
+  is not a `SnakeBridge.Object` made by SnakeBridge.
 
       {:ok, obj} = SnakeBridge.call("builtins", "object")
       SnakeBridge.Object.os_pid(obj)
