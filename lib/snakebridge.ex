@@ -76,9 +76,15 @@ defmodule SnakeBridge do
   (import failures and missing attributes included); everything else as
   `{:error, %SnakeBridge.Error{}}` whose `reason` is one of
   `t:SnakeBridge.Types.reason/0`.
+
+  Every function checks its arguments first: a bad one (a timeout outside
+  `t:SnakeBridge.Types.timeout_ms/0`, an improper list, an unknown option, a
+  name that is neither a string nor an atom, something that is not a
+  `SnakeBridge.Object`...) raises `ArgumentError` naming it, and nothing is
+  sent to Python.
   """
 
-  alias SnakeBridge.{Error, NIF, Native, Object}
+  alias SnakeBridge.{Args, Error, NIF, Native, Object}
 
   @default_timeout 5_000
 
@@ -91,7 +97,7 @@ defmodule SnakeBridge do
   @typedoc "Options of `call/4`."
   @type call_option ::
           {:kwargs, keyword() | map()}
-          | {:timeout, timeout()}
+          | {:timeout, SnakeBridge.Types.timeout_ms()}
           | {:pool, SnakeBridge.Types.pool()}
           | {:as, :value | :handle}
 
@@ -113,10 +119,14 @@ defmodule SnakeBridge do
   this call is in, or will later arrive in, the caller's mailbox — after a
   timeout included.
 
+  Raises `ArgumentError`, before anything is sent, when an argument or
+  option is invalid; the message names it.
+
   ## Options
 
     * `:kwargs` — keyword arguments, a keyword list or a map. Default `[]`.
-    * `:timeout` — milliseconds to wait, or `:infinity`. Default `5_000`.
+    * `:timeout` — milliseconds to wait (`0..4_294_967_295`), or `:infinity`.
+      Default `5_000`.
       On timeout the call is cancelled and
       `{:error, %SnakeBridge.Error{reason: :timeout}}` returned.
     * `:pool` — the pool to run in. Default `:default` (for an object, its
@@ -144,8 +154,7 @@ defmodule SnakeBridge do
           SnakeBridge.Types.result()
   def call(module, function, args \\ [], opts \\ [])
 
-  def call(%Object{} = object, args, opts, []) when is_list(args) and is_list(opts),
-    do: call(object, nil, args, opts)
+  def call(%Object{} = object, args, opts, []) when is_list(args), do: call(object, nil, args, opts)
 
   def call(module, function, args, []) when is_binary(module) do
     case Native.start_call(module, function, args, [], @default_timeout) do
@@ -157,10 +166,10 @@ defmodule SnakeBridge do
   def call(module, function, args, opts) do
     {timeout, opts} =
       opts
-      |> Keyword.validate!([:kwargs, :pool, :as, timeout: @default_timeout])
+      |> Args.opts!([:kwargs, :pool, :as, timeout: @default_timeout])
       |> Keyword.pop!(:timeout)
 
-    validate_timeout!(timeout)
+    Args.timeout!(timeout)
 
     case Native.start_call(module, function, args, opts, timeout) do
       {:ok, ref} -> await(ref, timeout)
@@ -195,7 +204,9 @@ defmodule SnakeBridge do
   the worker that holds it.
 
   `name` may be a dotted attribute path (`"config.to_dict"`). Returns what
-  `call/4` returns.
+  `call/4` returns; raises `ArgumentError` when `object` is not a
+  `SnakeBridge.Object`, `name` is neither a string nor an atom, or an
+  argument or option is invalid, as `call/4` does.
 
   ## Options
 
@@ -212,7 +223,8 @@ defmodule SnakeBridge do
   """
   @spec method(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) ::
           SnakeBridge.Types.result()
-  def method(%Object{} = object, name, args \\ [], opts \\ []), do: call(object, name, args, opts)
+  def method(object, name, args \\ [], opts \\ []),
+    do: call(Args.object!(object), Args.name!(name, :method), args, opts)
 
   @doc """
   Like `method/4`, but returns the value itself and raises on failure.
@@ -224,10 +236,11 @@ defmodule SnakeBridge do
       "2024-02-29"
   """
   @spec method!(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) :: term()
-  def method!(%Object{} = object, name, args \\ [], opts \\ []), do: call!(object, name, args, opts)
+  def method!(object, name, args \\ [], opts \\ []), do: unwrap!(method(object, name, args, opts))
 
   @doc """
   Reads attribute `name` of a Python object: `getattr(object, name)`.
+  Raises `ArgumentError` for a bad argument, as `method/4` does.
 
   ## Options
 
@@ -240,8 +253,9 @@ defmodule SnakeBridge do
       {:ok, 2024}
   """
   @spec getattr(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: SnakeBridge.Types.result()
-  def getattr(%Object{} = object, name, opts \\ []) do
-    call("builtins", "getattr", [object, attribute!(name)], object_opts(object, opts))
+  def getattr(object, name, opts \\ []) do
+    object = Args.object!(object)
+    call("builtins", "getattr", [object, Args.name!(name, :attribute)], object_opts(object, opts))
   end
 
   @doc """
@@ -254,11 +268,12 @@ defmodule SnakeBridge do
       2
   """
   @spec getattr!(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: term()
-  def getattr!(%Object{} = object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
+  def getattr!(object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
 
   @doc """
   Sets attribute `name` of a Python object to `value`:
   `setattr(object, name, value)`. Returns `:ok` or `{:error, error}`.
+  Raises `ArgumentError` for a bad argument, as `method/4` does.
 
   ## Options
 
@@ -274,8 +289,11 @@ defmodule SnakeBridge do
   """
   @spec setattr(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) ::
           :ok | {:error, SnakeBridge.PythonError.t() | SnakeBridge.Error.t()}
-  def setattr(%Object{} = object, name, value, opts \\ []) do
-    case call("builtins", "setattr", [object, attribute!(name), value], object_opts(object, opts)) do
+  def setattr(object, name, value, opts \\ []) do
+    object = Args.object!(object)
+    args = [object, Args.name!(name, :attribute), value]
+
+    case call("builtins", "setattr", args, object_opts(object, opts)) do
       {:ok, nil} -> :ok
       {:error, _} = error -> error
     end
@@ -291,7 +309,7 @@ defmodule SnakeBridge do
       :ok
   """
   @spec setattr!(Object.t(), SnakeBridge.Types.name(), term(), [call_option()]) :: :ok
-  def setattr!(%Object{} = object, name, value, opts \\ []) do
+  def setattr!(object, name, value, opts \\ []) do
     case setattr(object, name, value, opts) do
       :ok -> :ok
       {:error, error} -> raise error
@@ -302,7 +320,8 @@ defmodule SnakeBridge do
   Lets go of a Python object now, instead of when the BEAM garbage collects
   the last reference to `object`. Later uses of it return
   `{:error, %SnakeBridge.Error{reason: :stale_handle}}`. Releasing twice is
-  harmless. Returns `:ok`.
+  harmless. Returns `:ok`; raises `ArgumentError` when `object` is not a
+  `SnakeBridge.Object` made by SnakeBridge.
 
   ## Examples
 
@@ -312,8 +331,9 @@ defmodule SnakeBridge do
       iex> {:error, %SnakeBridge.Error{reason: :stale_handle}} = SnakeBridge.call("builtins", "id", [obj])
   """
   @spec release(Object.t()) :: :ok
-  def release(%Object{ref: ref}) do
-    _ok_or_already_released = NIF.release(ref)
+  def release(object) do
+    %Object{ref: ref} = object = Args.object!(object)
+    _ok_or_already_released = Args.made_object!(object, fn -> NIF.release(ref) end)
     :ok
   end
 
@@ -338,11 +358,14 @@ defmodule SnakeBridge do
   ## Options
 
     * `:kwargs`, `:pool` — as for `call/4`.
-    * `:window` — items in flight between the worker and the consumer.
-      Default #{@default_window}.
-    * `:timeout` — milliseconds to wait for each next item, or `:infinity`.
-      Default `5_000`. On timeout the stream is closed and
-      `SnakeBridge.Error` (reason `:timeout`) raised.
+    * `:window` — items in flight between the worker and the consumer,
+      `1..4_294_967_295`. Default #{@default_window}.
+    * `:timeout` — milliseconds to wait for each next item
+      (`0..4_294_967_295`), or `:infinity`. Default `5_000`. On timeout the
+      stream is closed and `SnakeBridge.Error` (reason `:timeout`) raised.
+
+  The arguments and options are checked when `stream/4` is called, not when
+  the stream is enumerated: a bad one raises `ArgumentError` at once.
 
   ## Examples
 
@@ -357,23 +380,13 @@ defmodule SnakeBridge do
   def stream(module, function, args \\ [], opts \\ [])
 
   def stream(module, function, args, opts) do
+    opts = Args.opts!(opts, [:kwargs, :pool, window: @default_window, timeout: @default_timeout])
     {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
-
-    stream_opts =
-      Keyword.validate!(stream_opts, window: @default_window, timeout: @default_timeout)
-
-    window = stream_opts[:window]
-    timeout = stream_opts[:timeout]
-
-    unless is_integer(window) and window > 0 do
-      raise ArgumentError, "expected :window to be a positive integer, got: #{inspect(window)}"
-    end
-
-    validate_timeout!(timeout)
-    call_opts = Keyword.validate!(call_opts, [:kwargs, :pool])
-
-    start = fn -> Native.start_call(module, function, args, call_opts, :infinity, window) end
-    SnakeBridge.Stream.new(start, window, timeout)
+    window = Args.window!(stream_opts[:window])
+    timeout = Args.timeout!(stream_opts[:timeout])
+    # Checked now rather than when the stream is first enumerated.
+    request = Native.request!(module, function, args, call_opts, window)
+    SnakeBridge.Stream.new(fn -> Native.submit(request, :infinity) end, window, timeout)
   end
 
   @doc """
@@ -387,7 +400,10 @@ defmodule SnakeBridge do
       ["a", "b", "c"]
   """
   @spec stream(Object.t()) :: Enumerable.t()
-  def stream(%Object{pool: pool} = object), do: stream("builtins", "iter", [object], pool: pool)
+  def stream(object) do
+    %Object{pool: pool} = object = Args.object!(object)
+    stream("builtins", "iter", [object], pool: pool)
+  end
 
   @doc """
   Runs Python source `code` in a worker and returns the value of its last
@@ -396,7 +412,9 @@ defmodule SnakeBridge do
   The code runs in a fresh namespace holding `globals` (a map whose keys
   become Python names); nothing is kept between calls. Top-level `await`
   is allowed. A `SyntaxError` or any exception comes back as
-  `{:error, %SnakeBridge.PythonError{}}`.
+  `{:error, %SnakeBridge.PythonError{}}`. Raises `ArgumentError` when `code`
+  is not a string, `globals` is not a map with string or atom keys, or an
+  option is invalid.
 
   ## Options
 
@@ -407,16 +425,22 @@ defmodule SnakeBridge do
       iex> SnakeBridge.eval("x * 2", %{"x" => 21})
       {:ok, 42}
 
-      iex> SnakeBridge.eval("""
+      iex> SnakeBridge.eval(\"""
       ...> import math
       ...> r = 2
       ...> round(math.pi * r ** 2, 2)
-      ...> """)
+      ...> \""")
       {:ok, 12.57}
   """
-  @spec eval(String.t(), map(), [call_option()]) :: SnakeBridge.Types.result()
-  def eval(code, globals \\ %{}, opts \\ []) when is_binary(code) and is_map(globals) do
-    opts = Keyword.validate!(opts, [:pool, :as, timeout: @default_timeout])
+  @spec eval(String.t(), %{optional(String.t() | atom()) => term()}, [call_option()]) ::
+          SnakeBridge.Types.result()
+  def eval(code, globals \\ %{}, opts \\ []) do
+    unless is_binary(code) do
+      raise ArgumentError, "expected code to be a string, got: #{inspect(code)}"
+    end
+
+    globals = Args.globals!(globals)
+    opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
     call("snakebridge_worker.evaluate", "evaluate", [code, globals], opts)
   end
 
@@ -441,15 +465,19 @@ defmodule SnakeBridge do
   raced the timeout, in which case the reply is returned. Either way no
   message for `ref` is left behind.
 
+  Raises `ArgumentError`, before waiting, when `ref` is not a reference or
+  `timeout` is neither `:infinity` nor in `0..4_294_967_295`.
+
   ## Examples
 
       {:ok, ref} = SnakeBridge.Native.call_async("math", "factorial", [20])
       SnakeBridge.await(ref)
       #=> {:ok, 2432902008176640000}
   """
-  @spec await(reference(), timeout()) :: SnakeBridge.Types.result()
-  def await(ref, timeout \\ @default_timeout) when is_reference(ref) do
-    validate_timeout!(timeout)
+  @spec await(reference(), SnakeBridge.Types.timeout_ms()) :: SnakeBridge.Types.result()
+  def await(ref, timeout \\ @default_timeout) do
+    Args.ref!(ref, "the call's ref")
+    Args.timeout!(timeout)
 
     receive do
       {:snakebridge, ^ref, result} -> result
@@ -485,7 +513,7 @@ defmodule SnakeBridge do
   a call still queued never runs; a reply that was already delivered is
   removed from the mailbox. Call it from the process that made the call, since
   that is the mailbox it cleans. Cancelling an unknown or finished call is a
-  no-op. Always returns `:ok`.
+  no-op. Returns `:ok`; raises `ArgumentError` when `ref` is not a reference.
 
   ## Examples
 
@@ -493,8 +521,8 @@ defmodule SnakeBridge do
       :ok = SnakeBridge.cancel(ref)
   """
   @spec cancel(reference()) :: :ok
-  def cancel(ref) when is_reference(ref) do
-    case NIF.cancel(ref) do
+  def cancel(ref) do
+    case NIF.cancel(Args.ref!(ref, "the call's ref")) do
       :replied ->
         receive do
           {:snakebridge, ^ref, _} -> :ok
@@ -513,7 +541,8 @@ defmodule SnakeBridge do
 
   @doc """
   Wraps a binary so that Python receives it as `bytes`, even when it is valid
-  UTF-8 (which would otherwise become `str`).
+  UTF-8 (which would otherwise become `str`). Raises `ArgumentError` when
+  `data` is not a binary (iodata included: use `IO.iodata_to_binary/1`).
 
   ## Examples
 
@@ -526,6 +555,10 @@ defmodule SnakeBridge do
   @spec bytes(binary()) :: SnakeBridge.Bytes.t()
   def bytes(data) when is_binary(data), do: %SnakeBridge.Bytes{data: data}
 
+  def bytes(data) do
+    raise ArgumentError, "expected data to be a binary, got: #{inspect(data)}"
+  end
+
   @doc """
   Returns the state of a pool: a map with `:queue_length` (calls waiting for
   a worker), `:max_queue`, `:size`, the pool's totals `:calls`, `:errors` and
@@ -536,7 +569,8 @@ defmodule SnakeBridge do
   `:restarts`, `:objects` (the `SnakeBridge.Object`s Elixir holds on objects
   in that worker) and `:rss` (bytes, of the Python process).
 
-  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs.
+  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs,
+  and `ArgumentError` when `pool` is not an atom.
 
   ## Examples
 
@@ -548,23 +582,16 @@ defmodule SnakeBridge do
           required(:workers) => [map()],
           optional(atom()) => term()
         }
-  def stats(pool \\ :default) when is_atom(pool) do
-    case NIF.stats(pool) do
+  def stats(pool \\ :default) do
+    case NIF.stats(Args.pool!(pool)) do
       {:ok, stats} -> stats
       {:error, error} -> raise error
     end
   end
 
   defp object_opts(%Object{pool: pool}, opts) do
-    opts = Keyword.validate!(opts, [:as, timeout: @default_timeout])
+    opts = Args.opts!(opts, [:as, timeout: @default_timeout])
     Keyword.put(opts, :pool, pool)
-  end
-
-  defp attribute!(name) when is_binary(name), do: name
-  defp attribute!(name) when is_atom(name) and name not in [nil, true, false], do: Atom.to_string(name)
-
-  defp attribute!(name) do
-    raise ArgumentError, "expected an attribute name (a string or an atom), got: #{inspect(name)}"
   end
 
   defp unwrap!({:ok, value}), do: value
@@ -577,13 +604,5 @@ defmodule SnakeBridge do
        message: "Python call did not answer within #{timeout} ms and was cancelled",
        details: %{timeout: timeout}
      }}
-  end
-
-  defp validate_timeout!(:infinity), do: :ok
-  defp validate_timeout!(timeout) when is_integer(timeout) and timeout >= 0, do: :ok
-
-  defp validate_timeout!(timeout) do
-    raise ArgumentError,
-          "expected :timeout to be a non-negative integer or :infinity, got: #{inspect(timeout)}"
   end
 end

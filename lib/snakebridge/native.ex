@@ -15,7 +15,7 @@ defmodule SnakeBridge.Native do
 
   import Bitwise
 
-  alias SnakeBridge.{NIF, Object}
+  alias SnakeBridge.{Args, NIF, Object}
 
   # The protocol's call flags (native/snakebridge_protocol/src/message.rs).
   @as_handle 1
@@ -48,6 +48,11 @@ defmodule SnakeBridge.Native do
   `:payload_too_large`), or objects whose worker is gone (`:stale_handle`)
   or that live in different workers (`:handle_conflict`).
 
+  Raises `ArgumentError`, before anything is queued, when an argument or
+  option is invalid (`opts` or `args` not a proper list, `:kwargs` neither a
+  keyword list nor a map with atom or string keys, a name neither a string
+  nor an atom, an unknown option...); the message names it.
+
   ## Options
 
     * `:kwargs` — keyword arguments, as a keyword list or a map with atom or
@@ -76,40 +81,46 @@ defmodule SnakeBridge.Native do
           {:ok, reference()} | {:error, SnakeBridge.Error.t()}
   def call_async(module, function, args \\ [], opts \\ [])
 
-  def call_async(module, function, args, opts), do: start_call(module, function, args, opts, :infinity)
+  def call_async(module, function, args, opts) do
+    module |> request!(function, args, opts) |> submit(:infinity)
+  end
 
   # call_async/4 with a deadline: the worker skips the call instead of
   # starting it once `timeout` milliseconds have passed. Used by
-  # SnakeBridge.call/4. `stream` asks for the result's items, `window` of
-  # them before the consumer grants more (see SnakeBridge.stream/4).
+  # SnakeBridge.call/4.
   @doc false
-  def start_call(target, function, args, opts, timeout, stream \\ nil)
-
-  def start_call(module, function, args, [], timeout, nil) when is_binary(module) do
-    submit(:default, module, name!(function, :function), args!(args), [], timeout, {0, 0})
-  end
-
-  def start_call(target, function, args, opts, timeout, stream) do
-    opts = Keyword.validate!(opts, [:pool, kwargs: [], as: :value])
-
-    mode =
-      case stream do
-        nil -> {as_flag(opts[:as]), 0}
-        window -> {as_flag(opts[:as]) ||| @stream, window}
-      end
-
+  def start_call(module, function, args, [], timeout) when is_binary(module) do
     submit(
-      pool!(target, opts[:pool]),
-      target!(target),
-      function!(target, function),
-      args!(args),
-      kwargs!(opts[:kwargs]),
-      timeout,
-      mode
+      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}},
+      timeout
     )
   end
 
-  defp submit(pool, target, function, args, kwargs, timeout, mode) do
+  def start_call(target, function, args, opts, timeout) do
+    target |> request!(function, args, opts) |> submit(timeout)
+  end
+
+  # Checks a call's arguments and options; raises ArgumentError on the
+  # first bad one. `stream` asks for the result's items, `window` of them
+  # before the consumer grants more (see SnakeBridge.stream/4).
+  @doc false
+  def request!(target, function, args, opts, stream \\ nil) do
+    opts = Args.opts!(opts, [:pool, kwargs: [], as: :value])
+    as = as_flag(opts[:as])
+
+    mode =
+      case stream do
+        nil -> {as, 0}
+        window -> {as ||| @stream, Args.window!(window)}
+      end
+
+    {pool(target, opts[:pool]), target!(target), function!(target, function),
+     Args.list!(args, :args), Args.kwargs!(opts[:kwargs]), mode}
+  end
+
+  # Queues a call checked by request!/5.
+  @doc false
+  def submit({pool, target, function, args, kwargs, mode}, timeout) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
@@ -126,61 +137,18 @@ defmodule SnakeBridge.Native do
     raise ArgumentError, "expected :as to be :value or :handle, got: #{inspect(other)}"
   end
 
-  defp pool!(%Object{pool: pool}, nil), do: pool
-  defp pool!(_module, nil), do: :default
-  defp pool!(_target, pool) when is_atom(pool), do: pool
+  defp pool(%Object{pool: pool}, nil), do: pool
+  defp pool(_module, nil), do: :default
 
-  defp pool!(_target, pool) do
+  defp pool(_target, pool) when is_atom(pool), do: pool
+
+  defp pool(_target, pool) do
     raise ArgumentError, "expected :pool to be an atom, got: #{inspect(pool)}"
   end
 
-  defp target!(%Object{} = object), do: object
-  defp target!(module), do: name!(module, :module)
+  defp target!(%Object{} = object), do: Args.object!(object)
+  defp target!(module), do: Args.name!(module, :module)
 
   defp function!(%Object{}, nil), do: nil
-  defp function!(_target, function), do: name!(function, :function)
-
-  defp name!(name, _what) when is_binary(name), do: name
-
-  defp name!(name, _what) when is_atom(name) and name not in [nil, true, false],
-    do: Atom.to_string(name)
-
-  defp name!(name, what) do
-    raise ArgumentError,
-          "expected the #{what} name to be a string or an atom, got: #{inspect(name)}"
-  end
-
-  defp args!(args) when is_list(args), do: args
-
-  defp args!(args) do
-    raise ArgumentError, "expected args to be a list, got: #{inspect(args)}"
-  end
-
-  defp kwargs!(kwargs) when is_map(kwargs) do
-    Enum.each(kwargs, fn {key, _} -> kwarg_key!(key) end)
-    kwargs
-  end
-
-  defp kwargs!(kwargs) when is_list(kwargs) do
-    Enum.each(kwargs, fn
-      {key, _} when is_atom(key) ->
-        :ok
-
-      other ->
-        raise ArgumentError,
-              "expected :kwargs to be a keyword list or a map, got element: #{inspect(other)}"
-    end)
-
-    kwargs
-  end
-
-  defp kwargs!(kwargs) do
-    raise ArgumentError, "expected :kwargs to be a keyword list or a map, got: #{inspect(kwargs)}"
-  end
-
-  defp kwarg_key!(key) when is_atom(key) or is_binary(key), do: :ok
-
-  defp kwarg_key!(key) do
-    raise ArgumentError, "keyword argument names must be atoms or strings, got: #{inspect(key)}"
-  end
+  defp function!(_target, function), do: Args.name!(function, :function)
 end

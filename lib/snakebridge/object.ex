@@ -41,14 +41,18 @@ defmodule SnakeBridge.Object do
 
   @doc """
   The OS pid of the worker holding the object, or `nil` when that worker
-  is gone or the object was released.
+  is gone or the object was released. Raises `ArgumentError` when `object`
+  is not a `SnakeBridge.Object` made by SnakeBridge.
 
       {:ok, obj} = SnakeBridge.call("builtins", "object")
       SnakeBridge.Object.os_pid(obj)
       #=> 48213
   """
   @spec os_pid(t()) :: pos_integer() | nil
-  def os_pid(%__MODULE__{ref: ref}), do: SnakeBridge.NIF.object_os_pid(ref)
+  def os_pid(object) do
+    %__MODULE__{ref: ref} = object = SnakeBridge.Args.object!(object)
+    SnakeBridge.Args.made_object!(object, fn -> SnakeBridge.NIF.object_os_pid(ref) end)
+  end
 
   defimpl Inspect do
     def inspect(%SnakeBridge.Object{repr: repr}, _opts), do: "#SnakeBridge.Object<#{repr}>"

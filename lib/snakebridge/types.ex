@@ -46,6 +46,12 @@ defmodule SnakeBridge.Types do
   @typedoc "What a call calls into: a module, or a Python object."
   @type target :: name() | SnakeBridge.Object.t()
 
+  @typedoc """
+  A timeout in milliseconds: what `receive ... after` accepts. Anything else
+  raises `ArgumentError`.
+  """
+  @type timeout_ms :: 0..4_294_967_295 | :infinity
+
   @typedoc "The name of a pool."
   @type pool :: atom()
 

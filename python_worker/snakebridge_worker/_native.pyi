@@ -6,6 +6,7 @@ from typing import Any, Callable
 PROTOCOL_VERSION: int
 MAX_DEPTH: int
 MAX_FRAME_LEN: int
+MAX_BIGINT_BYTES: int
 
 class ProtocolError(Exception):
     """The host sent bytes that are not a valid frame."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CALL, FAILURE, OK, PY_ERROR, Worker, frame, frame_body
+from conftest import CALL, FAILURE, OK, PY_ERROR, Handle, Worker, frame, frame_body
 from snakebridge_worker import _native
 
 
@@ -189,3 +189,41 @@ def test_errors_in_a_pipelined_batch_keep_order(worker: Worker, count: int) -> N
     replies = [worker.recv() for _ in range(count * 2)]
     assert [r[1] for r in replies] == list(range(count * 2))
     assert [r[0] for r in replies] == [PY_ERROR if i % 2 == 0 else OK for i in range(count * 2)]
+
+
+# The largest int magnitude the BEAM holds, in bits; an int with one bit
+# more cannot be built on the host.
+MAX_BIGINT_BITS = 8 * _native.MAX_BIGINT_BYTES
+
+
+def test_int_too_big_for_the_beam_is_refused_and_the_worker_keeps_its_objects(worker: Worker) -> None:
+    counter = worker.ok("sb_helpers", "make_counter", [1])
+    reason, message = failure(worker, "operator", "lshift", [1, 8 * 5_000_000])
+    assert reason == "unsupported_type"
+    assert message == (
+        "cannot convert result of Python type builtins.int: an int of 40000001 bits (5000001 bytes)"
+        f" is over the {_native.MAX_BIGINT_BYTES} byte limit of Erlang integers"
+    )
+    assert worker.ok(Handle(counter.id), "add", [1]) == 2
+    assert_still_serving(worker)
+
+
+def test_int_too_big_for_the_beam_is_refused_by_its_size_in_bits(worker: Worker) -> None:
+    # Built in the worker: the test's own dumps would refuse to send it.
+    reason, message = failure(worker, "builtins", "eval", [f"-(1 << {MAX_BIGINT_BITS})"])
+    assert reason == "unsupported_type"
+    assert f"an int of {MAX_BIGINT_BITS + 1} bits" in message
+    reason, message = failure(worker, "builtins", "eval", [f"[0, 1 << {MAX_BIGINT_BITS}]"])
+    assert reason == "unsupported_type" and message.startswith("cannot convert result[1] of Python type builtins.int")
+    assert_still_serving(worker)
+
+
+def test_largest_int_the_beam_holds_is_sent(worker: Worker) -> None:
+    largest = (1 << MAX_BIGINT_BITS) - 1
+    assert worker.ok("operator", "neg", [largest]) == -largest
+
+
+def test_dumps_refuses_an_int_too_big_for_the_beam() -> None:
+    with pytest.raises(_native.EncodeError) as raised:
+        _native.dumps(1 << MAX_BIGINT_BITS)
+    assert raised.value.reason == "unsupported_type"

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, NewBinary, Term};
-use snakebridge_protocol::{Builder, DecodeError};
+use snakebridge_protocol::{Builder, DecodeError, MAX_BIGINT_BYTES};
 use snakebridge_runtime::Origin;
 
 use crate::{atoms, object};
@@ -64,6 +64,15 @@ impl<'a> Builder for TermBuilder<'a, '_> {
     }
 
     fn bigint(&mut self, negative: bool, magnitude: &[u8]) -> Result<Term<'a>, DecodeError> {
+        // The worker refuses such ints itself; one arriving anyway means a
+        // misbehaving worker, named here rather than as a bare
+        // binary_to_term failure.
+        if magnitude.len() > MAX_BIGINT_BYTES {
+            return Err(DecodeError::Invalid(format!(
+                "an integer of {} bytes, over the {MAX_BIGINT_BYTES} byte limit of Erlang integers",
+                magnitude.len()
+            )));
+        }
         // Build the external term format (LARGE_BIG_EXT) and let the VM
         // make the bignum: sign and little-endian digits are what it wants.
         let mut ext = Vec::with_capacity(magnitude.len() + 7);

@@ -5,6 +5,7 @@
 //! | nil/bool/float  | msgpack nil, bool, float64                                 |
 //! | int in i64/u64  | msgpack int (smallest form)                                |
 //! | larger int      | ext 1: sign byte (0 = positive, 1 = negative), then the magnitude, little-endian |
+//! |                 | (at most [`MAX_BIGINT_BYTES`] of magnitude: the BEAM's limit) |
 //! | text            | msgpack str (always valid UTF-8)                           |
 //! | bytes           | msgpack bin                                                |
 //! | list            | msgpack array                                              |
@@ -33,6 +34,15 @@ use crate::{DecodeError, EncodeError};
 /// Deepest nesting of containers either side encodes or decodes. Deeper input
 /// is rejected with an error rather than risking a native stack overflow.
 pub const MAX_DEPTH: usize = 100;
+
+/// Largest integer magnitude, in bytes, a BEAM can hold: OTP's
+/// `BIG_ARITY_MAX` ((1 << 19) - 1 digits) of 8 bytes on a 64-bit VM, the same
+/// in every OTP release since R16. `binary_to_term` of a `LARGE_BIG_EXT` with
+/// one byte more fails, and `Bitwise.bsl(1, 8 * MAX_BIGINT_BYTES)` raises
+/// `system_limit`. The host cannot build such an integer, so the worker
+/// refuses to send one (a typed failure) instead of making the host treat
+/// its reply as corrupt.
+pub const MAX_BIGINT_BYTES: usize = ((1 << 19) - 1) * 8;
 
 pub const EXT_BIGINT: i8 = 1;
 pub const EXT_TUPLE: i8 = 2;

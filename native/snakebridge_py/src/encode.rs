@@ -4,7 +4,7 @@
 //! |------------------------------------------|------------------------------|
 //! | `None`, `bool`                           | nil, bool (bool before int)  |
 //! | `int` in `i64`/`u64`                     | msgpack int                  |
-//! | other `int`                              | ext 1 (bigint)               |
+//! | other `int`                              | ext 1 (bigint); one over [`MAX_BIGINT_BYTES`] fails |
 //! | `float`                                  | float64                      |
 //! | `str`                                    | str                          |
 //! | `bytes`, `bytearray`, `memoryview`       | bin                          |
@@ -30,7 +30,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PyTuple};
 use snakebridge_protocol::value as wire;
-use snakebridge_protocol::{EncodeError, MAX_DEPTH, MAX_FRAME_LEN};
+use snakebridge_protocol::{EncodeError, MAX_BIGINT_BYTES, MAX_DEPTH, MAX_FRAME_LEN};
 
 unsafe extern "C" {
     // Part of the stable ABI since 3.10 and exported by every CPython 3.x;
@@ -366,17 +366,25 @@ impl<'a, 'py> Encoder<'a, 'py> {
 
     /// An int outside i64/u64: sign and little-endian magnitude. Rare, so it
     /// goes through Python (`_PyLong_AsByteArray` is not in the stable ABI).
+    ///
+    /// The size is checked first, from `bit_length()` (which reads the int's
+    /// header and top digit), so an int the BEAM cannot hold is refused
+    /// before its magnitude is copied.
     fn bigint(&mut self, obj: &Bound<'_, PyAny>, negative: bool) -> Result<(), EncodeFailure> {
+        let int = obj.py().get_type::<PyInt>();
+        let bits: u64 = int
+            .call_method1("bit_length", (obj,))
+            .and_then(|bits| bits.extract())
+            .map_err(|e| EncodeFailure::from_py(obj, e))?;
+        let bytes = bits.div_ceil(8);
+        if bytes > MAX_BIGINT_BYTES as u64 {
+            return Err(EncodeFailure::unsupported(obj, Some(bigint_too_large(bits))));
+        }
         let magnitude = (|| -> PyResult<Bound<'_, PyBytes>> {
-            let int = obj.py().get_type::<PyInt>();
             let abs = int.call_method1("__abs__", (obj,))?;
-            let bits: usize = int.call_method1("bit_length", (&abs,))?.extract()?;
-            Ok(int.call_method1("to_bytes", (&abs, bits.div_ceil(8), "little"))?.cast_into()?)
+            Ok(int.call_method1("to_bytes", (&abs, bytes, "little"))?.cast_into()?)
         })()
         .map_err(|e| EncodeFailure::from_py(obj, e))?;
-        if magnitude.as_bytes().len() > MAX_FRAME_LEN {
-            return Err(EncodeFailure::new(Problem::TooLarge));
-        }
         wire::write_bigint(self.out, negative, magnitude.as_bytes())?;
         self.check_size()
     }
@@ -486,6 +494,14 @@ impl<'a, 'py> Encoder<'a, 'py> {
     }
 }
 
+/// Why an int of `bits` bits cannot be sent.
+fn bigint_too_large(bits: u64) -> String {
+    format!(
+        "an int of {bits} bits ({} bytes) is over the {MAX_BIGINT_BYTES} byte limit of Erlang integers",
+        bits.div_ceil(8)
+    )
+}
+
 #[inline]
 fn deeper(depth: usize) -> Result<usize, EncodeFailure> {
     if depth >= MAX_DEPTH {
@@ -552,6 +568,24 @@ mod tests {
         assert_eq!(EncodeFailure::from(EncodeError::TooManyElements(1)).reason(), "payload_too_large");
         let deep = failure(Problem::TooDeep, vec![Segment::Index(0), Segment::Index(0)]);
         assert_eq!(deep.message("result"), "cannot convert result[0][0]: nested deeper than 100 levels");
+    }
+
+    #[test]
+    fn an_int_too_big_for_the_beam_names_its_size_and_the_limit() {
+        let bits = 8 * MAX_BIGINT_BYTES as u64 + 1;
+        let f = failure(
+            Problem::Unsupported {
+                type_name: "builtins.int".into(),
+                detail: Some(bigint_too_large(bits)),
+            },
+            vec![Segment::Index(1)],
+        );
+        assert_eq!(f.reason(), "unsupported_type");
+        assert_eq!(
+            f.message("result"),
+            "cannot convert result[1] of Python type builtins.int: an int of 33554369 bits (4194297 bytes) \
+             is over the 4194296 byte limit of Erlang integers"
+        );
     }
 
     #[test]

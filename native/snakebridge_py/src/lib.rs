@@ -33,7 +33,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyBaseException, PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use snakebridge_protocol::{decode_value, DecodeError as WireDecodeError, MAX_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use snakebridge_protocol::{decode_value, DecodeError as WireDecodeError, MAX_BIGINT_BYTES, MAX_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
 create_exception!(
     snakebridge_worker._native,
@@ -160,5 +160,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PROTOCOL_VERSION", PROTOCOL_VERSION)?;
     m.add("MAX_DEPTH", MAX_DEPTH)?;
     m.add("MAX_FRAME_LEN", MAX_FRAME_LEN)?;
+    m.add("MAX_BIGINT_BYTES", MAX_BIGINT_BYTES)?;
     Ok(())
 }
