@@ -898,6 +898,7 @@ fn workers_killed_from_outside_while_starting_do_not_make_python_unavailable() {
         std::thread::sleep(Duration::from_micros(200));
     }
     assert_eq!(p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]), Reply::Ok(Value::Int(3)));
+}
 
 #[test]
 fn worker_output_carries_its_call_and_level() {
