@@ -74,4 +74,12 @@ rustler::atoms! {
     snakebridge_stream,
     objects,
     closed,
+    timeout,
+    circuit,
+    circuit_breaker,
+    failures,
+    window,
+    cooldown,
+    opened,
+    retry_in_ms,
 }

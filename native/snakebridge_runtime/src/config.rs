@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::breaker::BreakerConfig;
+
 /// How a pool starts and runs its workers.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -34,6 +36,8 @@ pub struct PoolConfig {
     pub max_calls: Option<u64>,
     /// Replace a worker whose resident memory exceeds this many bytes.
     pub max_memory: Option<u64>,
+    /// When the pool's circuit opens (`None`: never).
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl PoolConfig {
@@ -53,6 +57,7 @@ impl PoolConfig {
             ping_timeout: Duration::from_secs(5),
             max_calls: None,
             max_memory: None,
+            breaker: None,
         }
     }
 }

@@ -44,6 +44,7 @@ pub enum Reason {
     Cancelled,
     StaleHandle,
     HandleConflict,
+    CircuitOpen,
 }
 
 impl Reason {
@@ -60,6 +61,7 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::StaleHandle => "stale_handle",
             Reason::HandleConflict => "handle_conflict",
+            Reason::CircuitOpen => "circuit_open",
         }
     }
 

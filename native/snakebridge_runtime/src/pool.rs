@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use crate::breaker::Breaker;
 use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
 use crate::connection::Connection;
@@ -100,6 +101,8 @@ pub(crate) struct Shared<H: Hooks> {
     /// Calls writers took from the queue but hold until their worker's
     /// window has room; they still count as queued.
     pub held: AtomicUsize,
+    /// Shared with the pool's connections, which count timed-out calls.
+    pub breaker: Arc<Breaker>,
 }
 
 impl<H: Hooks> Shared<H> {
@@ -186,8 +189,10 @@ impl<H: Hooks> Pool<H> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.max_queue.max(1));
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let size = config.size.max(1);
+        let name = name.into();
+        let breaker = Arc::new(Breaker::new(&name, config.breaker));
         let shared = Arc::new(Shared {
-            name: name.into(),
+            name,
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             slots: (0..size).map(|i| Arc::new(Slot::new(i))).collect(),
             pinned: (0..size).map(|_| PinnedQueue::new()).collect(),
@@ -201,6 +206,7 @@ impl<H: Hooks> Pool<H> {
             stop_tx: Mutex::new(Some(stop_tx)),
             next_slot: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            breaker,
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -238,7 +244,7 @@ impl<H: Hooks> Pool<H> {
         } else if shared.is_unavailable() {
             Some(shared.unavailable_failure())
         } else {
-            None
+            shared.breaker.admit().err()
         };
         if let Some(failure) = refused {
             shared.table.remove(call.id);
@@ -305,7 +311,7 @@ impl<H: Hooks> Pool<H> {
         } else if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
         } else {
-            None
+            shared.breaker.admit().err()
         };
         if let Some(failure) = refused {
             shared.table.remove(call.id);
@@ -390,6 +396,7 @@ impl<H: Hooks> Pool<H> {
             queue_length: self.shared.queue_length(),
             max_queue: self.shared.config.max_queue,
             workers: self.shared.slots.iter().map(|s| s.stats()).collect(),
+            circuit: self.shared.breaker.stats(),
         }
     }
 
