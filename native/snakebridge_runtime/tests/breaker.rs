@@ -82,6 +82,17 @@ fn start(python: &str, failures: u32, cooldown: Duration) -> TestPool {
 
 impl TestPool {
     fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Result<Receiver<Reply>, Failure>) {
+        self.submit_until(0, module, function, args)
+    }
+
+    /// Submits a call with a deadline (`CLOCK_MONOTONIC` µs, 0 for none).
+    fn submit_until(
+        &self,
+        deadline: u64,
+        module: &str,
+        function: &str,
+        args: Vec<Value>,
+    ) -> (u64, Result<Receiver<Reply>, Failure>) {
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let call = Call::new(id, tx);
@@ -89,7 +100,7 @@ impl TestPool {
         let mut frame = Vec::new();
         Message::Call {
             id,
-            deadline: 0,
+            deadline,
             target: Target::Module(module.into()),
             function: Some(function.into()),
             args,
@@ -222,6 +233,15 @@ fn a_call_that_times_out_on_a_worker_counts() {
         p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]),
         Reply::Failed(Reason::CircuitOpen)
     );
+}
+
+#[test]
+fn a_call_the_worker_finds_past_its_deadline_counts() {
+    let p = start("python3", 1, Duration::from_secs(60));
+    let (_, rx) = p.submit_until(1, "operator", "add", vec![Value::Int(1), Value::Int(2)]);
+    let reply = rx.unwrap().recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(reply, Reply::Failed(Reason::Timeout));
+    assert_eq!(p.circuit().state, "open");
 }
 
 #[test]
