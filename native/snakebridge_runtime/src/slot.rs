@@ -601,7 +601,7 @@ fn fail_sent_calls<H: Hooks>(
     if !calls.is_empty() && !shared.stopping.load(Ordering::Acquire) {
         shared
             .breaker
-            .failure(|| format!("Python worker {} exited ({exit}) with {} calls", conn.os_pid, calls.len()));
+            .failure(|| format!("Python worker {} exited ({exit}) with calls running", conn.os_pid));
     }
     for call in calls {
         let message = match &problem {
