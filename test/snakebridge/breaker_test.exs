@@ -78,8 +78,10 @@ defmodule SnakeBridge.BreakerTest do
     assert message =~ "timed out"
   end
 
-  @tag :tmp_dir
-  test "workers that fail to start count", %{tmp_dir: dir} do
+  test "workers that fail to start count" do
+    dir = Path.join(System.tmp_dir!(), "sb_breaker_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf(dir) end)
     # Python imports sitecustomize from sys.path at startup, before the worker.
     File.write!(Path.join(dir, "sitecustomize.py"), "import os\nos._exit(3)\n")
     pool = start_pool!([failures: 1, window: 60_000, cooldown: 60_000], python_path: [dir])
