@@ -483,7 +483,8 @@ defmodule SnakeBridge do
       {:snakebridge, ^ref, result} -> result
     after
       timeout ->
-        case NIF.cancel(ref) do
+        # :timeout, not a plain cancel: the pool's circuit breaker counts it.
+        case NIF.cancel(ref, :timeout) do
           :cancelled ->
             timeout_error(timeout)
 

@@ -51,5 +51,8 @@ defmodule SnakeBridge.NIF do
   def cancel(_ref), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
+  def cancel(_ref, _why), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
   def stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -51,6 +51,15 @@ defmodule SnakeBridge.Pool do
       that may wait to be logged; past it, lines are dropped. Default `1_000`.
     * `:log_rate` — lines of Python output logged per second at most, after
       a burst of `:log_queue` lines; past it, lines are dropped. Default `1_000`.
+    * `:circuit_breaker` — `false` (the default), `true`, or
+      `[failures: 10, window: 10_000, cooldown: 5_000]` (any omitted key
+      takes that default). With it, `failures` counted within `window`
+      milliseconds open the pool's circuit: calls then fail at once with
+      `:circuit_open` for `cooldown` milliseconds, after which one trial call
+      goes through, and its answer closes the circuit. Counted: a worker that
+      dies with calls (once per worker), a call that times out on a worker,
+      a worker that fails to start. Python exceptions never count.
+      `SnakeBridge.stats/1` shows the state under `:circuit`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -105,6 +114,13 @@ defmodule SnakeBridge.Pool do
           | {:cancel_grace, pos_integer()}
           | {:log_queue, pos_integer()}
           | {:log_rate, pos_integer()}
+          | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
+
+  @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
+  @type circuit_breaker_option ::
+          {:failures, pos_integer()} | {:window, pos_integer()} | {:cooldown, pos_integer()}
+
+  @circuit_breaker_defaults [failures: 10, window: 10_000, cooldown: 5_000]
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -154,6 +170,7 @@ defmodule SnakeBridge.Pool do
         cancel_grace: 2_000,
         log_queue: 1_000,
         log_rate: 1_000
+        circuit_breaker: false
       )
 
     %{
@@ -174,6 +191,7 @@ defmodule SnakeBridge.Pool do
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer")
+      circuit_breaker: circuit_breaker!(opts[:circuit_breaker])
     }
   end
 
@@ -329,6 +347,35 @@ defmodule SnakeBridge.Pool do
   defp env!(other) do
     raise ArgumentError,
           "expected :env to be a list of {\"NAME\", \"value\"}, got: #{inspect(other)}"
+  end
+
+  defp circuit_breaker!(false), do: nil
+  defp circuit_breaker!(true), do: circuit_breaker!([])
+
+  defp circuit_breaker!(opts) when is_list(opts) do
+    opts =
+      try do
+        Keyword.validate!(opts, @circuit_breaker_defaults)
+      rescue
+        error in ArgumentError ->
+          reraise ArgumentError,
+                  "invalid :circuit_breaker option: " <> Exception.message(error),
+                  __STACKTRACE__
+      end
+
+    for {key, value} <- opts, into: %{} do
+      unless pos_integer?(value) do
+        raise ArgumentError,
+              "expected :circuit_breaker's #{inspect(key)} to be a positive integer, got: #{inspect(value)}"
+      end
+
+      {key, value}
+    end
+  end
+
+  defp circuit_breaker!(other) do
+    raise ArgumentError,
+          "expected :circuit_breaker to be a boolean or a keyword list of :failures, :window and :cooldown, got: #{inspect(other)}"
   end
 
   defp check!(opts, key, valid?, expected) do

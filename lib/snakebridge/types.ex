@@ -21,7 +21,10 @@ defmodule SnakeBridge.Types do
       released with `SnakeBridge.release/1`, or its worker exited or was
       recycled;
     * `:handle_conflict` — a call uses objects held by different workers (or
-      pools); a call runs in one worker, so they must come from the same one.
+      pools); a call runs in one worker, so they must come from the same one;
+    * `:circuit_open` — the pool's circuit breaker is open after too many
+      failures (`:circuit_breaker` option of `SnakeBridge.Pool`); the message
+      says why and when a call will be tried again.
   """
 
   @typedoc "Why a call failed without a Python exception."
@@ -39,6 +42,7 @@ defmodule SnakeBridge.Types do
           | :protocol_error
           | :stale_handle
           | :handle_conflict
+          | :circuit_open
 
   @typedoc "A Python module or function name: `\"os.path\"` or `:math`."
   @type name :: String.t() | atom()

@@ -79,4 +79,12 @@ rustler::atoms! {
     python_function,
     log_queue,
     log_rate,
+    timeout,
+    circuit,
+    circuit_breaker,
+    failures,
+    window,
+    cooldown,
+    opened,
+    retry_in_ms,
 }

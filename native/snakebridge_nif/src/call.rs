@@ -5,7 +5,7 @@ use std::hash::{DefaultHasher, Hasher};
 use rustler::{Atom, Binary, Encoder, Env, NifResult, Term};
 use snakebridge_protocol::value as wire;
 use snakebridge_protocol::{FrameWriter, Kind, MAX_FRAME_LEN};
-use snakebridge_runtime::{Call, CancelOutcome};
+use snakebridge_runtime::{Call, CancelOutcome, CancelReason};
 
 use crate::atoms;
 use crate::delivery::Caller;
@@ -203,11 +203,31 @@ fn stream_credit(reference: Term, n: u64) -> NifResult<Atom> {
 /// mailbox; `:unknown` means no call with that reference is pending.
 #[rustler::nif]
 fn cancel(reference: Term) -> NifResult<Atom> {
+    cancel_with(reference, CancelReason::Caller)
+}
+
+/// `cancel/1`, saying why: `:timeout` for a caller that gave up waiting,
+/// which counts against the pool's circuit breaker, or `:cancelled`.
+#[rustler::nif(name = "cancel")]
+fn cancel_because(reference: Term, why: Atom) -> NifResult<Atom> {
+    let why = if why == atoms::timeout() {
+        CancelReason::Timeout
+    } else if why == atoms::cancelled() {
+        CancelReason::Caller
+    } else {
+        return Err(rustler::Error::BadArg);
+    };
+    cancel_with(reference, why)
+}
+
+fn cancel_with(reference: Term, why: CancelReason) -> NifResult<Atom> {
     if !reference.is_ref() {
         return Err(rustler::Error::BadArg);
     }
     let bytes = reference.to_binary();
-    let outcome = call_table().cancel(call_id(bytes.as_slice()), |caller| caller.reference.as_slice() == bytes.as_slice());
+    let outcome = call_table().cancel_because(call_id(bytes.as_slice()), why, |caller| {
+        caller.reference.as_slice() == bytes.as_slice()
+    });
     Ok(match outcome {
         CancelOutcome::Cancelled => atoms::cancelled(),
         CancelOutcome::Replied => atoms::replied(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
-use snakebridge_runtime::{CallTable, Pool, PoolConfig};
+use snakebridge_runtime::{BreakerConfig, CallTable, Pool, PoolConfig};
 
 use crate::atoms;
 use crate::delivery::{Caller, Delivery};
@@ -71,6 +71,18 @@ fn field<'a, T: rustler::Decoder<'a>>(config: Term<'a>, key: Atom) -> NifResult<
     config.map_get(key)?.decode()
 }
 
+/// `nil`, or `%{failures: n, window: ms, cooldown: ms}`.
+fn breaker_config(term: Term) -> NifResult<Option<BreakerConfig>> {
+    if term == atoms::nil().to_term(term.get_env()) {
+        return Ok(None);
+    }
+    Ok(Some(BreakerConfig {
+        failures: field(term, atoms::failures())?,
+        window: Duration::from_millis(field(term, atoms::window())?),
+        cooldown: Duration::from_millis(field(term, atoms::cooldown())?),
+    }))
+}
+
 #[rustler::nif(schedule = "DirtyIo")]
 fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<'a>> {
     let mut pool_config = PoolConfig::new(
@@ -89,6 +101,7 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.cancel_grace = Duration::from_millis(field(config, atoms::cancel_grace())?);
     pool_config.log_queue = field::<usize>(config, atoms::log_queue())?.max(1);
     pool_config.log_rate = field::<u32>(config, atoms::log_rate())?.max(1);
+    pool_config.breaker = breaker_config(config.map_get(atoms::circuit_breaker())?)?;
     let owner: LocalPid = field(config, atoms::owner())?;
 
     let mut pools = registry().write();
@@ -151,6 +164,15 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
             )
         })
         .collect();
+    let circuit = errors::atom_map(
+        env,
+        &[
+            (atoms::state(), Atom::from_str(env, stats.circuit.state).expect("state names are valid atoms").encode(env)),
+            (atoms::failures(), stats.circuit.failures.encode(env)),
+            (atoms::opened(), stats.circuit.opened.encode(env)),
+            (atoms::retry_in_ms(), stats.circuit.retry_in_ms.encode(env)),
+        ],
+    );
     let total = |f: fn(&snakebridge_runtime::WorkerStats) -> u64| stats.workers.iter().map(f).sum::<u64>();
     let map = errors::atom_map(
         env,
@@ -162,6 +184,7 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
             (atoms::errors(), total(|w| w.errors).encode(env)),
             (atoms::restarts(), total(|w| w.restarts).encode(env)),
             (atoms::workers(), workers.encode(env)),
+            (atoms::circuit(), circuit),
         ],
     );
     (atoms::ok(), map).encode(env)

@@ -144,6 +144,16 @@ pub enum CancelOutcome {
     Unknown,
 }
 
+/// Why a call is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// Its caller no longer wants it.
+    Caller,
+    /// Its caller gave up waiting: counted against the pool's circuit
+    /// breaker if a worker had the call.
+    Timeout,
+}
+
 const SHARDS: usize = 32;
 
 /// Ids are already well-mixed hashes; hashing them again is wasted work.
@@ -205,6 +215,11 @@ impl<C> CallTable<C> {
 
     /// Cancels call `id` if `belongs(caller)` confirms it is the one meant.
     pub fn cancel(&self, id: u64, belongs: impl FnOnce(&C) -> bool) -> CancelOutcome {
+        self.cancel_because(id, CancelReason::Caller, belongs)
+    }
+
+    /// [`CallTable::cancel`], saying why.
+    pub fn cancel_because(&self, id: u64, why: CancelReason, belongs: impl FnOnce(&C) -> bool) -> CancelOutcome {
         let Some(call) = self.get(id) else {
             return CancelOutcome::Unknown;
         };
@@ -217,6 +232,9 @@ impl<C> CallTable<C> {
                 if state == SENT {
                     // Running (or about to run) in a worker: stop it there.
                     crate::connection::interrupt(call.worker.load(Ordering::Relaxed), id);
+                    if why == CancelReason::Timeout {
+                        crate::connection::timed_out(call.worker.load(Ordering::Relaxed), id);
+                    }
                 }
                 CancelOutcome::Cancelled
             }

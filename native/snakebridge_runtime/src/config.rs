@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::breaker::BreakerConfig;
+
 /// How a pool starts and runs its workers.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -40,6 +42,8 @@ pub struct PoolConfig {
     /// Lines of worker output logged per second at most, after a burst of
     /// `log_queue` lines; lines beyond it are dropped and counted.
     pub log_rate: u32,
+    /// When the pool's circuit opens (`None`: never).
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl PoolConfig {
@@ -61,6 +65,7 @@ impl PoolConfig {
             max_memory: None,
             log_queue: 1_000,
             log_rate: 1_000,
+            breaker: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use snakebridge_protocol::Message;
 
+use crate::breaker::Breaker;
 use crate::monotonic_micros;
 
 /// Process-wide counter so a call can name the exact worker process it was
@@ -86,10 +87,18 @@ pub(crate) struct Connection {
     pub releases: Mutex<Vec<u64>>,
     control: Sender<Control>,
     cancel_grace: Duration,
+    /// The pool's, so a timed-out call found by incarnation is counted there.
+    pub breaker: Arc<Breaker>,
 }
 
 impl Connection {
-    pub fn new(os_pid: u32, socket: UnixStream, control: Sender<Control>, cancel_grace: Duration) -> Arc<Connection> {
+    pub fn new(
+        os_pid: u32,
+        socket: UnixStream,
+        control: Sender<Control>,
+        cancel_grace: Duration,
+        breaker: Arc<Breaker>,
+    ) -> Arc<Connection> {
         let conn = Arc::new(Connection {
             incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
             os_pid,
@@ -110,6 +119,7 @@ impl Connection {
             releases: Mutex::new(Vec::new()),
             control,
             cancel_grace,
+            breaker,
         });
         registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
         conn
@@ -337,6 +347,16 @@ pub(crate) fn interrupt(incarnation: u64, id: u64) {
     }
 }
 
+/// Counts a call that timed out on worker `incarnation` against its pool's
+/// circuit breaker.
+pub(crate) fn timed_out(incarnation: u64, id: u64) {
+    let conn = registry().read().get(&incarnation).and_then(Weak::upgrade);
+    if let Some(conn) = conn {
+        conn.breaker
+            .failure(|| format!("call {id} timed out on Python worker {}", conn.os_pid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +364,7 @@ mod tests {
     fn connection() -> (Arc<Connection>, crossbeam_channel::Receiver<Control>) {
         let (host, _worker) = UnixStream::pair().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Connection::new(1, host, tx, Duration::from_secs(60)), rx)
+        (Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None))), rx)
     }
 
     #[test]

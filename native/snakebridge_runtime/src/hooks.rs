@@ -108,6 +108,7 @@ pub enum Reason {
     Cancelled,
     StaleHandle,
     HandleConflict,
+    CircuitOpen,
 }
 
 impl Reason {
@@ -124,6 +125,7 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::StaleHandle => "stale_handle",
             Reason::HandleConflict => "handle_conflict",
+            Reason::CircuitOpen => "circuit_open",
         }
     }
 

@@ -16,6 +16,7 @@
 //! refers to them through [`ObjectRef`]s, which route calls that use them to
 //! that worker and release them there when dropped (see `object`).
 
+mod breaker;
 mod call;
 mod config;
 mod connection;
@@ -31,7 +32,8 @@ mod stats;
 mod watchdog;
 mod writer;
 
-pub use call::{Call, CallTable, CancelOutcome};
+pub use breaker::{BreakerConfig, BreakerStats};
+pub use call::{Call, CallTable, CancelOutcome, CancelReason};
 pub use config::PoolConfig;
 pub use hooks::{ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, Stream, WorkerEvent};
 pub use object::{ObjectRef, Origin, Route};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use crate::breaker::Breaker;
 use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
 use crate::connection::Connection;
@@ -103,6 +104,8 @@ pub(crate) struct Shared<H: Hooks> {
     pub held: AtomicUsize,
     /// Where every worker's output goes on its way to `Hooks::log`.
     pub logs: Arc<LogQueue<H::Caller>>,
+    /// Shared with the pool's connections, which count timed-out calls.
+    pub breaker: Arc<Breaker>,
 }
 
 impl<H: Hooks> Shared<H> {
@@ -190,8 +193,10 @@ impl<H: Hooks> Pool<H> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let size = config.size.max(1);
         let (logs, log_drain) = log::log_queue(config.log_queue, config.log_rate);
+        let name = name.into();
+        let breaker = Arc::new(Breaker::new(&name, config.breaker));
         let shared = Arc::new(Shared {
-            name: name.into(),
+            name,
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             slots: (0..size).map(|i| Arc::new(Slot::new(i))).collect(),
             pinned: (0..size).map(|_| PinnedQueue::new()).collect(),
@@ -206,6 +211,7 @@ impl<H: Hooks> Pool<H> {
             next_slot: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             logs: Arc::new(logs),
+            breaker,
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -248,7 +254,7 @@ impl<H: Hooks> Pool<H> {
         } else if shared.is_unavailable() {
             Some(shared.unavailable_failure())
         } else {
-            None
+            shared.breaker.admit().err()
         };
         if let Some(failure) = refused {
             shared.table.remove(call.id);
@@ -315,7 +321,7 @@ impl<H: Hooks> Pool<H> {
         } else if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
         } else {
-            None
+            shared.breaker.admit().err()
         };
         if let Some(failure) = refused {
             shared.table.remove(call.id);
@@ -400,6 +406,7 @@ impl<H: Hooks> Pool<H> {
             queue_length: self.shared.queue_length(),
             max_queue: self.shared.config.max_queue,
             workers: self.shared.slots.iter().map(|s| s.stats()).collect(),
+            circuit: self.shared.breaker.stats(),
         }
     }
 

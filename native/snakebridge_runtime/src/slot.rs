@@ -286,6 +286,9 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                         message: failure.message.clone(),
                     },
                 );
+                shared
+                    .breaker
+                    .failure(|| format!("a Python worker failed to start: {}", failure.message));
                 *slot.last_error.lock() = Some(failure.message);
                 if failure.definitive || failures >= MAX_START_FAILURES {
                     slot.gave_up.store(true, Ordering::Release);
@@ -382,7 +385,13 @@ fn start<H: Hooks>(
                 definitive: false,
                 interpreter: false,
             })?;
-            let conn = Connection::new(process.os_pid, socket, slot.control_tx.clone(), config.cancel_grace);
+            let conn = Connection::new(
+                process.os_pid,
+                socket,
+                slot.control_tx.clone(),
+                config.cancel_grace,
+                shared.breaker.clone(),
+            );
             Ok((process, conn, decoder, python))
         }
         Err((problem, cause)) => {
@@ -525,6 +534,9 @@ fn route_reply<H: Hooks>(
     if header.kind != Kind::Ok {
         slot.errors.fetch_add(1, Ordering::Relaxed);
     }
+    if header.kind != Kind::Failure {
+        shared.breaker.success();
+    }
     let outcome = match header.kind {
         Kind::Ok => Outcome::Ok(fields, &origin),
         _ => match Message::decode(body)? {
@@ -553,6 +565,13 @@ fn route_reply<H: Hooks>(
             return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
         }
         if call.claim_reply() {
+            // Counted only once claimed: a caller's own timeout that won the
+            // race was counted by its cancel.
+            if let Outcome::Failed(Failure { reason: Reason::Timeout, .. }) = outcome {
+                shared
+                    .breaker
+                    .failure(|| format!("call {} passed its deadline on Python worker {}", header.id, conn.os_pid));
+            }
             let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
             shared.table.remove(header.id);
             return delivered;
@@ -688,7 +707,15 @@ fn fail_sent_calls<H: Hooks>(
     problem: Option<String>,
     courier: &mut H::Courier,
 ) {
-    for call in shared.table.claim_sent_to(conn.incarnation) {
+    let calls = shared.table.claim_sent_to(conn.incarnation);
+    // One death is one failure for the circuit breaker, however many calls
+    // were pipelined on the worker.
+    if !calls.is_empty() && !shared.stopping.load(Ordering::Acquire) {
+        shared
+            .breaker
+            .failure(|| format!("Python worker {} exited ({exit}) with calls running", conn.os_pid));
+    }
+    for call in calls {
         let message = match &problem {
             Some(p) => format!("Python worker {} was replaced: {p}", conn.os_pid),
             None => format!("Python worker {} exited ({exit}) while running the call", conn.os_pid),

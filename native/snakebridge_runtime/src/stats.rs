@@ -1,5 +1,7 @@
 //! Point-in-time numbers about a pool, for `SnakeBridge.stats/1`.
 
+use crate::breaker::BreakerStats;
+
 /// One worker slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -27,6 +29,7 @@ pub struct PoolStats {
     pub queue_length: usize,
     pub max_queue: usize,
     pub workers: Vec<WorkerStats>,
+    pub circuit: BreakerStats,
 }
 
 /// Resident set size of a process, from `/proc/<pid>/statm`.
