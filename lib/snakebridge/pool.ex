@@ -169,7 +169,7 @@ defmodule SnakeBridge.Pool do
         health_check_timeout: 5_000,
         cancel_grace: 2_000,
         log_queue: 1_000,
-        log_rate: 1_000
+        log_rate: 1_000,
         circuit_breaker: false
       )
 
@@ -190,7 +190,7 @@ defmodule SnakeBridge.Pool do
         check!(opts, :health_check_timeout, &pos_integer?/1, "a positive integer"),
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
-      log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer")
+      log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
       circuit_breaker: circuit_breaker!(opts[:circuit_breaker])
     }
   end
