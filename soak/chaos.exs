@@ -68,7 +68,7 @@ defmodule SnakeBridge.ChaosSoak do
     )
 
     run(warmup, callers, payloads, hang_ms)
-    start = snapshot()
+    start = snapshot(@pool)
     print_snapshot("start", start)
 
     chaos = spawn_link(fn -> chaos_loop(kill_every, stop_for, %{kills: 0, stops: 0}) end)
@@ -79,7 +79,7 @@ defmodule SnakeBridge.ChaosSoak do
     chaos_counts = receive do: ({:chaos, counts} -> counts)
 
     wait_for_workers(@pool, workers)
-    finish = snapshot()
+    finish = snapshot(@pool)
     print_snapshot("end", finish)
     report(start, finish, results, chaos_counts, calls, seconds, max_growth)
   end
@@ -154,16 +154,20 @@ defmodule SnakeBridge.ChaosSoak do
 
   # Each returns :ok, :python_error, {:error, reason}, :wrong or :hung.
   defp one_call({:echo, value}, hang_ms) do
-    {:ok, ref} = Native.call_async("copy", "copy", [value], pool: @pool)
+    case Native.call_async("copy", "copy", [value], pool: @pool) do
+      {:ok, ref} ->
+        receive do
+          {:snakebridge, ^ref, {:ok, ^value}} -> :ok
+          {:snakebridge, ^ref, {:ok, _}} -> :wrong
+          {:snakebridge, ^ref, other} -> classify(other)
+        after
+          hang_ms ->
+            SnakeBridge.cancel(ref)
+            :hung
+        end
 
-    receive do
-      {:snakebridge, ^ref, {:ok, ^value}} -> :ok
-      {:snakebridge, ^ref, {:ok, _}} -> :wrong
-      {:snakebridge, ^ref, other} -> classify(other)
-    after
-      hang_ms ->
-        SnakeBridge.cancel(ref)
-        :hung
+      refused ->
+        classify(refused)
     end
   end
 
@@ -182,10 +186,15 @@ defmodule SnakeBridge.ChaosSoak do
   end
 
   defp one_call({:cancel, i}, _hang_ms) do
-    {:ok, ref} = Native.call_async("operator", "add", [i, 1], pool: @pool)
-    spin(:rand.uniform(200))
-    :ok = SnakeBridge.cancel(ref)
-    :ok
+    case Native.call_async("operator", "add", [i, 1], pool: @pool) do
+      {:ok, ref} ->
+        spin(:rand.uniform(200))
+        :ok = SnakeBridge.cancel(ref)
+        :ok
+
+      refused ->
+        classify(refused)
+    end
   end
 
   defp one_call({:stream, n}, _hang_ms) do
@@ -254,27 +263,6 @@ defmodule SnakeBridge.ChaosSoak do
     after
       0 -> acc
     end
-  end
-
-  ## Memory
-
-  defp snapshot do
-    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
-    Process.sleep(100)
-
-    %{
-      beam_rss: beam_rss(),
-      erlang_total: :erlang.memory(:total),
-      workers:
-        for(w <- SnakeBridge.stats(@pool).workers, do: Map.take(w, [:os_pid, :rss, :restarts]))
-    }
-  end
-
-  defp print_snapshot(label, s) do
-    IO.puts(
-      "#{label}: BEAM RSS #{mb(s.beam_rss)} (erlang total #{mb(s.erlang_total)}); workers: " <>
-        Enum.map_join(s.workers, ", ", &"#{&1.os_pid} #{mb(&1.rss)}")
-    )
   end
 
   ## Report

@@ -103,7 +103,9 @@ defmodule SnakeBridge.SoakObjects do
 
   defp progress_loop(_counter, _total, _tenth, _parent), do: :ok
 
-  defp object_count, do: SnakeBridge.call!("snakebridge_worker._native", "object_count", [], pool: @pool)
+  defp object_count,
+    do: SnakeBridge.call!("snakebridge_worker._native", "object_count", [], pool: @pool)
+
   defp held, do: worker().objects
   defp worker, do: hd(SnakeBridge.stats(@pool).workers)
 

@@ -41,14 +41,14 @@ defmodule SnakeBridge.Soak do
     )
 
     run(warmup, callers, payloads, nil)
-    start = snapshot()
+    start = snapshot(@pool)
     print_snapshot("start", start)
 
     started = System.monotonic_time(:millisecond)
     counts = run(calls, callers, payloads, calls)
     seconds = (System.monotonic_time(:millisecond) - started) / 1000
 
-    finish = snapshot()
+    finish = snapshot(@pool)
     print_snapshot("end", finish)
     report(start, finish, counts, calls, seconds, max_growth)
   end
@@ -146,38 +146,11 @@ defmodule SnakeBridge.Soak do
 
       IO.puts(
         "  #{tenth * 10}%: #{done} calls, #{rate} calls/s, BEAM RSS #{mb(beam_rss())}, " <>
-          "workers #{Enum.map_join(workers(), ", ", &mb(&1.rss))}"
+          "workers #{Enum.map_join(SnakeBridge.stats(@pool).workers, ", ", &mb(&1.rss))}"
       )
     end
 
     progress_loop(counter, total, started, max(tenth, last_tenth))
-  end
-
-  ## Memory
-
-  defp snapshot do
-    # Garbage-collect every process so that both snapshots count live data,
-    # not whatever garbage a heap happened to hold at that moment.
-    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
-    Process.sleep(100)
-
-    %{
-      beam_rss: beam_rss(),
-      erlang_total: :erlang.memory(:total),
-      workers: workers()
-    }
-  end
-
-  defp workers do
-    for w <- SnakeBridge.stats(@pool).workers, do: Map.take(w, [:os_pid, :rss, :restarts, :calls])
-  end
-
-  defp print_snapshot(label, s) do
-    IO.puts(
-      "#{label}: BEAM RSS #{mb(s.beam_rss)} (erlang total #{mb(s.erlang_total)}); " <>
-        "workers: " <>
-        Enum.map_join(s.workers, ", ", &"#{&1.os_pid} #{mb(&1.rss)}")
-    )
   end
 
   ## Report

@@ -12,6 +12,29 @@ defmodule SnakeBridge.SoakSupport do
     end
   end
 
+  @doc """
+  The BEAM's and `pool`'s workers' memory, after a garbage collection of
+  every process so that two snapshots compare live data, not whatever
+  garbage a heap happened to hold at that moment.
+  """
+  def snapshot(pool) do
+    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+    Process.sleep(100)
+
+    %{
+      beam_rss: beam_rss(),
+      erlang_total: :erlang.memory(:total),
+      workers: SnakeBridge.stats(pool).workers
+    }
+  end
+
+  def print_snapshot(label, s) do
+    IO.puts(
+      "#{label}: BEAM RSS #{mb(s.beam_rss)} (erlang total #{mb(s.erlang_total)}); workers: " <>
+        Enum.map_join(s.workers, ", ", &"#{&1.os_pid} #{mb(&1.rss)}")
+    )
+  end
+
   @doc "The BEAM's resident set size, in bytes, from /proc/self/status."
   def beam_rss do
     "/proc/self/status"

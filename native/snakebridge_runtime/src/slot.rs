@@ -290,7 +290,9 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                     .breaker
                     .failure(|| format!("a Python worker failed to start: {}", failure.message));
                 *slot.last_error.lock() = Some(failure.message);
-                if failure.definitive || failures >= MAX_START_FAILURES {
+                // Failures so far (early deaths included) make a slot give
+                // up only with a failure of the interpreter's own.
+                if failure.definitive || (failure.interpreter && failures >= MAX_START_FAILURES) {
                     slot.gave_up.store(true, Ordering::Release);
                     slot.set_status(Status::Unavailable);
                 } else if slot.is_unavailable() {
@@ -485,7 +487,10 @@ fn read_replies<H: Hooks>(
         }
         slot.wake_writer();
         match decoder.fill_from(&mut socket) {
+            // A worker killed with replies unread by it resets the socket:
+            // its exit, not the reset, says what happened.
             Ok(0) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
             Ok(_) => {}
             Err(e) => return Err(format!("socket: {e}")),
         }

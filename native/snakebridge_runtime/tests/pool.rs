@@ -945,3 +945,50 @@ fn a_flood_of_output_is_bounded_and_its_drops_counted() {
     // One report a second at most while the flood lasts, and one at its end.
     assert!(reports <= 62, "{reports} reports");
 }
+
+/// A worker killed with calls still unread in its socket resets the
+/// connection (ECONNRESET on the host's read), and one killed while it
+/// starts never says hello: neither is the interpreter's fault, however
+/// young the worker and however many in a row.
+#[test]
+fn young_workers_killed_from_outside_do_not_make_python_unavailable() {
+    let p = start(|c| c.size = 1);
+    for _ in 0..3 {
+        let worker = p.wait_ready(1)[0];
+        let (_, sleeping, submitted) = p.submit("time", "sleep", vec![Value::Float(10.0)]);
+        submitted.unwrap();
+        // Written while the worker sleeps: they stay unread in its socket.
+        std::thread::sleep(Duration::from_millis(50));
+        let queued: Vec<_> = (0..8)
+            .map(|i| {
+                let (_, rx, submitted) = p.submit("operator", "neg", vec![Value::Int(i)]);
+                submitted.unwrap();
+                rx
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        kill(worker, libc::SIGKILL);
+        assert!(matches!(
+            sleeping.recv_timeout(Duration::from_secs(20)),
+            Ok(Reply::Failed(f)) if f.reason == Reason::WorkerExited
+        ));
+        for rx in queued {
+            assert!(rx.recv_timeout(Duration::from_secs(20)).is_ok());
+        }
+    }
+    // Then kill the next workers before their hello.
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while killed.len() < 2 {
+        assert!(Instant::now() < deadline, "no new worker to kill: {:?}", p.pool.stats());
+        if let Some(pid) = p.pool.os_pids().into_iter().find(|pid| !killed.contains(pid)) {
+            kill(pid, libc::SIGKILL);
+            killed.push(pid);
+        }
+        let stats = p.pool.stats();
+        assert_ne!(stats.workers[0].state, "unavailable", "{stats:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let next = p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]);
+    assert_eq!(next, Reply::Ok(Value::Int(3)), "{:?}", p.pool.stats());
+}
