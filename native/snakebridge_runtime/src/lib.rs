@@ -25,6 +25,7 @@ mod hooks;
 mod log;
 mod object;
 mod pool;
+mod reader;
 mod slot;
 mod socket;
 mod spawn;
@@ -38,6 +39,7 @@ pub use config::PoolConfig;
 pub use hooks::{ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, Stream, WorkerEvent};
 pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
+pub use reader::Reader;
 pub use stats::{PoolStats, WorkerStats};
 
 /// `CLOCK_MONOTONIC` in microseconds: the clock of call deadlines, shared by

@@ -2,7 +2,7 @@
 //! route replies, reap, restart with backoff. (Its writer thread is in
 //! `writer.rs`.)
 
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
@@ -13,18 +13,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
-use snakebridge_protocol::{
-    handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
-    PROTOCOL_VERSION,
-};
+use snakebridge_protocol::{Message, HEADER_LEN, PROTOCOL_VERSION};
 
 use crate::connection::{Connection, Control};
 use crate::exit;
-use crate::hooks::{ExitInfo, Failure, Hooks, Level, Outcome, PythonError, Reason, Stream, WorkerEvent};
-use crate::log::Entry;
-use crate::object::Origin;
+use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, Reason, WorkerEvent};
 use crate::pool::{stale_failure, Shared};
 use crate::socket;
+use crate::reader::{Ended, Reader};
 use crate::writer;
 use crate::spawn::{spawn_worker, WorkerProcess};
 use crate::stats::{rss_bytes, WorkerStats};
@@ -35,6 +31,8 @@ const MAX_START_FAILURES: u32 = 3;
 const MIN_HEALTHY_LIFETIME: Duration = Duration::from_secs(1);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A hello is a few dozen bytes; a larger first frame is not one.
+const MAX_HELLO_LEN: usize = 64 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -88,8 +86,8 @@ pub(crate) struct Slot {
     pub writer_waiting: AtomicBool,
     last_error: Mutex<Option<String>>,
     gave_up: AtomicBool,
-    calls: AtomicU64,
-    errors: AtomicU64,
+    pub(crate) calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
     restarts: AtomicU64,
 }
 
@@ -270,7 +268,7 @@ fn died_of_itself(exit: ExitInfo) -> bool {
     }
 }
 
-fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
+fn supervise<H: Hooks>(shared: &Arc<Shared<H>>, slot: &Arc<Slot>) {
     let mut courier = shared.hooks.courier();
     let mut failures: u32 = 0;
     while !shared.stopping.load(Ordering::Acquire) {
@@ -301,7 +299,7 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                     slot.set_status(Status::Restarting);
                 }
             }
-            Ok((mut process, conn, decoder, python)) => {
+            Ok((mut process, conn, python)) => {
                 *slot.last_error.lock() = None;
                 slot.gave_up.store(false, Ordering::Release);
                 *slot.connection.write() = Some(conn.clone());
@@ -309,7 +307,12 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                 shared.hooks.event(&mut courier, conn.os_pid, WorkerEvent::Started { python });
                 let started = Instant::now();
 
-                let ended = read_replies(shared, slot, &conn, decoder, &mut courier);
+                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                let reader = Reader::new(shared.clone(), slot.clone(), conn.clone(), done_tx);
+                if let Err(reader) = shared.hooks.attach(&mut courier, reader) {
+                    reader.run(&mut courier);
+                }
+                let ended = wait_for_reader(shared, conn.os_pid, &done_rx);
 
                 conn.mark_dead();
                 *slot.connection.write() = None;
@@ -318,14 +321,14 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                     slot.set_status(Status::Restarting);
                 }
                 let problem = match &ended {
-                    Err(problem) => {
-                        // A worker that speaks garbage cannot be trusted with
-                        // another call.
+                    Ended::Broke(problem) | Ended::Lost(problem) => {
+                        // A worker that speaks garbage, or that nothing reads
+                        // any more, cannot be trusted with another call.
                         slot.kill_process();
                         *slot.last_error.lock() = Some(problem.clone());
                         Some(problem.clone())
                     }
-                    Ok(()) => conn.kill_reason.lock().clone(),
+                    Ended::Closed => conn.kill_reason.lock().clone(),
                 };
                 let exit = reap(slot, &mut process.child, shared.config.stop_timeout);
                 fail_sent_calls(shared, &conn, exit, problem, &mut courier);
@@ -339,8 +342,9 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
                 // watchdog killed, or that was killed from outside, says
                 // nothing about Python.
                 let own_fault = match ended {
-                    Err(_) => true,
-                    Ok(()) => conn.kill_reason.lock().is_none() && died_of_itself(exit),
+                    Ended::Broke(_) => true,
+                    Ended::Lost(_) => false,
+                    Ended::Closed => conn.kill_reason.lock().is_none() && died_of_itself(exit),
                 };
                 if started.elapsed() < MIN_HEALTHY_LIFETIME && !conn.is_draining() && own_fault {
                     failures += 1;
@@ -361,7 +365,7 @@ fn supervise<H: Hooks>(shared: &Shared<H>, slot: &Arc<Slot>) {
 fn start<H: Hooks>(
     shared: &Shared<H>,
     slot: &Slot,
-) -> Result<(WorkerProcess, Arc<Connection>, FrameDecoder, String), StartFailure> {
+) -> Result<(WorkerProcess, Arc<Connection>, String), StartFailure> {
     let config = &shared.config;
     slot.set_status(Status::Starting);
     let mut process = spawn_worker(config, &shared.logs).map_err(|e| StartFailure {
@@ -381,7 +385,7 @@ fn start<H: Hooks>(
         });
     }
     match handshake(shared, &process) {
-        Ok((decoder, python)) => {
+        Ok(python) => {
             let socket = process.socket.try_clone().map_err(|e| StartFailure {
                 message: format!("socket: {e}"),
                 definitive: false,
@@ -394,7 +398,7 @@ fn start<H: Hooks>(
                 config.cancel_grace,
                 shared.breaker.clone(),
             );
-            Ok((process, conn, decoder, python))
+            Ok((process, conn, python))
         }
         Err((problem, cause)) => {
             slot.kill_process();
@@ -432,24 +436,36 @@ enum Cause {
     Host,
 }
 
-fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<(FrameDecoder, String), (String, Cause)> {
+/// Reads the worker's hello, and not a byte more: whoever reads the socket
+/// next (see `reader`) must start at a frame boundary.
+fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<String, (String, Cause)> {
     let deadline = Instant::now() + shared.config.start_timeout;
-    let mut decoder = FrameDecoder::default();
-    let mut socket = &process.socket;
-    loop {
-        match decoder.next_frame() {
-            Ok(Some(body)) => {
-                let refused = match Message::decode(body) {
-                    Ok(Message::Hello { version, python, .. }) if version == PROTOCOL_VERSION => return Ok((decoder, python)),
-                    Ok(Message::Hello { version, .. }) => format!("speaks protocol version {version}, expected {PROTOCOL_VERSION}"),
-                    Ok(other) => format!("sent {:?} before hello", other.header().kind),
-                    Err(e) => format!("sent a malformed hello: {e}"),
-                };
-                return Err((refused, Cause::Interpreter));
-            }
-            Ok(None) => {}
-            Err(e) => return Err((format!("sent a malformed frame: {e}"), Cause::Interpreter)),
-        }
+    let mut header = [0u8; HEADER_LEN];
+    read_exact_by(shared, process, deadline, &mut header)?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_HELLO_LEN {
+        return Err((format!("sent a {len}-byte frame before its hello"), Cause::Interpreter));
+    }
+    let mut body = vec![0u8; len];
+    read_exact_by(shared, process, deadline, &mut body)?;
+    let refused = match Message::decode(&body) {
+        Ok(Message::Hello { version, python, .. }) if version == PROTOCOL_VERSION => return Ok(python),
+        Ok(Message::Hello { version, .. }) => format!("speaks protocol version {version}, expected {PROTOCOL_VERSION}"),
+        Ok(other) => format!("sent {:?} before hello", other.header().kind),
+        Err(e) => format!("sent a malformed hello: {e}"),
+    };
+    Err((refused, Cause::Interpreter))
+}
+
+/// Fills `buf` from the worker's socket by `deadline`.
+fn read_exact_by<H: Hooks>(
+    shared: &Shared<H>,
+    process: &WorkerProcess,
+    deadline: Instant,
+    buf: &mut [u8],
+) -> Result<(), (String, Cause)> {
+    let mut filled = 0;
+    while filled < buf.len() {
         let now = Instant::now();
         if now >= deadline {
             return Err((format!("did not start within {:?}", shared.config.start_timeout), Cause::Interpreter));
@@ -463,214 +479,39 @@ fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<(F
             Ok(true) => {}
             Err(e) => return Err((format!("socket: {e}"), Cause::Host)),
         }
-        match decoder.fill_from(&mut socket) {
+        match (&process.socket).read(&mut buf[filled..]) {
             Ok(0) => return Err(("exited before it was ready".to_owned(), Cause::Exited)),
-            Ok(_) => {}
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(("exited before it was ready".to_owned(), Cause::Exited))
+            }
             Err(e) => return Err((format!("socket: {e}"), Cause::Host)),
         }
     }
+    Ok(())
 }
 
-/// Reads and routes replies until the worker's socket closes. Err means the
-/// worker broke the protocol.
-fn read_replies<H: Hooks>(
-    shared: &Shared<H>,
-    slot: &Arc<Slot>,
-    conn: &Arc<Connection>,
-    mut decoder: FrameDecoder,
-    courier: &mut H::Courier,
-) -> Result<(), String> {
-    let mut socket = conn.socket();
+/// Waits until the worker's reader has ended. Should its embedder never end
+/// it, the worker's exit bounds the wait: the reader is given up on
+/// `stop_timeout` after it.
+fn wait_for_reader<H: Hooks>(shared: &Shared<H>, os_pid: u32, done: &Receiver<Ended>) -> Ended {
+    let mut exited_at: Option<Instant> = None;
     loop {
-        while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
-            route_reply(shared, slot, conn, body, courier).map_err(|e| format!("worker sent a bad message: {e}"))?;
+        match done.recv_timeout(Duration::from_millis(100)) {
+            Ok(ended) => return ended,
+            Err(RecvTimeoutError::Disconnected) => return Ended::Lost("the reader of its socket went away".into()),
+            Err(RecvTimeoutError::Timeout) => {}
         }
-        slot.wake_writer();
-        match decoder.fill_from(&mut socket) {
-            // A worker killed with replies unread by it resets the socket:
-            // its exit, not the reset, says what happened.
-            Ok(0) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("socket: {e}")),
-        }
-    }
-}
-
-fn route_reply<H: Hooks>(
-    shared: &Shared<H>,
-    slot: &Arc<Slot>,
-    conn: &Arc<Connection>,
-    body: &[u8],
-    courier: &mut H::Courier,
-) -> Result<(), DecodeError> {
-    let mut fields = body;
-    let header = Header::read(&mut fields)?;
-    let origin = Origin {
-        pool: shared.id,
-        slot,
-        conn,
-    };
-    match header.kind {
-        Kind::Ok | Kind::PyError | Kind::Failure => {}
-        Kind::Items => return route_items(shared, &origin, header.id, fields, courier),
-        Kind::Started => {
-            if !conn.detach(header.id) {
-                return Err(DecodeError::Invalid(format!("call {} started, but none was sent", header.id)));
+        match exited_at {
+            Some(at) if at.elapsed() >= shared.config.stop_timeout => {
+                return Ended::Lost("nothing read its socket to the end after it exited".into())
             }
-            return Ok(());
-        }
-        Kind::Pong => {
-            conn.pong();
-            return Ok(());
-        }
-        Kind::Output => return route_output(shared, conn, body),
-        other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
-    }
-    if !conn.finish(header.id) {
-        return Err(DecodeError::Invalid(format!("reply to call {} that was never sent", header.id)));
-    }
-    let replies = conn.replies.fetch_add(1, Ordering::Relaxed) + 1;
-    if shared.config.max_calls == Some(replies) {
-        conn.drain();
-    }
-    conn.heard();
-    slot.calls.fetch_add(1, Ordering::Relaxed);
-    if header.kind != Kind::Ok {
-        slot.errors.fetch_add(1, Ordering::Relaxed);
-    }
-    if header.kind != Kind::Failure {
-        shared.breaker.success();
-    }
-    let outcome = match header.kind {
-        Kind::Ok => Outcome::Ok(fields, &origin),
-        _ => match Message::decode(body)? {
-            Message::PyError {
-                exc_type,
-                exc_module,
-                message,
-                traceback,
-                ..
-            } => Outcome::PythonError(PythonError {
-                exc_type,
-                exc_module,
-                message,
-                traceback,
-            }),
-            Message::Failure { reason, message, .. } => {
-                let reason = Reason::from_worker(&reason)
-                    .ok_or_else(|| DecodeError::Invalid(format!("unknown failure reason {reason:?}")))?;
-                Outcome::Failed(Failure::new(reason, message))
-            }
-            _ => unreachable!("kind checked above"),
-        },
-    };
-    if let Some(call) = shared.table.get(header.id) {
-        if call.written_to() != conn.incarnation {
-            return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
-        }
-        if call.claim_reply() {
-            // Counted only once claimed: a caller's own timeout that won the
-            // race was counted by its cancel.
-            if let Outcome::Failed(Failure { reason: Reason::Timeout, .. }) = outcome {
-                shared
-                    .breaker
-                    .failure(|| format!("call {} passed its deadline on Python worker {}", header.id, conn.os_pid));
-            }
-            let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
-            shared.table.remove(header.id);
-            return delivered;
+            Some(_) => {}
+            None if exit::wait(os_pid, false).unwrap_or(true) => exited_at = Some(Instant::now()),
+            None => {}
         }
     }
-    // Nothing else ends a sent call while its worker runs: it was cancelled
-    // (and is gone from the table, or about to be). The reply is dropped.
-    conn.cancelled_call_answered(header.id);
-    release_unread(&origin, &outcome)
-}
-
-/// Delivers a stream's next items, unless it was cancelled.
-fn route_items<H: Hooks>(
-    shared: &Shared<H>,
-    origin: &Origin<'_>,
-    id: u64,
-    fields: &[u8],
-    courier: &mut H::Courier,
-) -> Result<(), DecodeError> {
-    origin.conn.heard();
-    let outcome = Outcome::Items(fields, origin);
-    let Some(call) = shared.table.get(id) else {
-        return release_unread(origin, &outcome);
-    };
-    if call.written_to() != origin.conn.incarnation {
-        return Err(DecodeError::Invalid(format!("items for call {id} that was not sent to it")));
-    }
-    if !call.claim_items() {
-        return release_unread(origin, &outcome);
-    }
-    let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
-    call.items_delivered();
-    if delivered.is_err() && call.claim_reply() {
-        // The embedder answered the stream with the error already; the
-        // worker is replaced without answering it again.
-        shared.table.remove(id);
-    }
-    delivered
-}
-
-/// Queues a line the worker's Python code wrote, with the call that wrote
-/// it if that call's caller still waits.
-fn route_output<H: Hooks>(shared: &Shared<H>, conn: &Connection, body: &[u8]) -> Result<(), DecodeError> {
-    conn.heard();
-    let Message::Output {
-        id,
-        source,
-        level,
-        text,
-        module,
-        function,
-    } = Message::decode(body)?
-    else {
-        unreachable!("kind checked by the caller")
-    };
-    let stream = match source {
-        OUTPUT_STDOUT => Stream::Stdout,
-        OUTPUT_STDERR => Stream::Stderr,
-        OUTPUT_LOGGING => Stream::Logging,
-        other => return Err(DecodeError::Invalid(format!("unknown output source {other}"))),
-    };
-    let level = match stream {
-        Stream::Logging => Level::from_python(level),
-        _ => Level::of_stream(stream),
-    };
-    // A worker names only its own calls.
-    let call = (id != 0)
-        .then(|| shared.table.get(id))
-        .flatten()
-        .filter(|call| call.written_to() == conn.incarnation);
-    shared.logs.push(Entry {
-        os_pid: conn.os_pid,
-        stream,
-        level,
-        text: text.into_bytes(),
-        call,
-        module,
-        function,
-    });
-    Ok(())
-}
-
-/// Releases the objects in a result nobody will read (its call was
-/// cancelled), which would otherwise stay in the worker for good.
-fn release_unread(origin: &Origin<'_>, outcome: &Outcome<'_>) -> Result<(), DecodeError> {
-    let (Outcome::Ok(value, _) | Outcome::Items(value, _)) = outcome else {
-        return Ok(());
-    };
-    let ids = handle_ids(value)?;
-    if !ids.is_empty() {
-        origin.conn.releases.lock().extend(ids);
-        origin.slot.wake_writer_now();
-    }
-    Ok(())
 }
 
 /// Waits for the worker to exit, killing it after `timeout`, then kills

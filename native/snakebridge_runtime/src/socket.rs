@@ -50,6 +50,13 @@ pub fn send_all(fd: RawFd, mut slices: &mut [IoSlice<'_>]) -> Result<(), (io::Er
                 IoSlice::advance_slices(&mut slices, n);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The socket is non-blocking once the embedder reads it through
+            // a VM port (see `Reader::fd`): wait as a blocking write would.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = wait_writable(fd) {
+                    return Err((e, written));
+                }
+            }
             Err(e) => return Err((e, written)),
         }
     }
@@ -68,12 +75,18 @@ pub fn try_send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
 
 /// Waits until `fd` is readable (or closed). False on timeout.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    wait_for(fd, libc::POLLIN, ms)
+}
+
+/// Waits until `fd` can be written to (or is closed, which the write then
+/// reports).
+fn wait_writable(fd: RawFd) -> io::Result<()> {
+    wait_for(fd, libc::POLLOUT, -1).map(drop)
+}
+
+fn wait_for(fd: RawFd, events: libc::c_short, ms: libc::c_int) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
     loop {
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n < 0 {

@@ -1,0 +1,309 @@
+//! Reading one worker's messages: replies, stream items, `started`, pongs
+//! and output, each routed to where it goes.
+//!
+//! After the handshake the supervisor hands the worker's socket to a
+//! [`Reader`]. The embedder may take it ([`Hooks::attach`]) and feed it the
+//! frames it reads itself: the NIF reads them through a VM port on a dup of
+//! the socket, which the schedulers poll, so a reply wakes one scheduler
+//! instead of a reader thread and then a scheduler. An embedder that
+//! declines leaves the reading to the supervisor thread ([`Reader::run`]).
+//! Either way, every frame goes through [`Reader::route`], and the reader
+//! ends once, with [`Reader::finish`], which is what the supervisor waits
+//! for before it fails what the worker left unanswered.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use snakebridge_protocol::{
+    handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
+};
+
+use crate::connection::Connection;
+use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, Stream};
+use crate::log::Entry;
+use crate::object::Origin;
+use crate::pool::Shared;
+use crate::slot::Slot;
+
+/// The read side of one worker process's socket, from its handshake to its
+/// end. Dropping a reader that was not finished ends it as broken (its
+/// worker is then killed and replaced): so an embedder that loses it, for
+/// example in a process that died, cannot leave the worker unread.
+pub struct Reader<H: Hooks> {
+    shared: Arc<Shared<H>>,
+    slot: Arc<Slot>,
+    conn: Arc<Connection>,
+    done: Option<Sender<Ended>>,
+}
+
+/// How reading a worker's socket ended.
+pub(crate) enum Ended {
+    /// The socket reached its end: every frame the worker sent was routed.
+    Closed,
+    /// The worker broke the protocol.
+    Broke(String),
+    /// The host stopped reading (the embedder lost its reader).
+    Lost(String),
+}
+
+impl<H: Hooks> Reader<H> {
+    pub(crate) fn new(
+        shared: Arc<Shared<H>>,
+        slot: Arc<Slot>,
+        conn: Arc<Connection>,
+        done: Sender<Ended>,
+    ) -> Self {
+        Reader {
+            shared,
+            slot,
+            conn,
+            done: Some(done),
+        }
+    }
+
+    /// The host's end of the worker's socket. Read it, do not close it; the
+    /// runtime writes calls to it meanwhile. A reader of its own needs a
+    /// dup, and may make it non-blocking: the runtime's writes expect that.
+    pub fn fd(&self) -> RawFd {
+        self.conn.fd()
+    }
+
+    /// OS pid of the worker process.
+    pub fn os_pid(&self) -> u32 {
+        self.conn.os_pid
+    }
+
+    /// Routes one frame's body (without its 4-byte length). Err means the
+    /// worker broke the protocol: finish the reader with it.
+    pub fn route(&self, courier: &mut H::Courier, body: &[u8]) -> Result<(), String> {
+        let routed = route_reply(&self.shared, &self.slot, &self.conn, body, courier);
+        // Each reply may free room in the window a writer waits for.
+        self.slot.wake_writer();
+        routed.map_err(|e| format!("worker sent a bad message: {e}"))
+    }
+
+    /// Ends the reader: `Ok` at the end of the socket (every frame the
+    /// worker sent was routed), `Err` when the worker broke the protocol.
+    pub fn finish(mut self, result: Result<(), String>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(match result {
+                Ok(()) => Ended::Closed,
+                Err(problem) => Ended::Broke(problem),
+            });
+        }
+    }
+
+    /// Reads and routes frames on this thread until the socket ends.
+    pub(crate) fn run(self, courier: &mut H::Courier) {
+        let result = self.read_all(courier);
+        self.finish(result);
+    }
+
+    fn read_all(&self, courier: &mut H::Courier) -> Result<(), String> {
+        let mut decoder = FrameDecoder::default();
+        let mut socket = self.conn.socket();
+        loop {
+            while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
+                route_reply(&self.shared, &self.slot, &self.conn, body, courier)
+                    .map_err(|e| format!("worker sent a bad message: {e}"))?;
+            }
+            self.slot.wake_writer();
+            match decoder.fill_from(&mut socket) {
+                // A worker killed with calls it had not read resets the
+                // socket: its exit, not the reset, says what happened.
+                Ok(0) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("socket: {e}")),
+            }
+        }
+    }
+}
+
+impl<H: Hooks> Drop for Reader<H> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Ended::Lost("the reader of its socket went away".to_owned()));
+        }
+    }
+}
+
+fn route_reply<H: Hooks>(
+    shared: &Shared<H>,
+    slot: &Arc<Slot>,
+    conn: &Arc<Connection>,
+    body: &[u8],
+    courier: &mut H::Courier,
+) -> Result<(), DecodeError> {
+    let mut fields = body;
+    let header = Header::read(&mut fields)?;
+    let origin = Origin {
+        pool: shared.id,
+        slot,
+        conn,
+    };
+    match header.kind {
+        Kind::Ok | Kind::PyError | Kind::Failure => {}
+        Kind::Items => return route_items(shared, &origin, header.id, fields, courier),
+        Kind::Started => {
+            if !conn.detach(header.id) {
+                return Err(DecodeError::Invalid(format!("call {} started, but none was sent", header.id)));
+            }
+            return Ok(());
+        }
+        Kind::Pong => {
+            conn.pong();
+            return Ok(());
+        }
+        Kind::Output => return route_output(shared, conn, body),
+        other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
+    }
+    if !conn.finish(header.id) {
+        return Err(DecodeError::Invalid(format!("reply to call {} that was never sent", header.id)));
+    }
+    let replies = conn.replies.fetch_add(1, Ordering::Relaxed) + 1;
+    if shared.config.max_calls == Some(replies) {
+        conn.drain();
+    }
+    conn.heard();
+    slot.calls.fetch_add(1, Ordering::Relaxed);
+    if header.kind != Kind::Ok {
+        slot.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    if header.kind != Kind::Failure {
+        shared.breaker.success();
+    }
+    let outcome = match header.kind {
+        Kind::Ok => Outcome::Ok(fields, &origin),
+        _ => match Message::decode(body)? {
+            Message::PyError {
+                exc_type,
+                exc_module,
+                message,
+                traceback,
+                ..
+            } => Outcome::PythonError(PythonError {
+                exc_type,
+                exc_module,
+                message,
+                traceback,
+            }),
+            Message::Failure { reason, message, .. } => {
+                let reason = Reason::from_worker(&reason)
+                    .ok_or_else(|| DecodeError::Invalid(format!("unknown failure reason {reason:?}")))?;
+                Outcome::Failed(Failure::new(reason, message))
+            }
+            _ => unreachable!("kind checked above"),
+        },
+    };
+    if let Some(call) = shared.table.get(header.id) {
+        if call.written_to() != conn.incarnation {
+            return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
+        }
+        if call.claim_reply() {
+            // Counted only once claimed: a caller's own timeout that won the
+            // race was counted by its cancel.
+            if let Outcome::Failed(Failure { reason: Reason::Timeout, .. }) = outcome {
+                shared
+                    .breaker
+                    .failure(|| format!("call {} passed its deadline on Python worker {}", header.id, conn.os_pid));
+            }
+            let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
+            shared.table.remove(header.id);
+            return delivered;
+        }
+    }
+    // Nothing else ends a sent call while its worker runs: it was cancelled
+    // (and is gone from the table, or about to be). The reply is dropped.
+    conn.cancelled_call_answered(header.id);
+    release_unread(&origin, &outcome)
+}
+
+/// Delivers a stream's next items, unless it was cancelled.
+fn route_items<H: Hooks>(
+    shared: &Shared<H>,
+    origin: &Origin<'_>,
+    id: u64,
+    fields: &[u8],
+    courier: &mut H::Courier,
+) -> Result<(), DecodeError> {
+    origin.conn.heard();
+    let outcome = Outcome::Items(fields, origin);
+    let Some(call) = shared.table.get(id) else {
+        return release_unread(origin, &outcome);
+    };
+    if call.written_to() != origin.conn.incarnation {
+        return Err(DecodeError::Invalid(format!("items for call {id} that was not sent to it")));
+    }
+    if !call.claim_items() {
+        return release_unread(origin, &outcome);
+    }
+    let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
+    call.items_delivered();
+    if delivered.is_err() && call.claim_reply() {
+        // The embedder answered the stream with the error already; the
+        // worker is replaced without answering it again.
+        shared.table.remove(id);
+    }
+    delivered
+}
+
+/// Queues a line the worker's Python code wrote, with the call that wrote
+/// it if that call's caller still waits.
+fn route_output<H: Hooks>(shared: &Shared<H>, conn: &Connection, body: &[u8]) -> Result<(), DecodeError> {
+    conn.heard();
+    let Message::Output {
+        id,
+        source,
+        level,
+        text,
+        module,
+        function,
+    } = Message::decode(body)?
+    else {
+        unreachable!("kind checked by the caller")
+    };
+    let stream = match source {
+        OUTPUT_STDOUT => Stream::Stdout,
+        OUTPUT_STDERR => Stream::Stderr,
+        OUTPUT_LOGGING => Stream::Logging,
+        other => return Err(DecodeError::Invalid(format!("unknown output source {other}"))),
+    };
+    let level = match stream {
+        Stream::Logging => Level::from_python(level),
+        _ => Level::of_stream(stream),
+    };
+    // A worker names only its own calls.
+    let call = (id != 0)
+        .then(|| shared.table.get(id))
+        .flatten()
+        .filter(|call| call.written_to() == conn.incarnation);
+    shared.logs.push(Entry {
+        os_pid: conn.os_pid,
+        stream,
+        level,
+        text: text.into_bytes(),
+        call,
+        module,
+        function,
+    });
+    Ok(())
+}
+
+/// Releases the objects in a result nobody will read (its call was
+/// cancelled), which would otherwise stay in the worker for good.
+fn release_unread(origin: &Origin<'_>, outcome: &Outcome<'_>) -> Result<(), DecodeError> {
+    let (Outcome::Ok(value, _) | Outcome::Items(value, _)) = outcome else {
+        return Ok(());
+    };
+    let ids = handle_ids(value)?;
+    if !ids.is_empty() {
+        origin.conn.releases.lock().extend(ids);
+        origin.slot.wake_writer_now();
+    }
+    Ok(())
+}
+
