@@ -55,6 +55,11 @@ defmodule SnakeBridgeBench.PortWorker do
     {:noreply, %{state | waiting: :queue.in(from, waiting)}}
   end
 
+  def handle_call(:os_pid, _from, %{port: port} = state) do
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    {:reply, os_pid, state}
+  end
+
   @impl true
   def handle_info({port, {:data, reply}}, %{port: port, waiting: waiting} = state) do
     {{:value, from}, waiting} = :queue.out(waiting)
@@ -127,6 +132,13 @@ defmodule SnakeBridgeBench.PortPool do
     after
       :atomics.sub(in_flight, index, 1)
     end
+  end
+
+  @doc "The OS pids of the pool's Python processes."
+  @spec os_pids(atom()) :: [pos_integer()]
+  def os_pids(name) do
+    {pids, _} = :persistent_term.get({__MODULE__, name})
+    for pid <- Tuple.to_list(pids), do: GenServer.call(pid, :os_pid)
   end
 
   # Two callers may pick the same idle worker at once; it then pipelines both
