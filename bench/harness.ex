@@ -145,7 +145,8 @@ defmodule SnakeBridgeBench.Harness do
   Consumes `count` items in this process, through the system's stream when it
   has one and one call per item otherwise, and returns items per second.
   """
-  @spec items_chunk(system(), scenario()) :: {:ok, %{rate: float()}} | {:error, non_neg_integer(), term()}
+  @spec items_chunk(system(), scenario()) ::
+          {:ok, %{rate: float()}} | {:error, non_neg_integer(), term()}
   def items_chunk(system, %{count: count, item: item} = scenario) do
     t0 = :erlang.monotonic_time()
 
@@ -157,7 +158,9 @@ defmodule SnakeBridgeBench.Harness do
           try do
             m
             |> stream.(f, a)
-            |> Enum.reduce({0, 0, nil}, fn value, acc -> tally(acc, value == item.(elem(acc, 0) + elem(acc, 1)), value) end)
+            |> Enum.reduce({0, 0, nil}, fn value, acc ->
+              tally(acc, value == item.(elem(acc, 0) + elem(acc, 1)), value)
+            end)
           rescue
             e -> {0, 1, e}
           end
@@ -170,7 +173,8 @@ defmodule SnakeBridgeBench.Harness do
           end)
       end
 
-    elapsed_s = :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
+    elapsed_s =
+      :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
 
     cond do
       errors > 0 -> {:error, errors, example}
@@ -238,7 +242,8 @@ defmodule SnakeBridgeBench.Harness do
       python1 = SnakeBridgeBench.Cpu.run_time_ns(pids)
 
       case result do
-        {:ok, %{calls: calls} = metrics} when calls > 0 and is_integer(python0) and is_integer(python1) ->
+        {:ok, %{calls: calls} = metrics}
+        when calls > 0 and is_integer(python0) and is_integer(python1) ->
           beam = (beam1 - beam0) / calls / 1_000
           python = (python1 - python0) / calls / 1_000
           {:ok, Map.merge(metrics, %{cpu_beam: beam, cpu_python: python, cpu_total: beam + python})}

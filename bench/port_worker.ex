@@ -143,7 +143,8 @@ defmodule SnakeBridgeBench.PortPool do
 
   # Two callers may pick the same idle worker at once; it then pipelines both
   # calls, which is correct, just not perfectly balanced.
-  defp least_busy(in_flight, size), do: least_busy(in_flight, size, 2, 1, :atomics.get(in_flight, 1))
+  defp least_busy(in_flight, size),
+    do: least_busy(in_flight, size, 2, 1, :atomics.get(in_flight, 1))
 
   defp least_busy(_in_flight, _size, _i, best, 0), do: best
   defp least_busy(_in_flight, size, i, best, _load) when i > size, do: best

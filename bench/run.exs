@@ -243,7 +243,7 @@ if systems == [], do: raise("nothing to benchmark")
 # loop outlives the run.
 busy_loops =
   for _ <- List.duplicate(nil, config.load) do
-    Port.open({:spawn_executable, "/bin/sh"}, [args: ["-c", "while :; do :; done & read _; kill $!"]])
+    Port.open({:spawn_executable, "/bin/sh"}, args: ["-c", "while :; do :; done & read _; kill $!"])
   end
 
 {:ok, loadavg} = File.read("/proc/loadavg")
@@ -255,7 +255,8 @@ load_line =
 
 cpu_line =
   if config.cpu,
-    do: "CPU per call: run time from /proc/*/task/*/schedstat around each chunk, per completed call",
+    do:
+      "CPU per call: run time from /proc/*/task/*/schedstat around each chunk, per completed call",
     else: "CPU per call: not measured (no /proc/self/schedstat)"
 
 IO.puts("""

@@ -13,8 +13,9 @@ defmodule SnakeBridgeBench.Systems do
 
   @type system :: %{
           required(:name) => String.t(),
-          required(:call) => (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()}),
-          required(:os_pids) => (-> [pos_integer()]),
+          required(:call) =>
+            (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()}),
+          required(:os_pids) => (() -> [pos_integer()]),
           optional(:stream) => (String.t(), String.t(), list() -> Enumerable.t())
         }
 
