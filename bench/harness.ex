@@ -6,12 +6,20 @@ defmodule SnakeBridgeBench.Harness do
 
   @type system :: SnakeBridgeBench.Systems.system()
   @type scenario :: %{
-          id: atom(),
-          kind: :latency | :throughput | :items,
-          label: String.t(),
-          mfa: {String.t(), String.t(), list()},
-          expected: term()
+          required(:id) => atom(),
+          required(:kind) => :latency | :throughput | :items,
+          required(:label) => String.t(),
+          optional(:mfa) => {String.t(), String.t(), list()},
+          optional(:expected) => term(),
+          optional(:calls) => pos_integer(),
+          optional(:percentiles) => [:p50 | :p99],
+          optional(:cpu) => boolean()
         }
+
+  # A :latency scenario makes `calls` sequential calls per chunk (default
+  # config.latency_calls) and reports the `percentiles` (default p50 and p99).
+  # With `cpu: true` each chunk also records the CPU time per call of the BEAM
+  # and of the system's Python processes.
 
   # An :items scenario has no :mfa but `count` items to consume from one
   # process: `stream: {m, f, a}` for systems that stream (SnakeBridge), and
@@ -40,16 +48,17 @@ defmodule SnakeBridgeBench.Harness do
 
   @doc """
   Makes `n` sequential calls from this process and returns the p50 and p99
-  round-trip latency in microseconds.
+  round-trip latency in microseconds, and `n` as `calls`.
   """
   @spec latency_chunk(system(), scenario(), pos_integer()) ::
-          {:ok, %{p50: float(), p99: float()}} | {:error, non_neg_integer(), term()}
+          {:ok, %{p50: float(), p99: float(), calls: pos_integer()}}
+          | {:error, non_neg_integer(), term()}
   def latency_chunk(%{call: call}, %{mfa: {m, f, a}, expected: expected}, n) do
     {samples, errors, example} = latency_loop(call, m, f, a, {:ok, expected}, n, [], 0, nil)
 
     if errors == 0 do
       sorted = samples |> Enum.sort() |> List.to_tuple()
-      {:ok, %{p50: percentile_us(sorted, 0.50), p99: percentile_us(sorted, 0.99)}}
+      {:ok, %{p50: percentile_us(sorted, 0.50), p99: percentile_us(sorted, 0.99), calls: n}}
     else
       {:error, errors, example}
     end
@@ -79,11 +88,12 @@ defmodule SnakeBridgeBench.Harness do
 
   @doc """
   Runs `callers` processes that call in a loop for `seconds`, and returns the
-  completed calls per second (calls still in flight at the deadline finish and
-  count; the elapsed time runs until the last caller is done).
+  completed calls per second as `rate` and their number as `calls` (calls
+  still in flight at the deadline finish and count; the elapsed time runs
+  until the last caller is done).
   """
   @spec throughput_chunk(system(), scenario(), pos_integer(), number()) ::
-          {:ok, float()} | {:error, non_neg_integer(), term()}
+          {:ok, %{rate: float(), calls: non_neg_integer()}} | {:error, non_neg_integer(), term()}
   def throughput_chunk(%{call: call}, %{mfa: {m, f, a}, expected: expected}, callers, seconds) do
     parent = self()
     tag = make_ref()
@@ -115,7 +125,7 @@ defmodule SnakeBridgeBench.Harness do
         {ok_acc + ok, err_acc + err, ex_acc || ex}
       end)
 
-    if errors == 0, do: {:ok, ok / elapsed_s}, else: {:error, errors, example}
+    if errors == 0, do: {:ok, %{rate: ok / elapsed_s, calls: ok}}, else: {:error, errors, example}
   end
 
   defp caller_loop(call, m, f, a, expected, deadline, ok, errors, example) do
@@ -135,7 +145,8 @@ defmodule SnakeBridgeBench.Harness do
   Consumes `count` items in this process, through the system's stream when it
   has one and one call per item otherwise, and returns items per second.
   """
-  @spec items_chunk(system(), scenario()) :: {:ok, %{rate: float()}} | {:error, non_neg_integer(), term()}
+  @spec items_chunk(system(), scenario()) ::
+          {:ok, %{rate: float()}} | {:error, non_neg_integer(), term()}
   def items_chunk(system, %{count: count, item: item} = scenario) do
     t0 = :erlang.monotonic_time()
 
@@ -147,7 +158,9 @@ defmodule SnakeBridgeBench.Harness do
           try do
             m
             |> stream.(f, a)
-            |> Enum.reduce({0, 0, nil}, fn value, acc -> tally(acc, value == item.(elem(acc, 0) + elem(acc, 1)), value) end)
+            |> Enum.reduce({0, 0, nil}, fn value, acc ->
+              tally(acc, value == item.(elem(acc, 0) + elem(acc, 1)), value)
+            end)
           rescue
             e -> {0, 1, e}
           end
@@ -160,7 +173,8 @@ defmodule SnakeBridgeBench.Harness do
           end)
       end
 
-    elapsed_s = :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
+    elapsed_s =
+      :erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond) / 1_000_000
 
     cond do
       errors > 0 -> {:error, errors, example}
@@ -202,7 +216,7 @@ defmodule SnakeBridgeBench.Harness do
     for scenario <- scenarios do
       case scenario.kind do
         :latency ->
-          latency_chunk(system, scenario, config.latency_calls)
+          latency_chunk(system, scenario, latency_calls(scenario, config))
 
         :throughput ->
           throughput_chunk(system, scenario, config.callers, min(config.seconds, 0.5))
@@ -213,20 +227,47 @@ defmodule SnakeBridgeBench.Harness do
     end
   end
 
-  defp measure(system, %{kind: :latency} = scenario, config),
-    do: latency_chunk(system, scenario, config.latency_calls)
+  defp latency_calls(scenario, config), do: Map.get(scenario, :calls, config.latency_calls)
 
-  defp measure(system, %{kind: :items} = scenario, _config), do: items_chunk(system, scenario)
+  # The CPU deltas bracket only this system's chunk: the BEAM's total includes
+  # the other system's threads, which are idle meanwhile, and the Python
+  # processes are this system's own.
+  defp measure(system, scenario, config) do
+    if config.cpu and Map.get(scenario, :cpu, false) do
+      pids = system.os_pids.()
+      beam0 = SnakeBridgeBench.Cpu.run_time_ns([:self])
+      python0 = SnakeBridgeBench.Cpu.run_time_ns(pids)
+      result = chunk(system, scenario, config)
+      beam1 = SnakeBridgeBench.Cpu.run_time_ns([:self])
+      python1 = SnakeBridgeBench.Cpu.run_time_ns(pids)
 
-  defp measure(system, %{kind: :throughput} = scenario, config) do
-    case throughput_chunk(system, scenario, config.callers, config.seconds) do
-      {:ok, rate} -> {:ok, %{rate: rate}}
-      error -> error
+      case result do
+        {:ok, %{calls: calls} = metrics}
+        when calls > 0 and is_integer(python0) and is_integer(python1) ->
+          beam = (beam1 - beam0) / calls / 1_000
+          python = (python1 - python0) / calls / 1_000
+          {:ok, Map.merge(metrics, %{cpu_beam: beam, cpu_python: python, cpu_total: beam + python})}
+
+        other ->
+          other
+      end
+    else
+      chunk(system, scenario, config)
     end
   end
 
+  defp chunk(system, %{kind: :latency} = scenario, config),
+    do: latency_chunk(system, scenario, latency_calls(scenario, config))
+
+  defp chunk(system, %{kind: :items} = scenario, _config), do: items_chunk(system, scenario)
+
+  defp chunk(system, %{kind: :throughput} = scenario, config),
+    do: throughput_chunk(system, scenario, config.callers, config.seconds)
+
   defp record(acc, scenario, system, {:ok, metrics}) do
-    Enum.reduce(metrics, acc, fn {metric, value}, acc ->
+    metrics
+    |> Map.delete(:calls)
+    |> Enum.reduce(acc, fn {metric, value}, acc ->
       key = {scenario.id, system.name, metric}
       update_in(acc, [:results, Access.key(key, [])], &[value | &1])
     end)
@@ -253,26 +294,21 @@ defmodule SnakeBridgeBench.Harness do
   end
 
   @doc """
-  Prints the results table: medians over rounds with [min-max], and with two
-  systems the ratio second/first of the medians.
+  Prints the results table: medians over rounds with [min-max] (rows marked
+  "min over rounds" show the minimum alone), and with two systems the ratio
+  second/first of those values. Rows no system measured are left out.
   """
   @spec report(%{results: map(), errors: map()}, [system()], [scenario()]) :: :ok
   def report(%{results: results, errors: errors}, systems, scenarios) do
     names = Enum.map(systems, & &1.name)
 
     rows =
-      for scenario <- scenarios, {metric, label, unit, better} <- metrics(scenario) do
-        cells =
-          for name <- names do
-            case {Map.get(results, {scenario.id, name, metric}),
-                  Map.get(errors, {scenario.id, name})} do
-              {_, {count, _example}} -> {:broken, "BROKEN: #{count} bad results"}
-              {nil, nil} -> {:none, "-"}
-              {values, nil} -> {:ok, median(values), Enum.min(values), Enum.max(values)}
-            end
-          end
-
-        [label <> " (#{unit})" | Enum.map(cells, &format_cell(&1, unit))] ++
+      for scenario <- scenarios,
+          {metric, label, unit, better, stat} <- metrics(scenario),
+          cells =
+            for(name <- names, do: cell(results, errors, {scenario.id, name}, metric, stat, unit)),
+          not Enum.all?(cells, &match?({:none, _}, &1)) do
+        [label <> " (#{unit})" | Enum.map(cells, &elem(&1, tuple_size(&1) - 1))] ++
           [ratio_cell(cells, better)]
       end
 
@@ -292,23 +328,59 @@ defmodule SnakeBridgeBench.Harness do
     :ok
   end
 
-  defp metrics(%{kind: :latency, label: label}),
-    do: [{:p50, label <> ", p50", "µs", :lower}, {:p99, label <> ", p99", "µs", :lower}]
+  defp cell(results, errors, {id, name}, metric, stat, unit) do
+    case {Map.get(results, {id, name, metric}), Map.get(errors, {id, name})} do
+      {_, {count, _example}} ->
+        {:broken, "BROKEN: #{count} bad results"}
 
-  defp metrics(%{kind: :throughput, label: label}), do: [{:rate, label, "calls/s", :higher}]
-  defp metrics(%{kind: :items, label: label}), do: [{:rate, label, "items/s", :higher}]
+      {nil, nil} ->
+        {:none, "-"}
 
-  defp ratio_cell([{:ok, first, _, _}, {:ok, second, _, _}], better) when first > 0 do
+      {values, nil} when stat == :min ->
+        min = Enum.min(values)
+        {:ok, min, num(min, unit)}
+
+      {values, nil} ->
+        {median, min, max} = {median(values), Enum.min(values), Enum.max(values)}
+        {:ok, median, "#{num(median, unit)} [#{num(min, unit)}-#{num(max, unit)}]"}
+    end
+  end
+
+  # {metric, row label, unit, which way is better, :median (with [min-max]) or :min}
+  defp metrics(%{kind: :latency, label: label} = scenario) do
+    percentiles =
+      for p <- Map.get(scenario, :percentiles, [:p50, :p99]),
+          row <- [{p, "#{label}, #{p}", "µs", :lower, :median}] ++ min_row(p, label),
+          do: row
+
+    percentiles ++ cpu_metrics(scenario)
+  end
+
+  defp metrics(%{kind: :throughput, label: label} = scenario),
+    do: [{:rate, label, "calls/s", :higher, :median} | cpu_metrics(scenario)]
+
+  defp metrics(%{kind: :items, label: label}), do: [{:rate, label, "items/s", :higher, :median}]
+
+  # The best round is the one least disturbed by the machine, so for the
+  # typical latency it gets its own row and ratio.
+  defp min_row(:p50, label), do: [{:p50, "#{label}, p50 min over rounds", "µs", :lower, :min}]
+  defp min_row(_, _label), do: []
+
+  defp cpu_metrics(%{cpu: true, label: label}) do
+    [
+      {:cpu_beam, "#{label}, CPU per call: BEAM", "µs", :lower, :median},
+      {:cpu_python, "#{label}, CPU per call: Python", "µs", :lower, :median},
+      {:cpu_total, "#{label}, CPU per call: total", "µs", :lower, :median}
+    ]
+  end
+
+  defp cpu_metrics(_scenario), do: []
+
+  defp ratio_cell([{:ok, first, _}, {:ok, second, _}], better) when first > 0 do
     "#{:erlang.float_to_binary(second / first, decimals: 2)}x (#{better} is better)"
   end
 
   defp ratio_cell(_, _), do: "n/a"
-
-  defp format_cell({:ok, median, min, max}, unit) do
-    "#{num(median, unit)} [#{num(min, unit)}-#{num(max, unit)}]"
-  end
-
-  defp format_cell({_, text}, _unit), do: text
 
   defp num(value, "µs"), do: :erlang.float_to_binary(value / 1, decimals: 1)
   defp num(value, _), do: value |> round() |> Integer.to_string() |> group_thousands()

@@ -55,6 +55,11 @@ defmodule SnakeBridgeBench.PortWorker do
     {:noreply, %{state | waiting: :queue.in(from, waiting)}}
   end
 
+  def handle_call(:os_pid, _from, %{port: port} = state) do
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    {:reply, os_pid, state}
+  end
+
   @impl true
   def handle_info({port, {:data, reply}}, %{port: port, waiting: waiting} = state) do
     {{:value, from}, waiting} = :queue.out(waiting)
@@ -79,8 +84,16 @@ end
 
 defmodule SnakeBridgeBench.PortPool do
   @moduledoc """
-  A fixed set of `SnakeBridgeBench.PortWorker`s; callers pick one round-robin
-  with an `:atomics` counter over a tuple of pids kept in `:persistent_term`.
+  A fixed set of `SnakeBridgeBench.PortWorker`s. Each caller takes the least
+  busy worker, the lowest index on ties, from per-worker in-flight counters in
+  an `:atomics` array; the tuple of pids and the counters live in
+  `:persistent_term`.
+
+  Ties go to the lowest index, like poolboy's default LIFO checkout, so that a
+  lone sequential caller keeps using one worker whose GenServer and Python
+  process stay warm on the same core. Round-robin made every call wake a
+  different idle GenServer and Python process, and on this 2-vCPU VM a wake-up
+  on the other vCPU costs 40-50 µs (bench/README.md, "The baseline's latency").
   """
 
   alias SnakeBridgeBench.PortWorker
@@ -102,10 +115,7 @@ defmodule SnakeBridgeBench.PortPool do
         pid
       end
 
-    :persistent_term.put(
-      {__MODULE__, name},
-      {List.to_tuple(pids), :atomics.new(1, signed: false)}
-    )
+    :persistent_term.put({__MODULE__, name}, {List.to_tuple(pids), :atomics.new(size, [])})
 
     {:ok, pids}
   end
@@ -113,17 +123,36 @@ defmodule SnakeBridgeBench.PortPool do
   @spec call(atom(), String.t(), String.t(), list(), timeout()) ::
           {:ok, term()} | {:error, term()}
   def call(name, module, function, args, timeout \\ 5_000) do
-    {pids, counter} = :persistent_term.get({__MODULE__, name})
-    index = rem(:atomics.add_get(counter, 1, 1), tuple_size(pids))
-    PortWorker.call(elem(pids, index), module, function, args, timeout)
+    {pids, in_flight} = :persistent_term.get({__MODULE__, name})
+    index = least_busy(in_flight, tuple_size(pids))
+    :atomics.add(in_flight, index, 1)
+
+    try do
+      PortWorker.call(elem(pids, index - 1), module, function, args, timeout)
+    after
+      :atomics.sub(in_flight, index, 1)
+    end
   end
 
-  @doc "Stops the pool's workers (their Python processes exit on EOF)."
-  @spec stop(atom()) :: :ok
-  def stop(name) do
+  @doc "The OS pids of the pool's Python processes."
+  @spec os_pids(atom()) :: [pos_integer()]
+  def os_pids(name) do
     {pids, _} = :persistent_term.get({__MODULE__, name})
-    for pid <- Tuple.to_list(pids), do: GenServer.stop(pid)
-    :persistent_term.erase({__MODULE__, name})
-    :ok
+    for pid <- Tuple.to_list(pids), do: GenServer.call(pid, :os_pid)
+  end
+
+  # Two callers may pick the same idle worker at once; it then pipelines both
+  # calls, which is correct, just not perfectly balanced.
+  defp least_busy(in_flight, size),
+    do: least_busy(in_flight, size, 2, 1, :atomics.get(in_flight, 1))
+
+  defp least_busy(_in_flight, _size, _i, best, 0), do: best
+  defp least_busy(_in_flight, size, i, best, _load) when i > size, do: best
+
+  defp least_busy(in_flight, size, i, best, load) do
+    case :atomics.get(in_flight, i) do
+      lower when lower < load -> least_busy(in_flight, size, i + 1, i, lower)
+      _ -> least_busy(in_flight, size, i + 1, best, load)
+    end
   end
 end

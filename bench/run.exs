@@ -6,19 +6,21 @@
 #
 # Environment: BENCH_ONLY (baseline | snakebridge), BENCH_WORKERS (default
 # System.schedulers_online()), BENCH_ROUNDS (10), BENCH_SECONDS (per throughput
-# chunk, 1.0), BENCH_LATENCY_CALLS (per latency chunk, 2000), BENCH_CALLERS (64),
-# BENCH_PYTHON (interpreter for both systems), BENCH_VERBOSE=1,
+# chunk, 1.0), BENCH_LATENCY_CALLS (per latency chunk, 2000), BENCH_BIG_CALLS
+# (4 MiB calls per chunk, 20), BENCH_CALLERS (64), BENCH_LOAD (busy-loop
+# processes in the background, 0), BENCH_PYTHON (interpreter for both
+# systems), BENCH_VERBOSE=1,
 # BENCH_AA=1 (control run: the baseline against a second, identical baseline
 # instead of SnakeBridge, to see how large the noise on this machine is).
 
 bench_dir = __DIR__
 root = Path.expand("..", bench_dir)
 
-for file <- ~w(msgpack.ex port_worker.ex systems.ex harness.ex) do
+for file <- ~w(msgpack.ex port_worker.ex systems.ex cpu.ex harness.ex) do
   Code.require_file(file, bench_dir)
 end
 
-alias SnakeBridgeBench.{Harness, Systems}
+alias SnakeBridgeBench.{Cpu, Harness, Systems}
 
 # Workers' debug lines ("started ...") would break up the table; warnings still show.
 unless System.get_env("BENCH_VERBOSE") in ["1", "true"], do: Logger.configure(level: :info)
@@ -42,9 +44,12 @@ config = %{
   rounds: env_int.("BENCH_ROUNDS", 10),
   seconds: env_float.("BENCH_SECONDS", 1.0),
   latency_calls: env_int.("BENCH_LATENCY_CALLS", 2_000),
+  big_calls: env_int.("BENCH_BIG_CALLS", 20),
   callers: env_int.("BENCH_CALLERS", 64),
   stream_items: env_int.("BENCH_STREAM_ITEMS", 20_000),
   stream_blobs: env_int.("BENCH_STREAM_BLOBS", 200),
+  load: env_int.("BENCH_LOAD", 0),
+  cpu: Cpu.available?(),
   verbose: System.get_env("BENCH_VERBOSE") in ["1", "true"]
 }
 
@@ -127,6 +132,7 @@ map100 =
 <<_, random::binary>> = :crypto.strong_rand_bytes(64 * 1024)
 bytes64k = <<0xFF, random::binary>>
 false = String.valid?(bytes64k)
+bytes4m = :binary.copy(bytes64k, 64)
 
 callers = config.callers
 mib = 1_048_576
@@ -138,14 +144,26 @@ scenarios = [
     kind: :latency,
     label: "latency operator.add(1, 2), 1 caller",
     mfa: {"operator", "add", [1, 2]},
-    expected: 3
+    expected: 3,
+    cpu: true
+  },
+  %{
+    id: :bytes4m,
+    kind: :latency,
+    label: "latency identity(4 MiB bytes), 1 caller",
+    mfa: {"bench_funcs", "identity", [bytes4m]},
+    expected: bytes4m,
+    calls: config.big_calls,
+    # A p99 of 20 calls would be their maximum.
+    percentiles: [:p50]
   },
   %{
     id: :trivial,
     kind: :throughput,
     label: "#{callers} callers, operator.add(1, 2)",
     mfa: {"operator", "add", [1, 2]},
-    expected: 3
+    expected: 3,
+    cpu: true
   },
   %{
     id: :map100,
@@ -219,17 +237,41 @@ snakebridge =
 systems = Enum.reject([baseline, snakebridge], &is_nil/1)
 if systems == [], do: raise("nothing to benchmark")
 
+# Background load: busy loops in their own OS processes, competing with both
+# systems for the cores. Each `sh` runs the loop in the background and waits
+# for EOF on stdin, which comes when the port closes or the BEAM dies, so no
+# loop outlives the run.
+busy_loops =
+  for _ <- List.duplicate(nil, config.load) do
+    Port.open({:spawn_executable, "/bin/sh"}, args: ["-c", "while :; do :; done & read _; kill $!"])
+  end
+
+{:ok, loadavg} = File.read("/proc/loadavg")
+
+load_line =
+  if config.load == 0,
+    do: "idle: no background load (BENCH_LOAD=0)",
+    else: "loaded: #{config.load} busy-loop processes in the background (BENCH_LOAD=#{config.load})"
+
+cpu_line =
+  if config.cpu,
+    do:
+      "CPU per call: run time from /proc/*/task/*/schedstat around each chunk, per completed call",
+    else: "CPU per call: not measured (no /proc/self/schedstat)"
+
 IO.puts("""
 SnakeBridge benchmark: #{Enum.map_join(systems, " vs ", & &1.name)}
   Elixir #{System.version()} / OTP #{System.otp_release()}, #{System.schedulers_online()} schedulers online
   python #{python}, #{config.workers} workers per system
+  #{load_line}; load average before the run: #{loadavg |> String.split() |> Enum.take(3) |> Enum.join(" ")}
   #{config.rounds} rounds; per round and system: #{config.latency_calls} latency calls, \
-#{config.seconds} s per throughput scenario
-  cells: median over rounds [min-max]
+#{config.big_calls} calls of 4 MiB, #{config.seconds} s per throughput scenario
+  cells: median over rounds [min-max]; #{cpu_line}
 """)
 
 started = System.monotonic_time(:millisecond)
 results = Harness.run(systems, scenarios, config)
+Enum.each(busy_loops, &Port.close/1)
 Harness.report(results, systems, scenarios)
 
 IO.puts(

@@ -1,9 +1,10 @@
 defmodule SnakeBridgeBench.Systems do
   @moduledoc """
-  The two systems under test, each as `%{name: String.t(), call: fun}` where
-  `call.(module, function, args, timeout)` returns `{:ok, value}` or
+  The two systems under test, each as `%{name: String.t(), call: fun, os_pids:
+  fun}` where `call.(module, function, args, timeout)` returns `{:ok, value}` or
   `{:error, reason}` and never raises or exits (so a broken system shows up as
-  errors in the report, not as a crashed benchmark). SnakeBridge also has
+  errors in the report, not as a crashed benchmark), and `os_pids.()` lists the
+  system's Python processes, whose CPU time the report charges to it. SnakeBridge also has
   `stream.(module, function, args)`, a lazy stream of a Python iterator's
   items; the baseline has no streams and makes one call per item.
   """
@@ -12,7 +13,9 @@ defmodule SnakeBridgeBench.Systems do
 
   @type system :: %{
           required(:name) => String.t(),
-          required(:call) => (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()}),
+          required(:call) =>
+            (String.t(), String.t(), list(), timeout() -> {:ok, term()} | {:error, term()}),
+          required(:os_pids) => (() -> [pos_integer()]),
           optional(:stream) => (String.t(), String.t(), list() -> Enumerable.t())
         }
 
@@ -45,7 +48,7 @@ defmodule SnakeBridgeBench.Systems do
       end
     end
 
-    {:ok, %{name: name, call: call}}
+    {:ok, %{name: name, call: call, os_pids: fn -> PortPool.os_pids(pool) end}}
   end
 
   @doc """
@@ -100,7 +103,11 @@ defmodule SnakeBridgeBench.Systems do
           snakebridge.stream(module, function, args, pool: :bench, timeout: 30_000)
         end
 
-        {:ok, %{name: "snakebridge", call: call, stream: stream}}
+        os_pids = fn ->
+          for %{os_pid: os_pid} <- snakebridge.stats(:bench).workers, is_integer(os_pid), do: os_pid
+        end
+
+        {:ok, %{name: "snakebridge", call: call, stream: stream, os_pids: os_pids}}
 
       {:ok, _pid} ->
         {:error, "SnakeBridge.Pool exited right after starting: #{inspect(flushed)}"}
