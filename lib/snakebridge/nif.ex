@@ -55,4 +55,13 @@ defmodule SnakeBridge.NIF do
 
   @doc false
   def stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def reader_route(_reader, _frame), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def reader_route_dirty(_reader, _frame), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def reader_close(_reader), do: :erlang.nif_error(:nif_not_loaded)
 end

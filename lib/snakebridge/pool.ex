@@ -89,14 +89,15 @@ defmodule SnakeBridge.Pool do
   alias SnakeBridge.{Error, NIF}
 
   @enforce_keys [:name, :resource]
-  defstruct [:name, :resource, config: %{}, last_start_failure: nil]
+  defstruct [:name, :resource, config: %{}, last_start_failure: nil, readers: %{}]
 
-  @typedoc "The state of a pool process: its name and the native pool resource."
+  @typedoc "The state of a pool process: its name, the native pool resource, and the reader process of each worker."
   @type t :: %__MODULE__{
           name: atom(),
           resource: reference(),
           config: map(),
-          last_start_failure: String.t() | nil
+          last_start_failure: String.t() | nil,
+          readers: %{non_neg_integer() => pid()}
         }
 
   @typedoc "An option of `start_link/1`; see the module documentation."
@@ -233,6 +234,19 @@ defmodule SnakeBridge.Pool do
   def handle_info({:snakebridge_log_dropped, count}, state) do
     Logger.warning("dropped #{count} lines of Python output", pool: state.name)
     {:noreply, state}
+  end
+
+  # A worker is ready: its replies are read by a process of their own,
+  # which is told when the worker exits.
+  def handle_info({:snakebridge_reader, os_pid, fd, reader}, state) do
+    pid = SnakeBridge.Reader.start_link(reader, fd)
+    {:noreply, %{state | readers: Map.put(state.readers, os_pid, pid)}}
+  end
+
+  def handle_info({:snakebridge_reader_exited, os_pid}, state) do
+    {pid, readers} = Map.pop(state.readers, os_pid)
+    if pid, do: send(pid, :worker_exited)
+    {:noreply, %{state | readers: readers}}
   end
 
   # A slot that cannot start Python retries with backoff for as long as the

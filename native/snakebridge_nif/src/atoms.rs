@@ -74,6 +74,8 @@ rustler::atoms! {
     objects,
     closed,
     snakebridge_log_dropped,
+    snakebridge_reader,
+    snakebridge_reader_exited,
     caller,
     python_module,
     python_function,

@@ -1,17 +1,67 @@
 //! The runtime's hooks: every reply, log line and worker event becomes a
 //! message to a BEAM process.
 //!
-//! These run only on runtime threads, which the VM does not manage: that is
-//! where `OwnedEnv::send_and_clear` is allowed (it panics on scheduler
-//! threads, dirty ones included).
+//! They run on runtime threads, which the VM does not manage, and, for the
+//! messages a worker sends, inside the NIF calls of the process that reads
+//! the worker's socket (see `reader`). A message is built in a
+//! process-independent environment either way, and sent without a copy;
+//! only the environment `enif_send` is given differs (see [`Courier`]).
 
+use rustler::sys::{enif_send, ErlNifEnv};
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reason, WorkerEvent};
+use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reader, Reason, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
 use crate::errors;
+use crate::reader;
+
+/// Builds and sends the hooks' messages.
+pub struct Courier {
+    env: OwnedEnv,
+    /// The environment of the process whose NIF call runs the hook, or null
+    /// on a runtime thread: `enif_send` wants the one on a scheduler thread
+    /// and null elsewhere.
+    caller_env: *mut ErlNifEnv,
+}
+
+// SAFETY: `caller_env` is only non-null during one NIF call (see
+// `Courier::in_call`), on that call's thread; the rest is an `OwnedEnv`,
+// which may move between threads.
+unsafe impl Send for Courier {}
+
+impl Courier {
+    pub fn new() -> Self {
+        Courier {
+            env: OwnedEnv::new(),
+            caller_env: std::ptr::null_mut(),
+        }
+    }
+
+    /// Runs `hooks` with this courier as a NIF call's, in `env`.
+    pub fn in_call<R>(&mut self, env: Env<'_>, hooks: impl FnOnce(&mut Courier) -> R) -> R {
+        self.caller_env = env.as_c_arg();
+        let result = hooks(self);
+        self.caller_env = std::ptr::null_mut();
+        result
+    }
+
+    /// Sends what `build` makes to `to`; false if `to` is not alive.
+    pub fn send<'a, T: Encoder>(&mut self, to: &LocalPid, build: impl FnOnce(Env<'a>) -> T) -> bool {
+        let caller_env = self.caller_env;
+        let sent = self.env.run(|env| {
+            let message = build(env).encode(env);
+            // SAFETY: the message lives in this process-independent
+            // environment, which enif_send empties; `caller_env` is null
+            // on a thread the VM does not manage and the calling process's
+            // environment on a scheduler (see `in_call`).
+            unsafe { enif_send(caller_env, to.as_c_arg(), env.as_c_arg(), message.as_c_arg()) == 1 }
+        });
+        self.env.clear();
+        sent
+    }
+}
 
 /// Where a call's reply goes: the calling process, and its reference in
 /// external term format (rebuilt in the runtime thread's environment).
@@ -53,16 +103,16 @@ impl Delivery {
 
 impl Hooks for Delivery {
     type Caller = Caller;
-    type Courier = OwnedEnv;
+    type Courier = Courier;
 
-    fn courier(&self) -> OwnedEnv {
-        OwnedEnv::new()
+    fn courier(&self) -> Courier {
+        Courier::new()
     }
 
-    fn deliver(&self, env: &mut OwnedEnv, caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
+    fn deliver(&self, courier: &mut Courier, caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
         let mut problem = None;
         // A failed send means the caller is gone: nobody is waiting.
-        let _ = env.send_and_clear(&caller.pid, |env| {
+        courier.send(&caller.pid, |env| {
             let reference = env
                 .binary_to_term(caller.reference.as_slice())
                 .map(|(term, _)| term)
@@ -91,8 +141,8 @@ impl Hooks for Delivery {
     /// `{:snakebridge_log, os_pid, level, line, metadata}`, where metadata
     /// is a map with `:caller`, `:python_module` and `:python_function`
     /// when the line was written during a call.
-    fn log(&self, env: &mut OwnedEnv, line: LogLine<'_, Caller>) {
-        let _ = env.send_and_clear(&self.owner, |env| {
+    fn log(&self, courier: &mut Courier, line: LogLine<'_, Caller>) {
+        courier.send(&self.owner, |env| {
             let level = Atom::from_str(env, line.level.as_str()).expect("level names are valid atoms");
             let mut bin = rustler::NewBinary::new(env, line.text.len());
             bin.as_mut_slice().copy_from_slice(line.text);
@@ -111,17 +161,17 @@ impl Hooks for Delivery {
         });
     }
 
-    fn log_dropped(&self, env: &mut OwnedEnv, count: u64) {
-        let _ = env.send_and_clear(&self.owner, |env| (atoms::snakebridge_log_dropped(), count).encode(env));
+    fn log_dropped(&self, courier: &mut Courier, count: u64) {
+        courier.send(&self.owner, |_| (atoms::snakebridge_log_dropped(), count));
     }
 
-    fn caller_alive(&self, env: &mut OwnedEnv, caller: &Caller) -> bool {
+    fn caller_alive(&self, courier: &mut Courier, caller: &Caller) -> bool {
         // enif_is_process_alive supports threads the VM does not manage.
-        env.run(|env| caller.pid.is_alive(env))
+        courier.env.run(|env| caller.pid.is_alive(env))
     }
 
-    fn event(&self, env: &mut OwnedEnv, os_pid: u32, event: WorkerEvent) {
-        let _ = env.send_and_clear(&self.owner, |env| {
+    fn event(&self, courier: &mut Courier, os_pid: u32, event: WorkerEvent) {
+        courier.send(&self.owner, |env| {
             let event = match event {
                 WorkerEvent::Started { python } => (atoms::started(), python).encode(env),
                 WorkerEvent::Exited(exit) => {
@@ -137,5 +187,11 @@ impl Hooks for Delivery {
             };
             (atoms::snakebridge_worker(), os_pid, event)
         });
+    }
+
+    /// Hands the worker's socket to a reader process of the pool's (see
+    /// `reader`); if the socket cannot be shared, the runtime reads it.
+    fn attach(&self, courier: &mut Courier, worker: Reader<Self>) -> Result<(), Reader<Self>> {
+        reader::hand_over(courier, &self.owner, worker)
     }
 }

@@ -10,6 +10,7 @@
 //! | `encode`   | term → msgpack, with the path to anything unsupported      |
 //! | `decode`   | msgpack → term                                             |
 //! | `delivery` | the runtime's hooks: replies, logs and events as messages  |
+//! | `reader`   | `reader_route/2`, `reader_close/1`: a worker's socket read through a port |
 //! | `errors`   | `%SnakeBridge.Error{}` and `%SnakeBridge.PythonError{}`    |
 
 mod atoms;
@@ -20,6 +21,7 @@ mod encode;
 mod errors;
 mod object;
 mod pool;
+mod reader;
 
 rustler::init!("Elixir.SnakeBridge.NIF", load = load);
 

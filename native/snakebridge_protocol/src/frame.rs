@@ -115,6 +115,20 @@ impl FrameDecoder {
         Ok(Some(&self.buf[body_start..body_start + len]))
     }
 
+    /// The body length of the next frame, if all of it has arrived (so a
+    /// caller can choose where to handle a large one before taking it).
+    pub fn complete_len(&self) -> Option<usize> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return None;
+        }
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("header slice has HEADER_LEN bytes");
+        let len = u32::from_be_bytes(header) as usize;
+        (available >= HEADER_LEN + len).then_some(len)
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
@@ -205,6 +219,18 @@ mod tests {
             Err(EncodeError::FrameTooLarge(MAX_FRAME_LEN + 1))
         );
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn complete_len_waits_for_the_whole_frame() {
+        let stream = frame(&[7u8; 10]);
+        let mut decoder = FrameDecoder::with_capacity(16);
+        decoder.push(&stream[..8]);
+        assert_eq!(decoder.complete_len(), None);
+        decoder.push(&stream[8..]);
+        assert_eq!(decoder.complete_len(), Some(10));
+        assert_eq!(decoder.next_frame().unwrap(), Some(&[7u8; 10][..]));
+        assert_eq!(decoder.complete_len(), None);
     }
 
     #[test]

@@ -9,11 +9,51 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
-/// Watches worker `os_pid` on a thread of its own and shuts `socket` (the
-/// host's end) down when the process exits, which ends the supervisor's
-/// read with EOF and stops any write blocked on it.
-pub(crate) fn shut_down_on_exit(os_pid: u32, socket: UnixStream) -> io::Result<()> {
+use parking_lot::Mutex;
+
+/// What to do once a worker has exited, for whoever reads its socket: a
+/// reader that may miss the end of the socket (a VM port does, when the
+/// read fails with a reset) learns of the exit here instead.
+#[derive(Default)]
+pub(crate) struct ExitNotice {
+    state: Mutex<Notice>,
+}
+
+#[derive(Default)]
+enum Notice {
+    #[default]
+    Running,
+    Waiting(Box<dyn FnOnce() + Send>),
+    Exited,
+}
+
+impl ExitNotice {
+    /// Runs `wake` when the worker has exited: at once if it has already.
+    pub fn on_exit(&self, wake: Box<dyn FnOnce() + Send>) {
+        let mut state = self.state.lock();
+        if matches!(*state, Notice::Exited) {
+            drop(state);
+            wake();
+        } else {
+            *state = Notice::Waiting(wake);
+        }
+    }
+
+    fn exited(&self) {
+        let state = std::mem::replace(&mut *self.state.lock(), Notice::Exited);
+        if let Notice::Waiting(wake) = state {
+            wake();
+        }
+    }
+}
+
+/// Watches worker `os_pid` on a thread of its own. When the process exits,
+/// shuts `socket` (the host's end) down, which ends a read of it with EOF
+/// once what the worker sent is read, and stops any write blocked on it;
+/// then tells `notice`.
+pub(crate) fn shut_down_on_exit(os_pid: u32, socket: UnixStream, notice: Arc<ExitNotice>) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("sb-exit-{os_pid}"))
         .spawn(move || {
@@ -21,6 +61,7 @@ pub(crate) fn shut_down_on_exit(os_pid: u32, socket: UnixStream) -> io::Result<(
             if wait(os_pid, true).is_ok() {
                 let _ = socket.shutdown(Shutdown::Both);
             }
+            notice.exited();
         })?;
     Ok(())
 }

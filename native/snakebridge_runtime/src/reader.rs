@@ -22,6 +22,7 @@ use snakebridge_protocol::{
 };
 
 use crate::connection::Connection;
+use crate::exit::ExitNotice;
 use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, Stream};
 use crate::log::Entry;
 use crate::object::Origin;
@@ -36,6 +37,7 @@ pub struct Reader<H: Hooks> {
     shared: Arc<Shared<H>>,
     slot: Arc<Slot>,
     conn: Arc<Connection>,
+    notice: Arc<ExitNotice>,
     done: Option<Sender<Ended>>,
 }
 
@@ -54,14 +56,24 @@ impl<H: Hooks> Reader<H> {
         shared: Arc<Shared<H>>,
         slot: Arc<Slot>,
         conn: Arc<Connection>,
+        notice: Arc<ExitNotice>,
         done: Sender<Ended>,
     ) -> Self {
         Reader {
             shared,
             slot,
             conn,
+            notice,
             done: Some(done),
         }
+    }
+
+    /// Runs `wake`, on another thread, once the worker process has exited
+    /// and its socket is shut down: then whatever the socket still holds
+    /// is the last of what the worker sent. For a reader that may not see
+    /// the socket's end by itself.
+    pub fn on_exit(&self, wake: impl FnOnce() + Send + 'static) {
+        self.notice.on_exit(Box::new(wake));
     }
 
     /// The host's end of the worker's socket. Read it, do not close it; the

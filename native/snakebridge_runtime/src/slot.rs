@@ -16,7 +16,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use snakebridge_protocol::{Message, HEADER_LEN, PROTOCOL_VERSION};
 
 use crate::connection::{Connection, Control};
-use crate::exit;
+use crate::exit::{self, ExitNotice};
 use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, Reason, WorkerEvent};
 use crate::pool::{stale_failure, Shared};
 use crate::socket;
@@ -299,7 +299,7 @@ fn supervise<H: Hooks>(shared: &Arc<Shared<H>>, slot: &Arc<Slot>) {
                     slot.set_status(Status::Restarting);
                 }
             }
-            Ok((mut process, conn, python)) => {
+            Ok((mut process, conn, notice, python)) => {
                 *slot.last_error.lock() = None;
                 slot.gave_up.store(false, Ordering::Release);
                 *slot.connection.write() = Some(conn.clone());
@@ -308,7 +308,7 @@ fn supervise<H: Hooks>(shared: &Arc<Shared<H>>, slot: &Arc<Slot>) {
                 let started = Instant::now();
 
                 let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-                let reader = Reader::new(shared.clone(), slot.clone(), conn.clone(), done_tx);
+                let reader = Reader::new(shared.clone(), slot.clone(), conn.clone(), notice, done_tx);
                 if let Err(reader) = shared.hooks.attach(&mut courier, reader) {
                     reader.run(&mut courier);
                 }
@@ -365,7 +365,7 @@ fn supervise<H: Hooks>(shared: &Arc<Shared<H>>, slot: &Arc<Slot>) {
 fn start<H: Hooks>(
     shared: &Shared<H>,
     slot: &Slot,
-) -> Result<(WorkerProcess, Arc<Connection>, String), StartFailure> {
+) -> Result<(WorkerProcess, Arc<Connection>, Arc<ExitNotice>, String), StartFailure> {
     let config = &shared.config;
     slot.set_status(Status::Starting);
     let mut process = spawn_worker(config, &shared.logs).map_err(|e| StartFailure {
@@ -374,7 +374,11 @@ fn start<H: Hooks>(
         interpreter: true,
     })?;
     *slot.process.lock() = Some(process.os_pid);
-    let watched = process.socket.try_clone().and_then(|socket| exit::shut_down_on_exit(process.os_pid, socket));
+    let notice = Arc::new(ExitNotice::default());
+    let watched = process
+        .socket
+        .try_clone()
+        .and_then(|socket| exit::shut_down_on_exit(process.os_pid, socket, notice.clone()));
     if let Err(e) = watched {
         slot.kill_process();
         reap(slot, &mut process.child, Duration::from_secs(1));
@@ -398,7 +402,7 @@ fn start<H: Hooks>(
                 config.cancel_grace,
                 shared.breaker.clone(),
             );
-            Ok((process, conn, python))
+            Ok((process, conn, notice, python))
         }
         Err((problem, cause)) => {
             slot.kill_process();
