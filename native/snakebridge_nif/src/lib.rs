@@ -45,7 +45,11 @@ fn load(_env: rustler::Env, load_info: rustler::Term) -> bool {
 /// restoring the default action only affects children the VM's own threads
 /// start, which their starters reap (the runtime always does).
 fn reap_own_children() {
-    // SAFETY: reads, and possibly resets, the process's SIGCHLD disposition.
+    // Raw libc: nix's `sigaction` always installs an action (it returns the
+    // old one), so it cannot read the disposition without changing it, and
+    // briefly resetting a handler the VM installed could lose a SIGCHLD.
+    // SAFETY: reads, and possibly resets, the process's SIGCHLD disposition;
+    // SIG_DFL runs no code of ours in a signal context.
     unsafe {
         let mut current: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) == 0

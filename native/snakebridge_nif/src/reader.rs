@@ -14,6 +14,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{recv, MsgFlags};
 use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc};
 use snakebridge_protocol::FrameDecoder;
@@ -94,13 +97,8 @@ fn share(reader: &Reader<Delivery>) -> std::io::Result<OwnedFd> {
     // SAFETY: the reader's descriptor stays open while the reader lives.
     let socket = unsafe { BorrowedFd::borrow_raw(reader.fd()) };
     let fd = socket.try_clone_to_owned()?;
-    // SAFETY: fcntl on a descriptor this function owns.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(fd)
 }
 
@@ -179,15 +177,12 @@ fn reader_close(env: Env, resource: ResourceArc<ReaderResource>) -> Atom {
 fn drain(fd: &OwnedFd, decoder: &mut FrameDecoder, worker: &Reader<Delivery>, courier: &mut Courier) -> Result<(), String> {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: recv into a buffer this function owns, of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            return Ok(());
-        }
-        decoder.push(&chunk[..n as usize]);
+        let n = match recv(fd.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EINTR) => continue,
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        decoder.push(&chunk[..n]);
         while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
             worker.route(courier, body)?;
         }

@@ -42,6 +42,12 @@
 //! The host and the worker write the hot messages (call, ok) field by field
 //! straight from their native values; [`Message`] is the typed form used for
 //! the rest and by tests.
+//!
+//! No serde here: serde has no representation for a flat `[kind, id, ...]`
+//! array (rmp-serde writes enum variants as one-key maps), and its decoder
+//! would accept what [`Message::decode`] rejects (signed markers for unsigned
+//! fields, `bin` for strings, trailing bytes). The README's "Dependencies"
+//! section has the details.
 
 use rmp::Marker;
 

@@ -48,7 +48,13 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::signal::{SigEvent, SigevNotify, Signal};
+use nix::sys::time::TimeSpec;
+use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
+use nix::time::{clock_gettime, ClockId};
 use pyo3::prelude::*;
 use snakebridge_protocol::{DecodeError, Header, Kind, HEADER_LEN, MAX_FRAME_LEN};
 
@@ -159,7 +165,7 @@ impl Inbox {
                 self.scan();
                 Ok(Polled::Read)
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Polled::Nothing),
+            Err(e) if e.raw_os_error() == Some(Errno::EAGAIN as i32) => Ok(Polled::Nothing),
             Err(e) => Err(e),
         }
     }
@@ -279,46 +285,27 @@ impl Inbox {
 }
 
 /// A one-shot timer that sends SIGUSR1 to this process: the recheck above.
-struct Recheck(Option<libc::timer_t>);
+/// `None` if the timer could not be created: cancels are then seen at the
+/// next signal or read, as without the recheck. Dropping it deletes the
+/// timer; a pending expiry is discarded.
+struct Recheck(Option<Timer>);
 
 /// Delay of the recheck: long enough for the host to write its cancel and
 /// signal once its write is unblocked, short next to a cancel's grace.
-const RECHECK_AFTER_NS: libc::c_long = 2_000_000;
+const RECHECK_AFTER: Duration = Duration::from_millis(2);
 
 impl Recheck {
     fn new() -> Recheck {
-        // SAFETY: timer_create fills `timer` on success; the sigevent asks
-        // for SIGUSR1 to the process when the timer fires.
-        unsafe {
-            let mut event: libc::sigevent = std::mem::zeroed();
-            event.sigev_notify = libc::SIGEV_SIGNAL;
-            event.sigev_signo = libc::SIGUSR1;
-            let mut timer: libc::timer_t = std::mem::zeroed();
-            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0 {
-                Recheck(Some(timer))
-            } else {
-                Recheck(None)
-            }
-        }
+        let event = SigEvent::new(SigevNotify::SigevSignal {
+            signal: Signal::SIGUSR1,
+            si_value: 0,
+        });
+        Recheck(Timer::new(ClockId::CLOCK_MONOTONIC, event).ok())
     }
 
-    fn arm(&self) {
-        if let Some(timer) = self.0 {
-            let spec = libc::itimerspec {
-                it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-                it_value: libc::timespec { tv_sec: 0, tv_nsec: RECHECK_AFTER_NS },
-            };
-            // SAFETY: a live timer of ours; no old value wanted.
-            unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
-        }
-    }
-}
-
-impl Drop for Recheck {
-    fn drop(&mut self) {
-        if let Some(timer) = self.0 {
-            // SAFETY: deletes our timer once; a pending expiry is discarded.
-            unsafe { libc::timer_delete(timer) };
+    fn arm(&mut self) {
+        if let Some(timer) = &mut self.0 {
+            let _ = timer.set(Expiration::OneShot(TimeSpec::from_duration(RECHECK_AFTER)), TimerSetTimeFlags::empty());
         }
     }
 }
@@ -416,11 +403,7 @@ fn room_needed(unscanned: &[u8]) -> usize {
 
 /// `CLOCK_MONOTONIC` in microseconds: the clock of call deadlines.
 pub(crate) fn monotonic_micros() -> u64 {
-    // SAFETY: clock_gettime writes the timespec it is given.
-    let ts = unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        ts
-    };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    // Cannot fail for CLOCK_MONOTONIC on Linux; were it to, 0 as before.
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or_else(|_| TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000
 }

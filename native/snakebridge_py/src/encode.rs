@@ -32,6 +32,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PyTuple};
 use snakebridge_protocol::value as wire;
 use snakebridge_protocol::{EncodeError, MAX_BIGINT_BYTES, MAX_DEPTH, MAX_FRAME_LEN};
 
+// SAFETY: the declaration matches CPython's (`Include/unicodeobject.h`);
+// callers pass a live `str` and a valid `size` pointer.
 unsafe extern "C" {
     // Part of the stable ABI since 3.10 and exported by every CPython 3.x;
     // pyo3-ffi only declares it for abi3-py310+, but this module targets

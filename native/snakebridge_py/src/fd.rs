@@ -3,9 +3,17 @@
 //! The descriptor belongs to the Python process (`--fd N`); these helpers
 //! never close it. The worker loop reads and writes with the GIL released;
 //! SIGUSR1's handler reads without blocking, with the GIL.
+//!
+//! Writes go through nix. Reads stay raw `libc`: they fill a `Vec`'s spare
+//! capacity, which is uninitialised, and nix's `read`/`recv` take `&mut [u8]`
+//! (initialised bytes), so using them would mean zero-filling up to 64 KiB
+//! before every read of the loop.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags};
 
 /// Reads once into the spare capacity of `buf` (which must have some),
 /// blocking, appending what arrived; returns the number of bytes, 0 at end
@@ -31,7 +39,7 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize
         // SAFETY: as in `read_appending`.
         let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
         match appended(buf, n) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => return result,
         }
     }
@@ -55,49 +63,46 @@ fn appended(buf: &mut Vec<u8>, n: isize) -> io::Result<usize> {
 pub(crate) fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     let mut use_send = true;
     while !buf.is_empty() {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
-        let n = unsafe {
-            if use_send {
-                libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
-            } else {
-                libc::write(fd, buf.as_ptr().cast(), buf.len())
-            }
+        let written = if use_send {
+            socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL)
+        } else {
+            // SAFETY: the descriptor stays open for this call: the Python
+            // process owns it for as long as the worker runs, and nothing
+            // here closes it.
+            nix::unistd::write(unsafe { BorrowedFd::borrow_raw(fd) }, buf)
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOTSOCK) if use_send => {
-                    use_send = false;
-                    continue;
-                }
-                _ => return Err(err),
-            }
+        match written {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOTSOCK) if use_send => use_send = false,
+            Err(e) => return Err(e.into()),
         }
-        buf = &buf[n as usize..];
     }
     Ok(())
 }
 
 /// Errors that mean the host closed its end: the worker just stops.
 pub(crate) fn host_gone(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET))
+    matches!(err.raw_os_error().map(Errno::from_raw), Some(Errno::EPIPE | Errno::ECONNRESET))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::{IntoRawFd, OwnedFd};
+
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+
     use super::*;
 
+    /// Raw descriptors, as the worker has them; each test closes its own.
     fn socketpair() -> (RawFd, RawFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) }, 0);
-        (fds[0], fds[1])
+        let (a, b) = socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::empty()).unwrap();
+        (a.into_raw_fd(), b.into_raw_fd())
     }
 
     fn close(fd: RawFd) {
-        // SAFETY: closing a descriptor this test opened.
-        unsafe { libc::close(fd) };
+        nix::unistd::close(fd).unwrap();
     }
 
     fn read_to_end(fd: RawFd) -> Vec<u8> {
@@ -138,25 +143,23 @@ mod tests {
     fn eintr_is_reported_and_nothing_is_lost() {
         extern "C" fn on_signal(_: libc::c_int) {}
         let (a, b) = socketpair();
-        // SAFETY: a no-op handler installed without SA_RESTART, so a blocked
-        // read fails with EINTR when the signal arrives.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
-            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut());
-        }
+        // A no-op handler installed without SA_RESTART, so a blocked read
+        // fails with EINTR when the signal arrives.
+        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        unsafe { sigaction(Signal::SIGUSR2, &action) }.unwrap();
         // Aimed at this thread (tests share the process), before the data.
-        let reader = unsafe { libc::pthread_self() };
+        let reader = nix::sys::pthread::pthread_self();
         let kicker = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            // SAFETY: the reader thread outlives this (joined below).
-            unsafe { libc::pthread_kill(reader, libc::SIGUSR2) };
+            // The reader thread outlives this (joined below).
+            nix::sys::pthread::pthread_kill(reader, Signal::SIGUSR2).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(50));
             write_all(a, b"after signal").unwrap();
         });
         let mut buf = Vec::with_capacity(64);
         let err = read_appending(b, &mut buf).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINTR));
+        assert_eq!(err.raw_os_error(), Some(Errno::EINTR as i32));
         assert!(buf.is_empty());
         assert_eq!(read_appending(b, &mut buf).unwrap(), 12);
         kicker.join().unwrap();
@@ -170,7 +173,7 @@ mod tests {
         let (a, b) = socketpair();
         let mut buf = Vec::with_capacity(64);
         let err = recv_nonblocking(b, &mut buf).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(err.raw_os_error(), Some(Errno::EAGAIN as i32));
         write_all(a, b"cancel").unwrap();
         assert_eq!(recv_nonblocking(b, &mut buf).unwrap(), 6);
         assert_eq!(buf, b"cancel");
@@ -197,13 +200,12 @@ mod tests {
 
     #[test]
     fn pipes_fall_back_to_write() {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        write_all(fds[1], b"pipe").unwrap();
-        close(fds[1]);
-        let got = read_to_end(fds[0]);
-        close(fds[0]);
+        let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        let (read_end, write_end) = (read_end.into_raw_fd(), write_end.into_raw_fd());
+        write_all(write_end, b"pipe").unwrap();
+        close(write_end);
+        let got = read_to_end(read_end);
+        close(read_end);
         assert_eq!(got, b"pipe");
     }
 }

@@ -1012,6 +1012,8 @@ fn decode_args<'py>(py: Python<'py>, input: &mut &[u8]) -> Result<Result<Bound<'
     let mut builder = PyBuilder::new(py, decode::Handles::Table);
     for i in 0..len {
         match decode_value(input, &mut builder, 1) {
+            // SAFETY: `i < len`, the tuple's size; the slot is still NULL and
+            // `into_ptr` hands over the reference the tuple steals.
             Ok(item) => unsafe {
                 ffi::PyTuple_SetItem(args.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr());
             },

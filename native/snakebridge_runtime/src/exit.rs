@@ -11,6 +11,9 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use nix::errno::Errno;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use parking_lot::Mutex;
 
 /// What to do once a worker has exited, for whoever reads its socket: a
@@ -69,19 +72,22 @@ pub(crate) fn shut_down_on_exit(os_pid: u32, socket: UnixStream, notice: Arc<Exi
 /// Whether child `os_pid` has exited (it is left to be reaped). With
 /// `block`, waits until it has.
 pub(crate) fn wait(os_pid: u32, block: bool) -> io::Result<bool> {
-    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    if !block {
+        flags |= WaitPidFlag::WNOHANG;
+    }
     loop {
-        // SAFETY: waitid writes only the siginfo it is given, zeroed first
-        // so that a WNOHANG call that finds nothing leaves si_pid 0.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::waitid(libc::P_PID, os_pid as libc::id_t, &mut info, flags) };
-        if r == 0 {
-            // SAFETY: filled in by waitid for a child's state change.
-            return Ok(unsafe { info.si_pid() } != 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match waitid(Id::Pid(Pid::from_raw(os_pid as i32)), flags) {
+            // WNOHANG and still running.
+            Ok(WaitStatus::StillAlive) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            // nix turns a successful waitid into EINVAL when the process was
+            // killed by a signal it has no `Signal` for (real-time signals);
+            // waitid itself fails with EINVAL only for bad arguments, which
+            // these are not. The process has exited.
+            Err(Errno::EINVAL) => return Ok(true),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -42,11 +42,13 @@ pub use pool::Pool;
 pub use reader::Reader;
 pub use stats::{PoolStats, WorkerStats};
 
+use nix::sys::time::TimeSpec;
+use nix::time::{clock_gettime, ClockId};
+
 /// `CLOCK_MONOTONIC` in microseconds: the clock of call deadlines, shared by
 /// every process on the machine.
 pub fn monotonic_micros() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    // Cannot fail for CLOCK_MONOTONIC on Linux; were it to, 0 as before.
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or_else(|_| TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000
 }

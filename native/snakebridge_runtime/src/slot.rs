@@ -156,12 +156,10 @@ impl Slot {
     /// Signals the worker process `os_pid` if it is still this slot's (an
     /// exited one keeps its pid until reaped, which clears it under the same
     /// lock), so a recycled pid is never hit.
-    pub fn signal_process(&self, os_pid: u32, signal: libc::c_int) {
+    pub fn signal_process(&self, os_pid: u32, signal: nix::sys::signal::Signal) {
         let process = self.process.lock();
         if *process == Some(os_pid) {
-            unsafe {
-                libc::kill(os_pid as libc::pid_t, signal);
-            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(os_pid as i32), signal);
         }
     }
 
@@ -169,12 +167,9 @@ impl Slot {
     /// forked dies with it, unless it left the group (`setsid`, `setpgid`).
     pub fn kill_process(&self) {
         if let Some(pid) = *self.process.lock() {
-            // SAFETY: kill has no memory effects. The worker leads its own
-            // group (see `spawn_worker`) and its pid is not recycled while
-            // this lock holds it (see `reap`).
-            unsafe {
-                libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
-            }
+            // The worker leads its own group (see `spawn_worker`) and its
+            // pid is not recycled while this lock holds it (see `reap`).
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
 

@@ -2,12 +2,17 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+use nix::sys::prctl;
+use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+use nix::sys::signal::Signal;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::unistd::{self, getpid, getppid};
 use parking_lot::Mutex;
 
 use crate::config::PoolConfig;
@@ -38,9 +43,9 @@ pub struct WorkerProcess {
 /// fires when the *thread* that forked the child exits, not the process.
 pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<LogQueue<C>>) -> io::Result<WorkerProcess> {
     let (host, worker) = UnixStream::pair()?;
-    socket::set_buffer_sizes(host.as_raw_fd());
+    socket::set_buffer_sizes(&host);
     let worker_fd = worker.as_raw_fd();
-    let parent = unsafe { libc::getpid() };
+    let parent = getpid();
 
     let mut command = Command::new(&config.python);
     command
@@ -55,26 +60,30 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
         .env("PYTHONUNBUFFERED", "1")
         .envs(config.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed; prctl, getppid, dup2, fcntl,
-    // getrlimit, close_range and _exit all are, and nothing here allocates.
+    // async-signal-safe calls are allowed and nothing may allocate. Each nix
+    // call here is one system call and an errno read (`Errno::result`), and
+    // `io::Error::from(Errno)` keeps the code inline: no allocation.
+    // `worker_fd` is open in the child (a copy of the parent's table, where
+    // `worker` lives until `spawn` returns), so borrowing it is sound.
     unsafe {
         command.pre_exec(move || {
             // The worker dies with the BEAM even after `kill -9`.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
+            prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before prctl took effect. `_exit`
+            // (raw: nix has none), not `exit`: no atexit handlers in the child.
+            if getppid() != parent {
                 libc::_exit(1);
             }
             // dup2 clears FD_CLOEXEC on the copy, so exec keeps fd 3 open;
             // when the fd already is 3, clear the flag by hand.
+            let worker = BorrowedFd::borrow_raw(worker_fd);
             if worker_fd == WORKER_FD {
-                if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(worker_fd, WORKER_FD) < 0 {
-                return Err(io::Error::last_os_error());
+                fcntl(worker, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            } else {
+                // `dup2_raw` returns fd 3 as an `OwnedFd`, which would
+                // close it when dropped; giving it straight back up keeps
+                // fd 3 open, owned by no one, until exec.
+                let _ = unistd::dup2_raw(worker, WORKER_FD)?.into_raw_fd();
             }
             close_on_exec_above(WORKER_FD);
             Ok(())
@@ -104,21 +113,25 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
 /// opened without `O_CLOEXEC`. Marking rather than closing keeps the pipe
 /// through which the standard library reports a failed exec.
 ///
+/// `close_range` and the `fcntl` fallback stay raw `libc`: nix 0.32 has no
+/// `close_range`, and its `fcntl` takes a `BorrowedFd`, whose contract is
+/// that the descriptor is open, where this tries every number up to the limit.
+///
 /// # Safety
 ///
 /// Only for the child between fork and exec: it changes descriptors other
-/// threads of a running process would still use.
+/// threads of a running process would still use. (SAFETY of the calls:
+/// `close_range` and `fcntl` touch only the descriptor table, and a number
+/// that is not open just fails with EBADF.)
 unsafe fn close_on_exec_above(fd: libc::c_int) {
     let first = fd as libc::c_uint + 1;
     if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) == 0 {
         return;
     }
     // Kernels before 5.11: one fcntl per possible descriptor.
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
-        limit.rlim_cur.min(libc::c_int::MAX as libc::rlim_t) as libc::c_int
-    } else {
-        1 << 20
+    let max = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => soft.min(libc::c_int::MAX as libc::rlim_t) as libc::c_int,
+        _ => 1 << 20,
     };
     for other in fd + 1..max {
         libc::fcntl(other, libc::F_SETFD, libc::FD_CLOEXEC);

@@ -1,5 +1,7 @@
 //! Point-in-time numbers about a pool, for `SnakeBridge.stats/1`.
 
+use nix::unistd::{sysconf, SysconfVar};
+
 use crate::breaker::BreakerStats;
 
 /// One worker slot.
@@ -38,6 +40,6 @@ pub fn rss_bytes(os_pid: u32) -> u64 {
         return 0;
     };
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page_size = sysconf(SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(0);
     pages * page_size.max(0) as u64
 }

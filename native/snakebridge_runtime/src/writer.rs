@@ -132,7 +132,7 @@ fn write_control(slot: &Slot, conn: &Connection, control: Control) {
         Action::Interrupt(frame) => {
             let mut slices = [IoSlice::new(&frame)];
             if socket::send_all(conn.fd(), &mut slices).is_ok() {
-                slot.signal_process(conn.os_pid, libc::SIGUSR1);
+                slot.signal_process(conn.os_pid, nix::sys::signal::Signal::SIGUSR1);
             }
         }
         Action::Shutdown => {
