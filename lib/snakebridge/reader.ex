@@ -52,8 +52,15 @@ defmodule SnakeBridge.Reader do
     end
   end
 
+  # Frames too large for a normal scheduler are gathered and decoded on a
+  # dirty one: :dirty hands back bytes not taken, :dirty_taken says the
+  # bytes were taken up to such a frame.
   defp route(resource, bytes) do
-    with :dirty <- NIF.reader_route(resource, bytes), do: NIF.reader_route_dirty(resource, "")
+    case NIF.reader_route(resource, bytes) do
+      :ok -> :ok
+      :dirty -> NIF.reader_route_dirty(resource, bytes)
+      :dirty_taken -> NIF.reader_route_dirty(resource, "")
+    end
   end
 
   defp close(port, resource) do

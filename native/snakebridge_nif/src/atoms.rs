@@ -8,6 +8,7 @@ rustler::atoms! {
     infinity,
     neg_infinity,
     dirty,
+    dirty_taken,
     snakebridge,
     snakebridge_log,
     snakebridge_worker,

@@ -103,8 +103,10 @@ fn share(reader: &Reader<Delivery>) -> std::io::Result<OwnedFd> {
 }
 
 /// Routes the frames completed by `bytes`, read from the worker's socket:
-/// `:ok`, or `:dirty` when the next frame is too large to decode here
-/// (route it with `reader_route_dirty/2`, giving no more bytes).
+/// `:ok`, or `:dirty` when the frame they continue is too large to gather
+/// and decode here. Then route the same bytes with `reader_route_dirty/2`
+/// (when `:dirty` came back without taking them) or no more bytes (when it
+/// took them and stopped at such a frame).
 #[rustler::nif]
 fn reader_route(env: Env, resource: ResourceArc<ReaderResource>, bytes: Binary) -> Atom {
     route(env, &resource, bytes.as_slice(), NORMAL_BUDGET)
@@ -122,6 +124,11 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     let Some(worker) = reader.as_ref() else {
         return atoms::ok();
     };
+    // Gathering a large frame copies it, and grows the buffer to it: a
+    // dirty scheduler's work.
+    if decoder.pending_len(bytes).is_some_and(|len| len > budget) {
+        return atoms::dirty();
+    }
     decoder.push(bytes);
     let routed = courier.in_call(env, |courier| loop {
         if decoder.complete_len().is_some_and(|len| len > budget) {
@@ -135,7 +142,7 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     });
     match routed {
         Ok(true) => atoms::ok(),
-        Ok(false) => atoms::dirty(),
+        Ok(false) => atoms::dirty_taken(),
         Err(problem) => {
             // The worker broke the protocol: it is replaced, and what else
             // it sent is not routed.

@@ -129,6 +129,21 @@ impl FrameDecoder {
         (available >= HEADER_LEN + len).then_some(len)
     }
 
+    /// The body length of the frame that the buffered bytes, followed by
+    /// `more`, begin with, once its header is among them.
+    pub fn pending_len(&self, more: &[u8]) -> Option<usize> {
+        let buffered = &self.buf[self.start..self.end];
+        let mut header = [0u8; HEADER_LEN];
+        let from_buffer = buffered.len().min(HEADER_LEN);
+        header[..from_buffer].copy_from_slice(&buffered[..from_buffer]);
+        let from_more = HEADER_LEN - from_buffer;
+        if more.len() < from_more {
+            return None;
+        }
+        header[from_buffer..].copy_from_slice(&more[..from_more]);
+        Some(u32::from_be_bytes(header) as usize)
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
@@ -231,6 +246,17 @@ mod tests {
         assert_eq!(decoder.complete_len(), Some(10));
         assert_eq!(decoder.next_frame().unwrap(), Some(&[7u8; 10][..]));
         assert_eq!(decoder.complete_len(), None);
+    }
+
+    #[test]
+    fn pending_len_reads_a_header_split_between_buffer_and_more() {
+        let stream = frame(&[1u8; 300]);
+        let mut decoder = FrameDecoder::with_capacity(16);
+        assert_eq!(decoder.pending_len(&stream[..3]), None);
+        assert_eq!(decoder.pending_len(&stream), Some(300));
+        decoder.push(&stream[..2]);
+        assert_eq!(decoder.pending_len(&stream[2..3]), None);
+        assert_eq!(decoder.pending_len(&stream[2..]), Some(300));
     }
 
     #[test]

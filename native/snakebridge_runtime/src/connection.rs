@@ -2,6 +2,7 @@
 //! it from a call's worker incarnation (for cancellation).
 
 use std::collections::{HashMap, HashSet};
+use std::io::IoSlice;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -10,11 +11,12 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use snakebridge_protocol::Message;
 
 use crate::breaker::Breaker;
 use crate::monotonic_micros;
+use crate::socket;
 
 /// Process-wide counter so a call can name the exact worker process it was
 /// written to, across slots, pools and restarts.
@@ -36,6 +38,8 @@ pub(crate) enum Action {
     /// Half-close the socket: the worker answers what it has read, sees EOF
     /// and exits.
     Shutdown,
+    /// Send the end of a frame a caller began (see `Connection::try_write`).
+    Flush,
 }
 
 /// One side of a cancel of a sent call, waiting for the other. A cancel and
@@ -56,10 +60,12 @@ pub(crate) struct Connection {
     pub incarnation: u64,
     pub os_pid: u32,
     socket: UnixStream,
-    /// Serialises writes to the socket so frames never interleave. Held by
-    /// the writer thread for a whole batch, and by a caller's fast path only
-    /// through `try_lock` and a non-blocking write.
-    pub write_lock: Mutex<()>,
+    /// Serialises writes to the socket so frames never interleave, and
+    /// holds the unsent end of a frame a caller began (see
+    /// [`Connection::try_write`]), which must go out before anything else.
+    /// Held by the writer thread while it writes, and by callers only
+    /// through `try_lock`.
+    write_lock: Mutex<Vec<u8>>,
     pub in_flight: AtomicUsize,
     /// Replies received from this process, for `max_calls`.
     pub replies: AtomicU64,
@@ -103,7 +109,7 @@ impl Connection {
             incarnation: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
             os_pid,
             socket,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             last_heard: AtomicU64::new(monotonic_micros()),
@@ -123,6 +129,48 @@ impl Connection {
         });
         registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
         conn
+    }
+
+    /// Writes `frame` now if that needs no waiting: true when it is the
+    /// socket's, whole or in part. A caller on a BEAM scheduler must never
+    /// wait for the socket: the worker may be waiting for its replies to be
+    /// read, which takes a scheduler. So what the socket does not take at
+    /// once is left for the writer thread, which sends it before anything
+    /// else. False when the frame was not begun (the socket is busy, or
+    /// full); `begin` runs just before the write, under the lock, and may
+    /// refuse it.
+    pub fn try_write(&self, frame: &[u8], begin: impl FnOnce() -> bool) -> Result<bool, ()> {
+        let Some(mut unsent) = self.write_lock.try_lock() else {
+            return Ok(false);
+        };
+        if !unsent.is_empty() || !begin() {
+            return Ok(false);
+        }
+        match socket::try_send(self.fd(), frame) {
+            Ok(n) if n == frame.len() => Ok(true),
+            Ok(0) => Err(()),
+            Ok(n) => {
+                unsent.extend_from_slice(&frame[n..]);
+                let _ = self.control.send(Control {
+                    incarnation: self.incarnation,
+                    action: Action::Flush,
+                });
+                Ok(true)
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Locks the socket for the writer thread, once the end of a frame a
+    /// caller began is sent (blocking).
+    pub fn lock_for_writer(&self) -> MutexGuard<'_, Vec<u8>> {
+        let mut unsent = self.write_lock.lock();
+        if !unsent.is_empty() {
+            let mut slices = [IoSlice::new(&unsent)];
+            let _ = socket::send_all(self.fd(), &mut slices);
+            unsent.clear();
+        }
+        unsent
     }
 
     pub fn fd(&self) -> RawFd {
@@ -321,15 +369,8 @@ pub(crate) fn credit(incarnation: u64, id: u64, n: u64) -> bool {
     // Written by the consumer itself when the socket is free, as calls are
     // (see `Pool::submit`); a writer thread hand-off would cost a wake-up
     // per window of items.
-    if let Some(_guard) = conn.write_lock.try_lock() {
-        match crate::socket::try_send(conn.fd(), &frame) {
-            Ok(sent) if sent == frame.len() => return true,
-            Ok(sent) if sent > 0 => {
-                let mut rest = [std::io::IoSlice::new(&frame[sent..])];
-                return crate::socket::send_all(conn.fd(), &mut rest).is_ok();
-            }
-            _ => {}
-        }
+    if conn.try_write(&frame, || true) == Ok(true) {
+        return true;
     }
     conn.control
         .send(Control {
@@ -359,12 +400,45 @@ pub(crate) fn timed_out(incarnation: u64, id: u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn connection() -> (Arc<Connection>, crossbeam_channel::Receiver<Control>) {
         let (host, _worker) = UnixStream::pair().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
         (Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None))), rx)
+    }
+
+    #[test]
+    fn a_frame_the_socket_takes_in_part_is_finished_by_the_writer() {
+        let (host, mut worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let (tx, control) = crossbeam_channel::unbounded();
+        let conn = Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None)));
+        // Fill the socket, then let some room free: less than a frame.
+        let filler = vec![0u8; 4096];
+        let mut filled = 0;
+        while let Ok(n) = socket::try_send(conn.fd(), &filler) {
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let mut drained = vec![0u8; 64 * 1024];
+        worker.read_exact(&mut drained).unwrap();
+        let frame: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+        assert_eq!(conn.try_write(&frame, || true), Ok(true), "begun");
+        assert!(matches!(control.try_recv(), Ok(Control { action: Action::Flush, .. })));
+        // Nothing else may be written until the rest is out.
+        assert_eq!(conn.try_write(b"next", || true), Ok(false));
+        let reader = std::thread::spawn(move || {
+            let mut rest = vec![0u8; filled - drained.len() + frame.len()];
+            worker.read_exact(&mut rest).unwrap();
+            rest.split_off(filled - drained.len()) == frame
+        });
+        drop(conn.lock_for_writer());
+        assert!(reader.join().unwrap(), "the frame arrived whole and in order");
     }
 
     #[test]

@@ -17,13 +17,12 @@ use crate::log::{self, LogQueue};
 use crate::object::{ObjectRef, Route};
 use crate::slot::{self, Slot};
 use crate::watchdog;
-use crate::socket;
 use crate::stats::PoolStats;
 
-/// Frames up to this size may be written by the caller itself: under half
-/// the socket buffer the host asks for (`socket::BUFFER_BYTES`, which the
-/// kernel caps at `wmem_max`, 208 KiB by default, then doubles), so the
-/// kernel takes them whole or not at all.
+/// Frames up to this size may be written by the caller itself. A larger one
+/// goes to the writer thread: the socket would likely take only part of it
+/// at once, and the rest would be copied for that thread anyway (see
+/// `Connection::try_write`).
 const DIRECT_MAX: usize = 128 * 1024;
 
 /// Tells pools apart in the routes of their objects.
@@ -428,21 +427,21 @@ impl<H: Hooks> Pool<H> {
 /// Writes `frame` to `conn` if its window has room, without blocking. True
 /// when the call needs nothing more (written, or cancelled meanwhile).
 fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &[u8]) -> bool {
-    // Never wait for the lock: its holder is writing to this worker
-    // already, and the call can queue for it instead.
-    let Some(_guard) = conn.write_lock.try_lock() else {
-        return false;
+    let mut cancelled = false;
+    let begin = || {
+        if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
+            return false;
+        }
+        if !call.mark_sent(conn.incarnation) {
+            cancelled = true;
+            return false;
+        }
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        true
     };
-    if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
-        return false;
-    }
-    if !call.mark_sent(conn.incarnation) {
-        return true;
-    }
-    conn.in_flight.fetch_add(1, Ordering::AcqRel);
-    match socket::try_send(conn.fd(), frame) {
-        Ok(n) if n == frame.len() => true,
-        Ok(0) | Err(_) => {
+    match conn.try_write(frame, begin) {
+        Ok(written) => written || cancelled,
+        Err(()) => {
             conn.in_flight.fetch_sub(1, Ordering::AcqRel);
             if call.mark_unsent() {
                 return false;
@@ -450,16 +449,6 @@ fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &
             // Cancelled meanwhile, and the worker never saw it: nothing
             // will answer the cancel, so close it here.
             conn.cancelled_call_answered(call.id);
-            true
-        }
-        Ok(n) => {
-            // A Unix stream socket sends a frame this small as one buffer,
-            // all or nothing; should the kernel ever split it, the rest must
-            // follow before any other frame. The worker is reading (its
-            // window has room), so this drains promptly, and if it dies
-            // instead, the call fails with it like any call it was sent.
-            let mut rest = [std::io::IoSlice::new(&frame[n..])];
-            let _ = socket::send_all(conn.fd(), &mut rest);
             true
         }
     }

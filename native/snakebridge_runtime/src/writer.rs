@@ -114,7 +114,7 @@ fn send_releases(conn: &Connection) {
             .write_frame(&mut frames)
             .expect("a release frame is far below the frame limit");
     }
-    let _guard = conn.write_lock.lock();
+    let _guard = conn.lock_for_writer();
     let mut slices = [IoSlice::new(&frames)];
     let _ = socket::send_all(conn.fd(), &mut slices);
 }
@@ -123,7 +123,7 @@ fn write_control(slot: &Slot, conn: &Connection, control: Control) {
     if control.incarnation != conn.incarnation || conn.is_dead() {
         return;
     }
-    let _guard = conn.write_lock.lock();
+    let _guard = conn.lock_for_writer();
     match control.action {
         Action::Send(frame) => {
             let mut slices = [IoSlice::new(&frame)];
@@ -138,6 +138,8 @@ fn write_control(slot: &Slot, conn: &Connection, control: Control) {
         Action::Shutdown => {
             let _ = conn.socket().shutdown(std::net::Shutdown::Write);
         }
+        // Sent by `lock_for_writer`.
+        Action::Flush => {}
     }
 }
 
@@ -177,7 +179,7 @@ fn write_batch<H: Hooks>(
     for call in stale {
         shared.fail_call(courier, &call, stale_failure());
     }
-    let _guard = conn.write_lock.lock();
+    let _guard = conn.lock_for_writer();
     batch.retain(|job| job.call.mark_sent(conn.incarnation));
     conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|j| IoSlice::new(&j.frame)).collect();
