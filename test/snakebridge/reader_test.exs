@@ -23,27 +23,27 @@ defmodule SnakeBridge.ReaderTest do
     name
   end
 
-  test "many callers of 64 KiB calls keep getting answers" do
+  test "many callers of 100 KiB calls keep getting answers" do
     # A caller's write that the socket takes only in part must not wait on
     # a scheduler: the worker may be waiting for its replies to be read,
     # which takes a scheduler.
     pool = start_pool!(size: 2)
-    payload = SnakeBridge.bytes(<<255>> <> :rand.bytes(64 * 1024 - 1))
+    payload = SnakeBridge.bytes(<<255>> <> :rand.bytes(100 * 1024 - 1))
 
     results =
-      1..64
+      1..128
       |> Task.async_stream(
         fn _ ->
           for _ <- 1..40 do
             SnakeBridge.call("copy", "copy", [payload], pool: pool, timeout: 20_000)
           end
         end,
-        max_concurrency: 64,
+        max_concurrency: 128,
         timeout: 120_000
       )
       |> Enum.flat_map(fn {:ok, replies} -> replies end)
 
-    assert length(results) == 64 * 40
+    assert length(results) == 128 * 40
     assert Enum.all?(results, &match?({:ok, _}, &1))
   end
 
