@@ -27,7 +27,7 @@ use crate::delivery::{Courier, Delivery};
 
 /// Frames larger than this are decoded on a dirty scheduler: on a normal one
 /// they could take more than about a millisecond.
-const NORMAL_BUDGET: usize = 64 * 1024;
+const NORMAL_BUDGET: usize = 256 * 1024;
 
 pub struct ReaderResource {
     state: Mutex<State>,
@@ -140,6 +140,7 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
             Err(e) => return Err(format!("worker sent a bad frame: {e}")),
         }
     });
+    worker.flush();
     match routed {
         Ok(true) => atoms::ok(),
         Ok(false) => atoms::dirty_taken(),

@@ -38,7 +38,7 @@ pub(crate) enum Action {
     /// Half-close the socket: the worker answers what it has read, sees EOF
     /// and exits.
     Shutdown,
-    /// Send the end of a frame a caller began (see `Connection::try_write`).
+    /// Send the outbox (see `Connection::try_write`).
     Flush,
 }
 
@@ -61,11 +61,12 @@ pub(crate) struct Connection {
     pub os_pid: u32,
     socket: UnixStream,
     /// Serialises writes to the socket so frames never interleave, and
-    /// holds the unsent end of a frame a caller began (see
-    /// [`Connection::try_write`]), which must go out before anything else.
-    /// Held by the writer thread while it writes, and by callers only
-    /// through `try_lock`.
+    /// holds the outbox: bytes callers queued to go out before anything
+    /// else (see [`Connection::try_write`]). Held by the writer thread while
+    /// it writes, and by callers and the reader only through `try_lock`.
     write_lock: Mutex<Vec<u8>>,
+    /// The outbox's length, read without the lock.
+    outbox_len: AtomicUsize,
     pub in_flight: AtomicUsize,
     /// Replies received from this process, for `max_calls`.
     pub replies: AtomicU64,
@@ -110,6 +111,7 @@ impl Connection {
             os_pid,
             socket,
             write_lock: Mutex::new(Vec::new()),
+            outbox_len: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             last_heard: AtomicU64::new(monotonic_micros()),
@@ -131,46 +133,84 @@ impl Connection {
         conn
     }
 
-    /// Writes `frame` now if that needs no waiting: true when it is the
-    /// socket's, whole or in part. A caller on a BEAM scheduler must never
-    /// wait for the socket: the worker may be waiting for its replies to be
-    /// read, which takes a scheduler. So what the socket does not take at
-    /// once is left for the writer thread, which sends it before anything
-    /// else. False when the frame was not begun (the socket is busy, or
-    /// full); `begin` runs just before the write, under the lock, and may
-    /// refuse it.
+    /// Sends `frame` without waiting: true when it is the socket's (written,
+    /// or queued in the outbox behind what is), false when the lock is taken
+    /// or `begin` refused (it runs under the lock, just before, and decides
+    /// whether the frame goes at all). Err when the socket took none of it.
+    ///
+    /// A caller on a BEAM scheduler must never wait for the socket: the
+    /// worker may be waiting for its replies to be read, which takes a
+    /// scheduler. So a worker that is busy gets the frame in its outbox,
+    /// which the reader sends with its next batch of replies routed (one
+    /// write and one wake-up for many calls), and what an idle worker's
+    /// socket does not take at once is left there for the writer thread.
     pub fn try_write(&self, frame: &[u8], begin: impl FnOnce() -> bool) -> Result<bool, ()> {
-        let Some(mut unsent) = self.write_lock.try_lock() else {
+        let Some(mut outbox) = self.write_lock.try_lock() else {
             return Ok(false);
         };
-        if !unsent.is_empty() || !begin() {
+        let idle = self.in_flight.load(Ordering::Acquire) == 0;
+        if !begin() {
             return Ok(false);
+        }
+        if !outbox.is_empty() || !idle {
+            outbox.extend_from_slice(frame);
+            self.outbox_len.store(outbox.len(), Ordering::Release);
+            return Ok(true);
         }
         match socket::try_send(self.fd(), frame) {
             Ok(n) if n == frame.len() => Ok(true),
             Ok(0) => Err(()),
             Ok(n) => {
-                unsent.extend_from_slice(&frame[n..]);
-                let _ = self.control.send(Control {
-                    incarnation: self.incarnation,
-                    action: Action::Flush,
-                });
+                outbox.extend_from_slice(&frame[n..]);
+                self.outbox_len.store(outbox.len(), Ordering::Release);
+                self.flush_later();
                 Ok(true)
             }
             Err(_) => Err(()),
         }
     }
 
-    /// Locks the socket for the writer thread, once the end of a frame a
-    /// caller began is sent (blocking).
-    pub fn lock_for_writer(&self) -> MutexGuard<'_, Vec<u8>> {
-        let mut unsent = self.write_lock.lock();
-        if !unsent.is_empty() {
-            let mut slices = [IoSlice::new(&unsent)];
-            let _ = socket::send_all(self.fd(), &mut slices);
-            unsent.clear();
+    /// Sends what the outbox holds, as far as the socket takes it without
+    /// waiting; the writer thread sends the rest. For the reader, after a
+    /// batch of replies.
+    pub fn flush(&self) {
+        if self.outbox_len.load(Ordering::Acquire) == 0 {
+            return;
         }
-        unsent
+        let Some(mut outbox) = self.write_lock.try_lock() else {
+            // Whoever holds it may be done with the outbox already.
+            self.flush_later();
+            return;
+        };
+        match socket::try_send(self.fd(), &outbox) {
+            Ok(n) if n == outbox.len() => outbox.clear(),
+            Ok(n) => {
+                outbox.drain(..n);
+                self.flush_later();
+            }
+            Err(_) => self.flush_later(),
+        }
+        self.outbox_len.store(outbox.len(), Ordering::Release);
+    }
+
+    fn flush_later(&self) {
+        let _ = self.control.send(Control {
+            incarnation: self.incarnation,
+            action: Action::Flush,
+        });
+    }
+
+    /// Locks the socket for the writer thread, once the outbox is sent
+    /// (blocking).
+    pub fn lock_for_writer(&self) -> MutexGuard<'_, Vec<u8>> {
+        let mut outbox = self.write_lock.lock();
+        if !outbox.is_empty() {
+            let mut slices = [IoSlice::new(&outbox)];
+            let _ = socket::send_all(self.fd(), &mut slices);
+            outbox.clear();
+            self.outbox_len.store(0, Ordering::Release);
+        }
+        outbox
     }
 
     pub fn fd(&self) -> RawFd {
@@ -218,9 +258,11 @@ impl Connection {
     }
 
     /// Half-closes the socket now, for a pool that is stopping (its writer
-    /// threads are gone).
+    /// threads are gone), once the outbox is out: its calls were sent.
+    /// Waits for the socket, so never on a normal scheduler.
     pub fn close(&self) {
         self.draining.store(true, Ordering::Release);
+        let _outbox = self.lock_for_writer();
         let _ = self.socket.shutdown(Shutdown::Write);
     }
 
@@ -411,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_the_socket_takes_in_part_is_finished_by_the_writer() {
+    fn a_frame_the_socket_takes_in_part_is_finished_by_the_writer_before_the_next() {
         let (host, mut worker) = UnixStream::pair().unwrap();
         host.set_nonblocking(true).unwrap();
         let (tx, control) = crossbeam_channel::unbounded();
@@ -430,12 +472,12 @@ mod tests {
         let frame: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
         assert_eq!(conn.try_write(&frame, || true), Ok(true), "begun");
         assert!(matches!(control.try_recv(), Ok(Control { action: Action::Flush, .. })));
-        // Nothing else may be written until the rest is out.
-        assert_eq!(conn.try_write(b"next", || true), Ok(false));
+        // What follows queues behind the rest.
+        assert_eq!(conn.try_write(b"next", || true), Ok(true));
         let reader = std::thread::spawn(move || {
-            let mut rest = vec![0u8; filled - drained.len() + frame.len()];
+            let mut rest = vec![0u8; filled - drained.len() + frame.len() + 4];
             worker.read_exact(&mut rest).unwrap();
-            rest.split_off(filled - drained.len()) == frame
+            rest.split_off(filled - drained.len()) == [&frame[..], b"next"].concat()
         });
         drop(conn.lock_for_writer());
         assert!(reader.join().unwrap(), "the frame arrived whole and in order");

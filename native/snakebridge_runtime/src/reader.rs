@@ -88,6 +88,12 @@ impl<H: Hooks> Reader<H> {
         self.conn.os_pid
     }
 
+    /// Sends the calls queued for the worker while it was busy: after a
+    /// batch of frames routed, since the replies made room for them.
+    pub fn flush(&self) {
+        self.conn.flush();
+    }
+
     /// Routes one frame's body (without its 4-byte length). Err means the
     /// worker broke the protocol: finish the reader with it.
     pub fn route(&self, courier: &mut H::Courier, body: &[u8]) -> Result<(), String> {
@@ -122,6 +128,7 @@ impl<H: Hooks> Reader<H> {
                 route_reply(&self.shared, &self.slot, &self.conn, body, courier)
                     .map_err(|e| format!("worker sent a bad message: {e}"))?;
             }
+            self.flush();
             self.slot.wake_writer();
             match decoder.fill_from(&mut socket) {
                 // A worker killed with calls it had not read resets the
