@@ -97,7 +97,6 @@ pub(crate) struct Shared<H: Hooks> {
     /// waiting on the receiver, which is how a stop is broadcast.
     pub stop_rx: Receiver<()>,
     stop_tx: Mutex<Option<Sender<()>>>,
-    next_slot: AtomicUsize,
     /// Calls writers took from the queue but hold until their worker's
     /// window has room; they still count as queued.
     pub held: AtomicUsize,
@@ -207,7 +206,6 @@ impl<H: Hooks> Pool<H> {
             stopping: AtomicBool::new(false),
             stop_rx,
             stop_tx: Mutex::new(Some(stop_tx)),
-            next_slot: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             logs: Arc::new(logs),
             breaker,
@@ -278,21 +276,22 @@ impl<H: Hooks> Pool<H> {
     /// Writes the frame to a worker with room in its window, without
     /// blocking. False when no worker could take it that way.
     fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
-        let slots = &self.shared.slots;
         let window = self.shared.config.window;
-        // Least busy worker first; the rotating start spreads ties.
-        let first = self.shared.next_slot.fetch_add(1, Ordering::Relaxed);
-        let in_flight = |i: usize| {
-            slots[i]
-                .connection()
-                .map_or(usize::MAX, |c| c.in_flight.load(Ordering::Acquire))
-        };
-        let best = (0..slots.len())
-            .map(|i| (first + i) % slots.len())
-            .min_by_key(|&i| in_flight(i))
-            .unwrap_or(0);
-        let order = std::iter::once(best).chain((0..slots.len()).map(|i| (first + i) % slots.len()).filter(|&i| i != best));
-        order.filter_map(|i| slots[i].connection()).any(|conn| write_direct_to(&conn, window, call, frame))
+        let connections: Vec<Arc<Connection>> = self.shared.slots.iter().filter_map(|s| s.connection()).collect();
+        // The least busy worker, and of equals the first: a lone caller then
+        // keeps to one worker, whose process stays warm and, here, on the
+        // same CPU, instead of waking a different one each call.
+        let best = connections
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.in_flight.load(Ordering::Acquire))
+            .map_or(0, |(i, _)| i);
+        let others = connections.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, c)| c);
+        connections
+            .get(best)
+            .into_iter()
+            .chain(others)
+            .any(|conn| write_direct_to(conn, window, call, frame))
     }
 
     /// Sends a call that uses objects (`keep`) to the worker holding them,
