@@ -21,18 +21,15 @@ defmodule SnakeBridge.ObjectTest do
 
   # Objects created one after another land on the least busy worker, which
   # alternates between two idle workers: find two held by different ones.
+  # A lone caller keeps to the first idle worker: keeping that one busy
+  # sends the next call to the other.
   defp counters_on_two_workers do
-    Stream.repeatedly(fn -> new_counter() end)
-    |> Stream.take(40)
-    |> Enum.reduce_while(nil, fn
-      counter, nil ->
-        {:cont, counter}
-
-      counter, first ->
-        if Object.os_pid(counter) != Object.os_pid(first),
-          do: {:halt, {first, counter}},
-          else: {:cont, first}
-    end)
+    {:ok, busy} = SnakeBridge.Native.call_async("time", "sleep", [0.2], pool: @pool)
+    other = new_counter()
+    assert {:ok, nil} = SnakeBridge.await(busy)
+    first = new_counter()
+    assert Object.os_pid(first) != Object.os_pid(other)
+    {first, other}
   end
 
   describe "results without an Elixir equivalent" do
