@@ -52,15 +52,10 @@ defmodule SnakeBridge.Reader do
     end
   end
 
-  # Frames too large for a normal scheduler are gathered and decoded on a
-  # dirty one: :dirty hands back bytes not taken, :dirty_taken says the
-  # bytes were taken up to such a frame.
+  # A frame too large to decode on a normal scheduler is decoded on a dirty
+  # one.
   defp route(resource, bytes) do
-    case NIF.reader_route(resource, bytes) do
-      :ok -> :ok
-      :dirty -> NIF.reader_route_dirty(resource, bytes)
-      :dirty_taken -> NIF.reader_route_dirty(resource, "")
-    end
+    with :dirty <- NIF.reader_route(resource, bytes), do: NIF.reader_route_dirty(resource, "")
   end
 
   defp close(port, resource) do

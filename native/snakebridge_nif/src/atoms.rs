@@ -8,7 +8,6 @@ rustler::atoms! {
     infinity,
     neg_infinity,
     dirty,
-    dirty_taken,
     snakebridge,
     snakebridge_log,
     snakebridge_worker,

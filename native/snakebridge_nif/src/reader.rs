@@ -103,10 +103,8 @@ fn share(reader: &Reader<Delivery>) -> std::io::Result<OwnedFd> {
 }
 
 /// Routes the frames completed by `bytes`, read from the worker's socket:
-/// `:ok`, or `:dirty` when the frame they continue is too large to gather
-/// and decode here. Then route the same bytes with `reader_route_dirty/2`
-/// (when `:dirty` came back without taking them) or no more bytes (when it
-/// took them and stopped at such a frame).
+/// `:ok`, or `:dirty` when it stopped at a frame too large to decode here
+/// (route it with `reader_route_dirty/2`, giving no more bytes).
 #[rustler::nif]
 fn reader_route(env: Env, resource: ResourceArc<ReaderResource>, bytes: Binary) -> Atom {
     route(env, &resource, bytes.as_slice(), NORMAL_BUDGET)
@@ -124,11 +122,8 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     let Some(worker) = reader.as_ref() else {
         return atoms::ok();
     };
-    // Gathering a large frame copies it, and grows the buffer to it: a
-    // dirty scheduler's work.
-    if decoder.pending_len(bytes).is_some_and(|len| len > budget) {
-        return atoms::dirty();
-    }
+    // A port's read is at most 64 KiB: copying it is a normal scheduler's
+    // work, whatever the frame it belongs to.
     decoder.push(bytes);
     let routed = courier.in_call(env, |courier| loop {
         if decoder.complete_len().is_some_and(|len| len > budget) {
@@ -143,7 +138,7 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     worker.flush();
     match routed {
         Ok(true) => atoms::ok(),
-        Ok(false) => atoms::dirty_taken(),
+        Ok(false) => atoms::dirty(),
         Err(problem) => {
             // The worker broke the protocol: it is replaced, and what else
             // it sent is not routed.

@@ -86,11 +86,28 @@ impl FrameDecoder {
         }
     }
 
-    /// Appends bytes received by other means (tests, non-`Read` sources).
+    /// Appends bytes received by other means (a VM port's reads, tests).
+    /// Once a frame's header is in, room for the whole frame is made at
+    /// once, and none of it is zeroed first: a large frame pushed in many
+    /// pieces costs one allocation and one copy of each piece, never a
+    /// series of copies of all that came before.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.make_room_for(bytes.len());
-        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.buf.capacity() - self.end < bytes.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.buf.truncate(self.end);
+        let pending = self.end - self.start;
+        if let Some(len) = self.pending_len(bytes) {
+            let frame = HEADER_LEN + len.min(MAX_FRAME_LEN);
+            self.buf.reserve(frame.saturating_sub(pending).max(bytes.len()));
+        }
+        self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
     }
 
     /// Returns the next complete frame body, `Ok(None)` when more bytes are
@@ -131,7 +148,7 @@ impl FrameDecoder {
 
     /// The body length of the frame that the buffered bytes, followed by
     /// `more`, begin with, once its header is among them.
-    pub fn pending_len(&self, more: &[u8]) -> Option<usize> {
+    fn pending_len(&self, more: &[u8]) -> Option<usize> {
         let buffered = &self.buf[self.start..self.end];
         let mut header = [0u8; HEADER_LEN];
         let from_buffer = buffered.len().min(HEADER_LEN);
