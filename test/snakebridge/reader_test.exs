@@ -152,6 +152,22 @@ defmodule SnakeBridge.ReaderTest do
     assert {:ok, 3} = SnakeBridge.call("operator", "add", [1, 2], pool: pool)
   end
 
+  test "a worker whose reader process dies is replaced" do
+    name = :"reader_#{System.unique_integer([:positive])}"
+    pool_pid = start_supervised!({Pool, pool_opts(name, size: 1)})
+    [worker] = wait_until(fn -> ready_pids(name) end, 10_000)
+    %{readers: %{^worker => reader}} = :sys.get_state(pool_pid)
+    Process.exit(reader, :kill)
+
+    wait_until(fn -> (pids = ready_pids(name)) && pids != [worker] end, 15_000)
+    assert {:ok, 3} = SnakeBridge.call("operator", "add", [1, 2], pool: name)
+  end
+
+  defp ready_pids(pool) do
+    workers = SnakeBridge.stats(pool).workers
+    if Enum.all?(workers, &(&1.state == :ready)), do: Enum.map(workers, & &1.os_pid)
+  end
+
   defp kind({:ok, [0, 1, 2, 3, 4]}), do: :items
   defp kind({:ok, _}), do: :value
   defp kind({:error, %SnakeBridge.PythonError{type: "ZeroDivisionError"}}), do: :python_error
