@@ -240,7 +240,7 @@ defmodule SnakeBridge.Pool do
   # which is told when the worker exits.
   def handle_info({:snakebridge_reader, os_pid, fd, reader}, state) do
     pid = SnakeBridge.Reader.start_link(reader, fd)
-    {:noreply, %{state | readers: Map.put(state.readers, os_pid, pid)}, {:continue, :forget_reader}}
+    {:noreply, %{state | readers: Map.put(state.readers, os_pid, pid)}}
   end
 
   def handle_info({:snakebridge_reader_exited, os_pid}, state) do
