@@ -4,7 +4,8 @@
 //! Needs the installed worker package (`priv/python`, put there by
 //! `mix compile`), or a directory named by `SNAKEBRIDGE_WORKER_PATH`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use snakebridge_runtime::{
     BreakerConfig, BreakerStats, Call, CallTable, CancelOutcome, CancelReason, Failure, Hooks, Outcome, Pool,
     LogLine, PoolConfig, Reason, WorkerEvent,
 };
+
+use common::worker_path;
 
 #[derive(Debug, PartialEq)]
 enum Reply {
@@ -50,17 +53,6 @@ impl Hooks for TestHooks {
     }
 
     fn event(&self, _: &mut (), _: u32, _: WorkerEvent) {}
-}
-
-fn worker_path() -> String {
-    let path = std::env::var("SNAKEBRIDGE_WORKER_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../priv/python"));
-    assert!(
-        path.join("snakebridge_worker").is_dir(),
-        "no worker package at {path:?}: run `mix compile` first"
-    );
-    path.to_string_lossy().into_owned()
 }
 
 struct TestPool {

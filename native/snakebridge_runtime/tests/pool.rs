@@ -3,6 +3,8 @@
 //! Needs the installed worker package (`priv/python`, put there by
 //! `mix compile`), or a directory named by `SNAKEBRIDGE_WORKER_PATH`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,6 +17,8 @@ use snakebridge_runtime::{
     Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Level, LogLine, ObjectRef, Outcome, Pool, PoolConfig,
     Reason, Stream, WorkerEvent,
 };
+
+use common::worker_path;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Reply {
@@ -109,17 +113,6 @@ impl Hooks for TestHooks {
     }
 
     fn event(&self, _: &mut (), _os_pid: u32, _event: WorkerEvent) {}
-}
-
-fn worker_path() -> String {
-    let path = std::env::var("SNAKEBRIDGE_WORKER_PATH").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../priv/python")
-    });
-    assert!(
-        path.join("snakebridge_worker").is_dir(),
-        "no worker package at {path:?}: run `mix compile` first"
-    );
-    path.to_string_lossy().into_owned()
 }
 
 struct TestPool {
