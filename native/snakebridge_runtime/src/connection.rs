@@ -42,6 +42,10 @@ pub(crate) enum Action {
     Flush,
 }
 
+/// Frames up to this size wait in a busy worker's outbox (see
+/// [`Connection::try_write`]); larger ones are written at once.
+const OUTBOX_FRAME_MAX: usize = 8 * 1024;
+
 /// One side of a cancel of a sent call, waiting for the other. A cancel and
 /// the call's reply race: the reader may read the reply before or after the
 /// canceller claims the call, and either may reach the connection first.
@@ -152,7 +156,9 @@ impl Connection {
         if !begin() {
             return Ok(false);
         }
-        if !outbox.is_empty() || !idle {
+        // A large frame is written at once all the same: batching saves
+        // little on it, and the copy into the outbox would cost more.
+        if !outbox.is_empty() || (!idle && frame.len() < OUTBOX_FRAME_MAX) {
             outbox.extend_from_slice(frame);
             self.outbox_len.store(outbox.len(), Ordering::Release);
             return Ok(true);
