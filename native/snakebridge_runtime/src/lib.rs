@@ -3,12 +3,18 @@
 //!
 //! A [`Pool`] owns a fixed number of worker *slots*. Each slot has two
 //! long-lived threads: the *supervisor* spawns its Python process (so
-//! `PR_SET_PDEATHSIG` is tied to a thread that outlives the process), reads and
-//! routes its replies, and restarts it when it dies; the *writer* moves calls
-//! from the pool's bounded queue to the worker's socket in batches. A caller
-//! that finds an idle worker and an empty queue writes its frame itself,
-//! skipping the hand-off to the writer (see [`Pool::submit`]).
+//! `PR_SET_PDEATHSIG` is tied to a thread that outlives the process), hands
+//! its socket to a [`Reader`], and restarts the worker when it dies, which a
+//! thread per process learns from the process itself (see `exit`); the
+//! *writer* moves calls from the pool's bounded queue to the worker's socket
+//! in batches, and sends what callers left in the worker's outbox. A caller
+//! that finds an idle worker and an empty queue writes its frame itself, and
+//! a caller of a busy worker leaves it in the outbox for the reader to send
+//! with its next batch of replies (see [`Pool::submit`]).
 //!
+//! The embedder may read the workers' sockets itself ([`Hooks::attach`]: the
+//! NIF does, through VM ports); otherwise the supervisor reads them.
+
 //! Replies leave through [`Hooks`], which the NIF implements by sending BEAM
 //! messages and tests implement with channels.
 //!
