@@ -4,8 +4,10 @@ defmodule SnakeBridge.Pool do
 
   The process owns the native pool: the Rust runtime spawns, watches and
   restarts the Python processes, and calls go straight from the caller to the
-  runtime by pool name, never through this process. It forwards the workers'
-  output to `Logger` (see "Logging" below) and stops the workers when it stops.
+  runtime by pool name, never through this process. For each worker it starts
+  a linked process that reads the worker's replies through a VM port and
+  delivers them to their callers. It forwards the workers' output to `Logger`
+  (see "Logging" below) and stops the workers when it stops.
 
       children = [
         {SnakeBridge.Pool,
