@@ -1,4 +1,5 @@
-//! msgpack → BEAM terms, built in the runtime thread's own environment.
+//! msgpack → BEAM terms, built in a process-independent environment (the
+//! message's, see `delivery::Courier`).
 
 use std::sync::OnceLock;
 
@@ -11,8 +12,9 @@ use crate::{atoms, object};
 
 /// Largest map built in one `enif_make_map_from_arrays`. Larger maps built
 /// that way off the VM's own threads crash OTP 24.3.4.2+/25.1+/26 releases
-/// without the fix of erlang/otp#8208 (OTP 27.3 and backports); replies are
-/// decoded on runtime threads, so larger maps are built one put at a time.
+/// without the fix of erlang/otp#8208 (OTP 27.3 and backports); replies may
+/// be decoded on runtime threads (where the runtime reads a worker's socket
+/// itself), so larger maps are built one put at a time.
 const MAX_MAP_FROM_ARRAYS: usize = 128;
 
 /// Fields of `%MapSet{}` besides `:map` (Elixir 1.14 has `version: 2`, later
