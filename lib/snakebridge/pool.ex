@@ -242,7 +242,7 @@ defmodule SnakeBridge.Pool do
   # which is told when the worker exits.
   def handle_info({:snakebridge_reader, os_pid, fd, reader}, state) do
     pid = SnakeBridge.Reader.start_link(reader, fd)
-    {:noreply, %{state | readers: Map.put(state.readers, os_pid, pid)}}
+    {:noreply, %{state | readers: Map.put(state.readers, os_pid, pid)}, {:continue, :forget_reader}}
   end
 
   def handle_info({:snakebridge_reader_exited, os_pid}, state) do
@@ -289,6 +289,16 @@ defmodule SnakeBridge.Pool do
       "#{inspect(__MODULE__)} #{inspect(state.name)} ignored #{inspect(message)}"
     end)
 
+    {:noreply, state}
+  end
+
+  # The reader alone must hold the worker's socket, so that should it die,
+  # the runtime sees it go and replaces the worker: the message it came in
+  # is collected now, not at this process's next garbage collection, which
+  # an idle pool process may not have for a long time.
+  @impl true
+  def handle_continue(:forget_reader, state) do
+    :erlang.garbage_collect()
     {:noreply, state}
   end
 

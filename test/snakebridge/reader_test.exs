@@ -64,6 +64,36 @@ defmodule SnakeBridge.ReaderTest do
     assert long == []
   end
 
+  test "a reply of many small values is decoded off the normal schedulers" do
+    # Building terms costs per value: 120,000 one-letter strings make a
+    # frame under the reader's byte budget that takes milliseconds to
+    # decode, while the reader's other work on a normal scheduler takes
+    # microseconds.
+    pool = start_pool!(size: 1)
+    :erlang.system_monitor(self(), long_schedule: 5)
+
+    try do
+      assert {:ok, list} =
+               SnakeBridge.eval("[i % 100 for i in range(1_000_000)]", %{},
+                 pool: pool,
+                 timeout: 60_000
+               )
+
+      assert length(list) == 1_000_000
+    after
+      :erlang.system_monitor(:undefined)
+    end
+
+    # Only the reader's own schedules count: this process's garbage
+    # collection of the list is not the reader's doing.
+    readers =
+      for {:monitor, _who, :long_schedule, info} <- flush(),
+          {SnakeBridge.Reader, _, _} <- [info[:in], info[:out]],
+          do: info
+
+    assert readers == []
+  end
+
   test "every kind of message arrives under load while a worker is killed" do
     pool = start_pool!(size: 2)
     [victim, _] = for w <- SnakeBridge.stats(pool).workers, do: w.os_pid

@@ -19,7 +19,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{recv, MsgFlags};
 use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc};
-use snakebridge_protocol::FrameDecoder;
+use snakebridge_protocol::{more_values_than, FrameDecoder};
 use snakebridge_runtime::Reader;
 
 use crate::atoms;
@@ -28,6 +28,12 @@ use crate::delivery::{Courier, Delivery};
 /// Frames larger than this are decoded on a dirty scheduler: on a normal one
 /// they could take more than about a millisecond.
 const NORMAL_BUDGET: usize = 256 * 1024;
+/// Frames over this size are scanned first: building a term costs per value
+/// (about 30 ns here), not per byte, so a frame of small values may need a
+/// dirty scheduler well below `NORMAL_BUDGET`.
+const SCAN_ABOVE: usize = 16 * 1024;
+/// Most values a frame may hold to be decoded on a normal scheduler.
+const NORMAL_VALUES: usize = 16 * 1024;
 
 pub struct ReaderResource {
     state: Mutex<State>,
@@ -126,7 +132,7 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     // work, whatever the frame it belongs to.
     decoder.push(bytes);
     let routed = courier.in_call(env, |courier| loop {
-        if decoder.complete_len().is_some_and(|len| len > budget) {
+        if decoder.peek_frame().is_some_and(|body| too_much_here(body, budget)) {
             return Ok(false);
         }
         match decoder.next_frame() {
@@ -148,6 +154,12 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
             atoms::ok()
         }
     }
+}
+
+/// Whether decoding `body` could hold a scheduler with `budget` for longer
+/// than it should.
+fn too_much_here(body: &[u8], budget: usize) -> bool {
+    body.len() > budget || (budget == NORMAL_BUDGET && body.len() > SCAN_ABOVE && more_values_than(body, NORMAL_VALUES))
 }
 
 /// The port on the socket is closed (at the socket's end, or after the

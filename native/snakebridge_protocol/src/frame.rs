@@ -132,9 +132,9 @@ impl FrameDecoder {
         Ok(Some(&self.buf[body_start..body_start + len]))
     }
 
-    /// The body length of the next frame, if all of it has arrived (so a
+    /// The next frame's body, if all of it has arrived, left in place (so a
     /// caller can choose where to handle a large one before taking it).
-    pub fn complete_len(&self) -> Option<usize> {
+    pub fn peek_frame(&self) -> Option<&[u8]> {
         let available = self.end - self.start;
         if available < HEADER_LEN {
             return None;
@@ -143,7 +143,8 @@ impl FrameDecoder {
             .try_into()
             .expect("header slice has HEADER_LEN bytes");
         let len = u32::from_be_bytes(header) as usize;
-        (available >= HEADER_LEN + len).then_some(len)
+        let body = self.start + HEADER_LEN;
+        (available >= HEADER_LEN + len).then(|| &self.buf[body..body + len])
     }
 
     /// The body length of the frame that the buffered bytes, followed by
@@ -254,15 +255,15 @@ mod tests {
     }
 
     #[test]
-    fn complete_len_waits_for_the_whole_frame() {
+    fn peek_frame_waits_for_the_whole_frame_and_leaves_it() {
         let stream = frame(&[7u8; 10]);
         let mut decoder = FrameDecoder::with_capacity(16);
         decoder.push(&stream[..8]);
-        assert_eq!(decoder.complete_len(), None);
+        assert_eq!(decoder.peek_frame(), None);
         decoder.push(&stream[8..]);
-        assert_eq!(decoder.complete_len(), Some(10));
+        assert_eq!(decoder.peek_frame(), Some(&[7u8; 10][..]));
         assert_eq!(decoder.next_frame().unwrap(), Some(&[7u8; 10][..]));
-        assert_eq!(decoder.complete_len(), None);
+        assert_eq!(decoder.peek_frame(), None);
     }
 
     #[test]

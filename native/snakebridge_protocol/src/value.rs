@@ -340,58 +340,92 @@ impl Builder for ValueBuilder {
 /// The ids of every handle in one encoded value: what a reply nobody will
 /// read keeps alive in its worker, to be released.
 pub fn handle_ids(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
-    let mut collector = HandleCollector(Vec::new());
+    let mut scan = Scan::new(usize::MAX);
     let mut input = bytes;
-    decode_value(&mut input, &mut collector, 0)?;
-    Ok(collector.0)
+    decode_value(&mut input, &mut scan, 0)?;
+    Ok(scan.handles)
 }
 
-/// A builder that builds nothing and notes handle ids.
-struct HandleCollector(Vec<u64>);
+/// Whether the msgpack in `bytes` holds more than `limit` values (each
+/// element of a container counts, and so does the container). Stops
+/// counting at the limit. Building a BEAM term costs per value, so this
+/// tells, far faster than building, how long building would take.
+pub fn more_values_than(bytes: &[u8], limit: usize) -> bool {
+    let mut scan = Scan::new(limit);
+    let mut input = bytes;
+    let _ = decode_value(&mut input, &mut scan, 0);
+    scan.values > limit
+}
 
-impl Builder for HandleCollector {
+/// A builder that builds nothing: it notes handle ids and counts values,
+/// up to a limit.
+struct Scan {
+    handles: Vec<u64>,
+    values: usize,
+    limit: usize,
+}
+
+impl Scan {
+    fn new(limit: usize) -> Self {
+        Scan {
+            handles: Vec::new(),
+            values: 0,
+            limit,
+        }
+    }
+
+    fn value(&mut self) -> Result<(), DecodeError> {
+        self.values += 1;
+        if self.values > self.limit {
+            return Err(DecodeError::Invalid("more values than counted for".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Builder for Scan {
     type Value = ();
     type Error = DecodeError;
 
     fn nil(&mut self) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn bool(&mut self, _: bool) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn int(&mut self, _: i64) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn uint(&mut self, _: u64) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn bigint(&mut self, _: bool, _: &[u8]) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn float(&mut self, _: f64) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn str(&mut self, _: &str) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn bin(&mut self, _: &[u8]) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn list(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn tuple(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn set(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn map(&mut self, _: Vec<((), ())>) -> Result<(), DecodeError> {
-        Ok(())
+        self.value()
     }
     fn handle(&mut self, id: u64, _: Option<(&str, &str)>) -> Result<(), DecodeError> {
-        self.0.push(id);
-        Ok(())
+        self.handles.push(id);
+        self.value()
     }
 }
 
@@ -739,6 +773,17 @@ mod tests {
         let mut out = Vec::new();
         Value::List(vec![Value::Int(1), Value::Str("a".into()), Value::Nil]).encode(&mut out).unwrap();
         assert_eq!(out, [0x93, 0x01, 0xa1, b'a', 0xc0]);
+    }
+
+    #[test]
+    fn more_values_than_counts_container_elements() {
+        let mut out = Vec::new();
+        Value::List((0..100).map(Value::Int).collect()).encode(&mut out).unwrap();
+        assert!(more_values_than(&out, 100));
+        assert!(!more_values_than(&out, 101));
+        let mut one = Vec::new();
+        Value::Bin(vec![0; 100_000]).encode(&mut one).unwrap();
+        assert!(!more_values_than(&one, 1));
     }
 
     #[test]
