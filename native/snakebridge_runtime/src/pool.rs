@@ -276,22 +276,19 @@ impl<H: Hooks> Pool<H> {
     /// Writes the frame to a worker with room in its window, without
     /// blocking. False when no worker could take it that way.
     fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
+        let slots = &self.shared.slots;
         let window = self.shared.config.window;
-        let connections: Vec<Arc<Connection>> = self.shared.slots.iter().filter_map(|s| s.connection()).collect();
         // The least busy worker, and of equals the first: a lone caller then
         // keeps to one worker, whose process stays warm and, here, on the
         // same CPU, instead of waking a different one each call.
-        let best = connections
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, c)| c.in_flight.load(Ordering::Acquire))
-            .map_or(0, |(i, _)| i);
-        let others = connections.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, c)| c);
-        connections
-            .get(best)
-            .into_iter()
-            .chain(others)
-            .any(|conn| write_direct_to(conn, window, call, frame))
+        let best = (0..slots.len())
+            .filter_map(|i| slots[i].connection().map(|c| (c.in_flight.load(Ordering::Acquire), i)))
+            .min()
+            .map_or(0, |(_, i)| i);
+        std::iter::once(best)
+            .chain((0..slots.len()).filter(|&i| i != best))
+            .filter_map(|i| slots[i].connection())
+            .any(|conn| write_direct_to(&conn, window, call, frame))
     }
 
     /// Sends a call that uses objects (`keep`) to the worker holding them,
