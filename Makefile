@@ -97,7 +97,9 @@ compile:
 pytest:
 	$(VENV_PYTHON) -m pytest python_worker/tests -q
 
+# The cluster suites run peer nodes over Erlang distribution, which needs epmd.
 mix-test:
+	epmd -daemon
 	mix test
 
 clean:

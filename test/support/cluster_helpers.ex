@@ -19,7 +19,9 @@ defmodule SnakeBridge.ClusterHelpers do
         host: ~c"127.0.0.1",
         longnames: true,
         connection: :standard_io,
-        args: paths ++ [~c"-setcookie", cookie]
+        # Peers do not connect to each other: a test that disconnects one
+        # from this node must not make `global` drop the others.
+        args: paths ++ [~c"-setcookie", cookie, ~c"-connect_all", ~c"false"]
       })
 
     :ok = :peer.call(peer, Application, :put_env, [:snakebridge, :default_pool, false])
