@@ -62,6 +62,11 @@ defmodule SnakeBridge.Pool do
       dies with calls (once per worker), a call that times out on a worker,
       a worker that fails to start. Python exceptions never count.
       `SnakeBridge.stats/1` shows the state under `:circuit`.
+    * `:cluster` — `false` (the default), `true`, or
+      `[strategy: :local_first, overload: 2 * size, gossip_interval: 100]`
+      (any omitted key takes that default): the pool joins the cluster-wide
+      group of its name, and every connected node can call it by name. See
+      `SnakeBridge.Cluster`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
