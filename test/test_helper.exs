@@ -21,8 +21,11 @@ unless Node.alive?() do
   name = :"snakebridge_test_#{System.os_time()}_#{System.unique_integer([:positive])}@127.0.0.1"
 
   case :net_kernel.start([name, :longnames]) do
-    {:ok, _} -> :ok
-    {:error, reason} -> raise "could not start distribution (is epmd running? `epmd -daemon`): #{inspect(reason)}"
+    {:ok, _} ->
+      :ok
+
+    {:error, reason} ->
+      raise "could not start distribution (is epmd running? `epmd -daemon`): #{inspect(reason)}"
   end
 end
 

@@ -37,6 +37,7 @@ defmodule SnakeBridge.ClusterTest do
     test "a node without the pool runs the call in another node's pool", %{peer: peer} do
       assert {:ok, pid} = SnakeBridge.call("sbhelpers", "pid", [], pool: @pool)
       assert pid in remote_pids(peer, @pool)
+
       assert SnakeBridge.call("sbhelpers", "echo", [1, "two", [3.0]], pool: @pool, kwargs: [k: :v]) ==
                {:ok, [[1, "two", [3.0]], %{"k" => "v"}]}
 
@@ -59,13 +60,18 @@ defmodule SnakeBridge.ClusterTest do
       tag = "timeout_#{System.unique_integer([:positive])}"
 
       assert {:error, %Error{reason: :timeout}} =
-               SnakeBridge.call("sbhelpers", "sleep_and_record", [1.0, tag], pool: @pool, timeout: 100)
+               SnakeBridge.call("sbhelpers", "sleep_and_record", [1.0, tag],
+                 pool: @pool,
+                 timeout: 100
+               )
 
       refute_receive {:snakebridge, _, _}, 1_500
 
       # Each worker records in its own process: ask both.
       recorded =
-        for _ <- 1..6, value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool), do: value
+        for _ <- 1..6,
+            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
+            do: value
 
       refute tag in recorded
     end
@@ -78,7 +84,9 @@ defmodule SnakeBridge.ClusterTest do
       refute_receive {:snakebridge, ^ref, _}, 1_500
 
       recorded =
-        for _ <- 1..6, value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool), do: value
+        for _ <- 1..6,
+            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
+            do: value
 
       refute tag in recorded
     end
@@ -98,10 +106,21 @@ defmodule SnakeBridge.ClusterTest do
 
     test "the :cluster option is checked" do
       assert_raise ArgumentError, ~r/:cluster/, fn -> SnakeBridge.Pool.config!(cluster: :yes) end
-      assert_raise ArgumentError, ~r/:strategy/, fn -> SnakeBridge.Pool.config!(cluster: [strategy: :random]) end
-      assert_raise ArgumentError, ~r/:overload/, fn -> SnakeBridge.Pool.config!(cluster: [overload: 0]) end
-      assert_raise ArgumentError, ~r/unknown keys/, fn -> SnakeBridge.Pool.config!(cluster: [nope: 1]) end
-      assert %{cluster: %{strategy: :least_loaded}} = SnakeBridge.Pool.config!(cluster: [strategy: :least_loaded])
+
+      assert_raise ArgumentError, ~r/:strategy/, fn ->
+        SnakeBridge.Pool.config!(cluster: [strategy: :random])
+      end
+
+      assert_raise ArgumentError, ~r/:overload/, fn ->
+        SnakeBridge.Pool.config!(cluster: [overload: 0])
+      end
+
+      assert_raise ArgumentError, ~r/unknown keys/, fn ->
+        SnakeBridge.Pool.config!(cluster: [nope: 1])
+      end
+
+      assert %{cluster: %{strategy: :least_loaded}} =
+               SnakeBridge.Pool.config!(cluster: [strategy: :least_loaded])
     end
   end
 
@@ -109,7 +128,11 @@ defmodule SnakeBridge.ClusterTest do
     test "local first while the local pool is not overloaded, then the remote one", %{peer: peer} do
       pool = unique(:cluster_route)
       start_pool(peer, pool)
-      start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1, cluster: [overload: 1, gossip_interval: 20])})
+
+      start_supervised!(
+        {SnakeBridge.Pool, pool_opts(pool, size: 1, cluster: [overload: 1, gossip_interval: 20])}
+      )
+
       wait_for_member(pool, node())
       [local] = for %{os_pid: pid} <- SnakeBridge.stats(pool).workers, do: pid
       wait_until(fn -> length(remote_pids(peer, pool)) == 2 end)
@@ -118,7 +141,11 @@ defmodule SnakeBridge.ClusterTest do
 
       # Three calls on one worker: a load of 3, over the overload of 1.
       busy = for _ <- 1..3, do: elem(Native.call_async("sbhelpers", "sleep", [1.0], pool: pool), 1)
-      wait_until(fn -> SnakeBridge.Cluster.stats(pool)[node()].in_flight + SnakeBridge.Cluster.stats(pool)[node()].queue_length >= 3 end)
+
+      wait_until(fn ->
+        SnakeBridge.Cluster.stats(pool)[node()].in_flight +
+          SnakeBridge.Cluster.stats(pool)[node()].queue_length >= 3
+      end)
 
       assert SnakeBridge.call!("sbhelpers", "pid", [], pool: pool) in remote_pids(peer, pool)
       for ref <- busy, do: assert({:ok, nil} = SnakeBridge.await(ref, 10_000))
@@ -187,11 +214,18 @@ defmodule SnakeBridge.ClusterTest do
 
   describe "streams" do
     test "items arrive in order; halting early closes the generator there" do
-      assert SnakeBridge.stream("sbobjects", "numbers", [5_000], pool: @pool, window: 16) |> Enum.to_list() ==
+      assert SnakeBridge.stream("sbobjects", "numbers", [5_000], pool: @pool, window: 16)
+             |> Enum.to_list() ==
                Enum.to_list(0..4_999)
 
       path = Path.join(System.tmp_dir!(), "sb_cluster_halt_#{System.unique_integer([:positive])}")
-      assert SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool) |> Enum.take(3) == [0, 1, 2]
+
+      assert SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool) |> Enum.take(3) == [
+               0,
+               1,
+               2
+             ]
+
       wait_until(fn -> File.read(path) == {:ok, "closed"} end)
       File.rm(path)
       refute_messages()
@@ -267,7 +301,10 @@ defmodule SnakeBridge.ClusterTest do
       assert length(outcomes) == 320
       down = Enum.filter(outcomes, &match?({:error, %Error{reason: :node_down}}, &1))
       assert down != [], "calls were running on #{victim_node} when it was killed"
-      assert Enum.all?(outcomes, &(match?({:ok, [_, _]}, &1) or &1 in down)), inspect(outcomes -- down)
+
+      assert Enum.all?(outcomes, &(match?({:ok, [_, _]}, &1) or &1 in down)),
+             inspect(outcomes -- down)
+
       [%Error{details: %{node: ^victim_node}} | _] = Enum.map(down, &elem(&1, 1))
     end
 
@@ -285,13 +322,17 @@ defmodule SnakeBridge.ClusterTest do
       Process.sleep(200)
       true = Node.disconnect(node)
 
-      assert_receive {:snakebridge, ^ref, {:error, %Error{reason: :node_down, details: %{node: ^node}}}}, 5_000
+      assert_receive {:snakebridge, ^ref,
+                      {:error, %Error{reason: :node_down, details: %{node: ^node}}}},
+                     5_000
+
       refute_receive {:snakebridge, ^ref, _}, 2_500
       # The node holding the counter for this one let it go.
       assert :peer.call(peer, SnakeBridge.Cluster.Relay, :held_objects, []) == 0
 
       # Nothing of the pool is left here, so a call has nowhere to go.
-      assert {:error, %Error{reason: :pool_not_found}} = SnakeBridge.call("sbhelpers", "pid", [], pool: pool)
+      assert {:error, %Error{reason: :pool_not_found}} =
+               SnakeBridge.call("sbhelpers", "pid", [], pool: pool)
 
       true = Node.connect(node)
       wait_for_member(pool, node)

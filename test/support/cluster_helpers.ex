@@ -33,7 +33,10 @@ defmodule SnakeBridge.ClusterHelpers do
   @doc "Starts a clustered pool `name` on a peer, under its SnakeBridge supervisor."
   def start_pool(peer, name, opts \\ []) do
     opts = pool_opts(name, Keyword.merge([cluster: [gossip_interval: 20]], opts))
-    {:ok, _} = :peer.call(peer, Supervisor, :start_child, [SnakeBridge.Supervisor, {SnakeBridge.Pool, opts}])
+
+    {:ok, _} =
+      :peer.call(peer, Supervisor, :start_child, [SnakeBridge.Supervisor, {SnakeBridge.Pool, opts}])
+
     :ok
   end
 

@@ -71,8 +71,10 @@ defmodule SnakeBridge.Cluster.Handles do
   defp object?(%Object{}), do: true
   defp object?([head | tail]), do: object?(head) or object?(tail)
   defp object?(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> object?()
+
   defp object?(map) when is_map(map),
     do: :maps.fold(fn k, v, acc -> acc or object?(k) or object?(v) end, false, map)
+
   defp object?(_other), do: false
 
   # Replaces the handles in a request from another node with the objects
@@ -93,7 +95,9 @@ defmodule SnakeBridge.Cluster.Handles do
   end
 
   defp resolve([head | tail]), do: [resolve(head) | resolve(tail)]
-  defp resolve(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> resolve() |> List.to_tuple()
+
+  defp resolve(tuple) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> resolve() |> List.to_tuple()
 
   defp resolve(map) when is_map(map) do
     if object?(map) do

@@ -164,7 +164,10 @@ defmodule SnakeBridge.Cluster.Relay do
 
       {{client, ref, _caller, monitor}, calls} ->
         if monitor, do: Process.demonitor(monitor, [:flush])
-        _outcome = if why == :timeout, do: NIF.cancel(local_ref, :timeout), else: NIF.cancel(local_ref)
+
+        _outcome =
+          if why == :timeout, do: NIF.cancel(local_ref, :timeout), else: NIF.cancel(local_ref)
+
         %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
     end
   end
