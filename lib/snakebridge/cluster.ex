@@ -52,7 +52,7 @@ defmodule SnakeBridge.Cluster do
 
   Each value is a map with `:size`, `:queue_length`, `:in_flight` (calls
   written to its workers and not answered) and `:age_ms` (how long ago the
-  load was published; `0` for this node's own pool, read now). A node that
+  load was published, this node's own pool included). A node that
   joined but has not published yet shows `nil` for the counts. Returns an
   empty map for a pool that no node shares. Raises `ArgumentError` when
   `pool` is not an atom.
