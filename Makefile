@@ -7,6 +7,9 @@
 #               (SOAK_CALLS=200000 make soak for a shorter run)
 #   make soak-objects  1,000,000 short-lived Python objects; prints the
 #               worker's object table and memory (SOAK_OBJECTS=200000 ...)
+#   make soak-cluster  100,000 objects of a peer node's clustered pool held
+#               here; prints what the peer holds and its memory
+#               (SOAK_REMOTE_OBJECTS=20000 ... for a shorter run)
 #   make soak-chaos  200,000 mixed calls while workers are SIGKILLed and
 #               SIGSTOPped; every call must end exactly once
 #
@@ -30,7 +33,7 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench soak soak-objects soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test clean
+.PHONY: test demo bench soak soak-objects soak-cluster soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test clean
 
 # compile first: the runtime's Rust tests run real workers from priv/python.
 test: setup compile cargo-test pytest mix-test
@@ -46,6 +49,10 @@ soak: setup compile
 
 soak-objects: setup compile
 	mix run soak/objects.exs
+
+soak-cluster: setup compile
+	epmd -daemon
+	mix run soak/cluster_objects.exs
 
 soak-chaos: setup compile
 	mix run soak/chaos.exs
@@ -97,7 +104,9 @@ compile:
 pytest:
 	$(VENV_PYTHON) -m pytest python_worker/tests -q
 
+# The cluster suites run peer nodes over Erlang distribution, which needs epmd.
 mix-test:
+	epmd -daemon
 	mix test
 
 clean:

@@ -3,6 +3,12 @@
 #
 #   mix run bench/run.exs                          # both systems
 #   BENCH_ONLY=baseline mix run bench/run.exs      # baseline alone (also: elixir bench/run.exs)
+#   BENCH_ONLY=remote mix run bench/run.exs        # the remote scenario alone
+#
+# The remote scenario (after the others, unless BENCH_REMOTE=0) calls a
+# clustered pool on a peer node on loopback: :erpc.call of SnakeBridge.call
+# per call against the clustered pool, with the bare distribution round trip
+# alongside (see SnakeBridgeBench.Systems.remote/1).
 #
 # Environment: BENCH_ONLY (baseline | snakebridge), BENCH_WORKERS (default
 # System.schedulers_online()), BENCH_ROUNDS (10), BENCH_SECONDS (per throughput
@@ -56,8 +62,8 @@ config = %{
 only = System.get_env("BENCH_ONLY")
 aa? = System.get_env("BENCH_AA") in ["1", "true"]
 
-unless only in [nil, "", "baseline", "snakebridge"] do
-  raise ArgumentError, "BENCH_ONLY must be baseline or snakebridge, got: #{inspect(only)}"
+unless only in [nil, "", "baseline", "snakebridge", "remote"] do
+  raise ArgumentError, "BENCH_ONLY must be baseline, snakebridge or remote, got: #{inspect(only)}"
 end
 
 # One interpreter for both systems. The baseline needs the PyPI msgpack package,
@@ -87,6 +93,42 @@ end
 
 py_dir = Path.join(bench_dir, "py")
 start_opts = [size: config.workers, python: python, python_path: [py_dir]]
+
+remote_bench = fn ->
+  {remote_systems, stop} = Systems.remote(start_opts)
+
+  remote_scenarios = [
+    %{
+      id: :remote_latency,
+      kind: :latency,
+      label: "remote latency operator.add(1, 2), 1 caller",
+      mfa: {"operator", "add", [1, 2]},
+      expected: 3
+    },
+    %{
+      id: :remote_trivial,
+      kind: :throughput,
+      label: "remote, #{config.callers} callers, operator.add(1, 2)",
+      mfa: {"operator", "add", [1, 2]},
+      expected: 3
+    }
+  ]
+
+  for system <- remote_systems, scenario <- remote_scenarios do
+    with {:error, got} <- Harness.check(system, scenario),
+         do: raise("#{system.name} gave a wrong result in #{scenario.id}: #{inspect(got)}")
+  end
+
+  IO.puts("\nRemote scenario: a clustered pool of #{config.workers} workers on a peer node on loopback\n")
+  remote_results = Harness.run(remote_systems, remote_scenarios, config)
+  Harness.report(remote_results, remote_systems, remote_scenarios)
+  stop.()
+end
+
+if only == "remote" do
+  remote_bench.()
+  System.halt(0)
+end
 
 baseline =
   if only != "snakebridge" do
@@ -277,3 +319,5 @@ Harness.report(results, systems, scenarios)
 IO.puts(
   "\n#{config.rounds} rounds in #{div(System.monotonic_time(:millisecond) - started, 1000)} s"
 )
+
+if only in [nil, ""] and System.get_env("BENCH_REMOTE") not in ["0", "false"], do: remote_bench.()

@@ -133,4 +133,103 @@ defmodule SnakeBridgeBench.Systems do
       0 -> acc
     end
   end
+  @doc """
+  The remote scenario's systems: a peer node on loopback runs a clustered
+  pool `:bench_remote` of `size` workers, and this node calls it three ways:
+  `"erpc naive"` (`:erpc.call(node, SnakeBridge, :call, args)` per call),
+  `"clustered"` (`SnakeBridge.call(..., pool: :bench_remote)` from this node,
+  which has no such pool) and `"dist rtt"` (`:erpc.call(node, :erlang, :+,
+  [1, 2])`, no Python: the distribution round trip alone, whatever the
+  arguments); and, for reference, `"local"`: the same calls to a pool
+  `:bench_local` of this node. Starts epmd and distribution. Returns the systems and a
+  function that stops the peer.
+  """
+  @spec remote(keyword()) :: {[system()], (-> :ok)}
+  def remote(opts) do
+    System.cmd("epmd", ["-daemon"])
+
+    unless Node.alive?() do
+      {:ok, _} = :net_kernel.start([:"bench_#{System.os_time()}@127.0.0.1", :longnames])
+    end
+
+    paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+
+    {:ok, peer, node} =
+      :peer.start(%{
+        name: :"bench_peer_#{System.unique_integer([:positive])}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        connection: :standard_io,
+        args: paths ++ [~c"-setcookie", ~c"#{Node.get_cookie()}"]
+      })
+
+    :ok = :peer.call(peer, Application, :put_env, [:snakebridge, :default_pool, false])
+    {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:snakebridge])
+    :ok = :peer.call(peer, Logger, :configure, [[level: :info]])
+    true = Node.connect(node)
+
+    pool =
+      {SnakeBridge.Pool,
+       name: :bench_remote,
+       size: Keyword.fetch!(opts, :size),
+       python: Keyword.fetch!(opts, :python),
+       python_path: Keyword.fetch!(opts, :python_path),
+       cluster: true}
+
+    {:ok, _} = :peer.call(peer, Supervisor, :start_child, [SnakeBridge.Supervisor, pool])
+    {SnakeBridge.Pool, local_opts} = pool
+    local_opts = Keyword.merge(local_opts, name: :bench_local, cluster: false)
+    {:ok, _} = Supervisor.start_child(SnakeBridge.Supervisor, {SnakeBridge.Pool, local_opts})
+    wait_for_remote(node, 500)
+    snakebridge = SnakeBridge
+
+    os_pids = fn ->
+      for %{os_pid: os_pid} <- :peer.call(peer, snakebridge, :stats, [:bench_remote]).workers,
+          is_integer(os_pid),
+          do: os_pid
+    end
+
+    naive = fn module, function, args, timeout ->
+      guard(fn ->
+        :erpc.call(node, snakebridge, :call, [module, function, args, [pool: :bench_remote, timeout: timeout]])
+      end)
+    end
+
+    clustered = fn module, function, args, timeout ->
+      guard(fn -> snakebridge.call(module, function, args, pool: :bench_remote, timeout: timeout) end)
+    end
+
+    rtt = fn _module, _function, _args, _timeout ->
+      guard(fn -> {:ok, :erpc.call(node, :erlang, :+, [1, 2])} end)
+    end
+
+    local = fn module, function, args, timeout ->
+      guard(fn -> snakebridge.call(module, function, args, pool: :bench_local, timeout: timeout) end)
+    end
+
+    systems = [
+      %{name: "local", call: local, os_pids: fn -> [] end},
+      %{name: "erpc naive", call: naive, os_pids: os_pids},
+      %{name: "clustered", call: clustered, os_pids: os_pids},
+      %{name: "dist rtt", call: rtt, os_pids: fn -> [] end}
+    ]
+
+    {systems, fn -> :peer.stop(peer) end}
+  end
+
+  defp wait_for_remote(node, tries) do
+    cond do
+      Map.has_key?(SnakeBridge.Cluster.stats(:bench_remote), node) -> :ok
+      tries == 0 -> raise "the peer's pool :bench_remote did not join the cluster"
+      true -> Process.sleep(20) && wait_for_remote(node, tries - 1)
+    end
+  end
+
+  defp guard(fun) do
+    fun.()
+  rescue
+    e -> {:error, e}
+  catch
+    kind, reason -> {:error, {kind, reason}}
+  end
 end

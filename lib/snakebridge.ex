@@ -333,8 +333,13 @@ defmodule SnakeBridge do
   @spec release(Object.t()) :: :ok
   def release(object) do
     %Object{ref: ref} = object = Args.object!(object)
-    _ok_or_already_released = Args.made_object!(object, fn -> NIF.release(ref) end)
-    :ok
+
+    if SnakeBridge.Cluster.remote_object?(object) do
+      SnakeBridge.Cluster.release(object)
+    else
+      _ok_or_already_released = Args.made_object!(object, fn -> NIF.release(ref) end)
+      :ok
+    end
   end
 
   @doc """
@@ -484,7 +489,7 @@ defmodule SnakeBridge do
     after
       timeout ->
         # :timeout, not a plain cancel: the pool's circuit breaker counts it.
-        case NIF.cancel(ref, :timeout) do
+        case cancel_call(ref, :timeout) do
           :cancelled ->
             timeout_error(timeout)
 
@@ -523,7 +528,7 @@ defmodule SnakeBridge do
   """
   @spec cancel(reference()) :: :ok
   def cancel(ref) do
-    case NIF.cancel(Args.ref!(ref, "the call's ref")) do
+    case cancel_call(Args.ref!(ref, "the call's ref"), :cancel) do
       :replied ->
         receive do
           {:snakebridge, ^ref, _} -> :ok
@@ -587,6 +592,19 @@ defmodule SnakeBridge do
     case NIF.stats(Args.pool!(pool)) do
       {:ok, stats} -> stats
       {:error, error} -> raise error
+    end
+  end
+
+  # A ref the runtime of this node does not know may be a remote call's.
+  defp cancel_call(ref, why) do
+    outcome = if why == :timeout, do: NIF.cancel(ref, :timeout), else: NIF.cancel(ref)
+
+    with :unknown <- outcome do
+      case SnakeBridge.Cluster.cancel(ref, why) do
+        # The Client passes a reply on before it answers the cancel.
+        :cancelled -> :cancelled
+        :unknown -> :unknown
+      end
     end
   end
 

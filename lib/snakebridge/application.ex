@@ -14,7 +14,10 @@ defmodule SnakeBridge.Application do
 
   @impl true
   def start(_type, _args) do
-    Supervisor.start_link(children(), strategy: :one_for_one, name: SnakeBridge.Supervisor)
+    Supervisor.start_link([SnakeBridge.Cluster.Supervisor | children()],
+      strategy: :one_for_one,
+      name: SnakeBridge.Supervisor
+    )
   end
 
   defp children do

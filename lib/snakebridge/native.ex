@@ -118,9 +118,15 @@ defmodule SnakeBridge.Native do
      Args.list!(args, :args), Args.kwargs!(opts[:kwargs]), mode}
   end
 
-  # Queues a call checked by request!/5.
+  # Queues a call checked by request!/5, in a pool of this node or, for a
+  # clustered pool, of the node SnakeBridge.Cluster chooses.
   @doc false
-  def submit({pool, target, function, args, kwargs, mode}, timeout) do
+  def submit(request, timeout) do
+    SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
+  end
+
+  @doc false
+  def submit_local({pool, target, function, args, kwargs, mode}, timeout) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.

@@ -51,7 +51,12 @@ defmodule SnakeBridge.Object do
   @spec os_pid(t()) :: pos_integer() | nil
   def os_pid(object) do
     %__MODULE__{ref: ref} = object = SnakeBridge.Args.object!(object)
-    SnakeBridge.Args.made_object!(object, fn -> SnakeBridge.NIF.object_os_pid(ref) end)
+
+    if SnakeBridge.Cluster.remote_object?(object) do
+      SnakeBridge.Cluster.os_pid(object)
+    else
+      SnakeBridge.Args.made_object!(object, fn -> SnakeBridge.NIF.object_os_pid(ref) end)
+    end
   end
 
   defimpl Inspect do

@@ -62,6 +62,11 @@ defmodule SnakeBridge.Pool do
       dies with calls (once per worker), a call that times out on a worker,
       a worker that fails to start. Python exceptions never count.
       `SnakeBridge.stats/1` shows the state under `:circuit`.
+    * `:cluster` — `false` (the default), `true`, or
+      `[strategy: :local_first, overload: 2 * size, gossip_interval: 100]`
+      (any omitted key takes that default): the pool joins the cluster-wide
+      group of its name, and every connected node can call it by name. See
+      `SnakeBridge.Cluster`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -118,6 +123,7 @@ defmodule SnakeBridge.Pool do
           | {:log_queue, pos_integer()}
           | {:log_rate, pos_integer()}
           | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
+          | {:cluster, boolean() | [SnakeBridge.Cluster.option()]}
 
   @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
   @type circuit_breaker_option ::
@@ -173,7 +179,8 @@ defmodule SnakeBridge.Pool do
         cancel_grace: 2_000,
         log_queue: 1_000,
         log_rate: 1_000,
-        circuit_breaker: false
+        circuit_breaker: false,
+        cluster: false
       )
 
     %{
@@ -194,7 +201,8 @@ defmodule SnakeBridge.Pool do
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
-      circuit_breaker: circuit_breaker!(opts[:circuit_breaker])
+      circuit_breaker: circuit_breaker!(opts[:circuit_breaker]),
+      cluster: SnakeBridge.Cluster.options!(opts[:cluster])
     }
   end
 
@@ -208,6 +216,7 @@ defmodule SnakeBridge.Pool do
     Process.flag(:trap_exit, true)
 
     {name, native_config} = Map.pop(config, :name)
+    {cluster, native_config} = Map.pop(native_config, :cluster)
 
     native_config =
       Map.merge(native_config, %{
@@ -219,6 +228,7 @@ defmodule SnakeBridge.Pool do
       {:ok, resource} ->
         # The resource lives in this process's state only: when the process
         # dies, the resource is collected and the runtime stops the workers.
+        if cluster, do: SnakeBridge.Cluster.join(name, native_config.size, cluster)
         {:ok, %__MODULE__{name: name, resource: resource, config: native_config}}
 
       {:error, %Error{} = error} ->

@@ -60,7 +60,10 @@ defmodule SnakeBridge.Stream do
 
     if owed >= max(div(window, 2), 1) do
       # :closed when the stream already ended: its last reply is on its way.
-      _ok_or_closed = NIF.stream_credit(state.ref, owed)
+      # :closed too for a stream of another node's pool.
+      with :closed <- NIF.stream_credit(state.ref, owed),
+           do: SnakeBridge.Cluster.stream_credit(state.ref, owed)
+
       %{state | owed: 0, last: 0}
     else
       %{state | owed: owed, last: 0}

@@ -24,7 +24,10 @@ defmodule SnakeBridge.Types do
       pools); a call runs in one worker, so they must come from the same one;
     * `:circuit_open` — the pool's circuit breaker is open after too many
       failures (`:circuit_breaker` option of `SnakeBridge.Pool`); the message
-      says why and when a call will be tried again.
+      says why and when a call will be tried again;
+    * `:node_down` — the node running the call (a clustered pool of another
+      node, or an object living there) went down or disconnected before it
+      answered; see `SnakeBridge.Cluster`.
   """
 
   @typedoc "Why a call failed without a Python exception."
@@ -43,6 +46,7 @@ defmodule SnakeBridge.Types do
           | :stale_handle
           | :handle_conflict
           | :circuit_open
+          | :node_down
 
   @typedoc "A Python module or function name: `\"os.path\"` or `:math`."
   @type name :: String.t() | atom()

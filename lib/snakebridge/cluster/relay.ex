@@ -1,0 +1,235 @@
+defmodule SnakeBridge.Cluster.Relay do
+  # The pool side of remote calls, one per node: runs the calls other
+  # nodes' Clients send it in the pools of this node, as their caller, and
+  # relays each reply (a NIF can only send to local processes) back to the
+  # Client of the caller's node, batched per node: everything that arrived
+  # while it was busy goes in one message.
+  #
+  # Objects in a reply are exported as handles (SnakeBridge.Cluster.Handles)
+  # held for the process that made the call; handles in a request are
+  # resolved back to the objects. A cancel from the caller's node cancels
+  # the call here as a local cancel does, so Python is interrupted; a call
+  # whose caller's node went down is cancelled, and so is a stream whose
+  # consumer exited.
+  @moduledoc false
+
+  use GenServer
+
+  alias SnakeBridge.Cluster.Handles
+  alias SnakeBridge.{Error, Native, NIF}
+
+  # Replies sent to one node in one message at most.
+  @max_batch 256
+
+  # Errors that mean the call never reached a worker: the caller's node may
+  # send it elsewhere.
+  @reroute [:pool_not_found, :overloaded]
+
+  # calls: local ref => {client, ref, caller, monitor of a stream's caller}
+  # refs: {client, ref} => local ref
+  # holders: holder pid => {monitor, objects held}
+  defstruct calls: %{}, refs: %{}, holders: %{}, out: %{}, queued: 0
+
+  @doc false
+  def start_link(_arg), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
+
+  @doc false
+  @spec held_objects() :: non_neg_integer()
+  def held_objects, do: Handles.count()
+
+  @impl true
+  def init([]) do
+    Handles.create_tables()
+    :ok = :net_kernel.monitor_nodes(true)
+    {:ok, %__MODULE__{}}
+  end
+
+  @impl true
+  def handle_info({:snakebridge_requests, client, ops}, state) do
+    noreply(Enum.reduce(ops, state, &run(client, &1, &2)))
+  end
+
+  def handle_info({:snakebridge, local_ref, result}, state) do
+    case Map.pop(state.calls, local_ref) do
+      {nil, _} ->
+        noreply(state)
+
+      {{client, ref, caller, monitor}, calls} ->
+        if monitor, do: Process.demonitor(monitor, [:flush])
+        {result, state} = export(result, caller, state)
+        state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
+        noreply(queue(state, client, {:reply, ref, result}))
+    end
+  end
+
+  def handle_info({:snakebridge_stream, local_ref, items}, state) do
+    case state.calls do
+      %{^local_ref => {client, ref, caller, _}} ->
+        {items, state} = export(items, caller, state)
+        noreply(queue(state, client, {:items, ref, items}))
+
+      _cancelled ->
+        noreply(state)
+    end
+  end
+
+  def handle_info({:DOWN, monitor, :process, pid, _reason}, state) do
+    state =
+      case state.holders do
+        %{^pid => {^monitor, _count}} ->
+          Handles.release_holder(pid)
+          %{state | holders: Map.delete(state.holders, pid)}
+
+        _ ->
+          state
+      end
+
+    # A stream's consumer is gone: nothing will grant the generator credit.
+    streams = for {local_ref, {_, _, _, ^monitor}} <- state.calls, do: local_ref
+    noreply(Enum.reduce(streams, state, &cancel_local(&2, &1, :cancel)))
+  end
+
+  def handle_info({:nodeup, _node}, state), do: noreply(state)
+
+  def handle_info({:nodedown, node}, state) do
+    orphans = for {local_ref, {client, _, _, _}} <- state.calls, node(client) == node, do: local_ref
+    state = Enum.reduce(orphans, state, &cancel_local(&2, &1, :cancel))
+    {gone, kept} = Enum.split_with(state.out, fn {client, _ops} -> node(client) == node end)
+    dropped = Enum.reduce(gone, 0, fn {_client, ops}, sum -> sum + length(ops) end)
+    noreply(%{state | out: Map.new(kept), queued: state.queued - dropped})
+  end
+
+  def handle_info(:timeout, state), do: noreply(flush(state))
+
+  @impl true
+  def handle_call({:os_pid, handle}, _from, state) do
+    os_pid =
+      case Handles.object(handle) do
+        nil -> nil
+        object -> NIF.object_os_pid(object.ref)
+      end
+
+    {:reply, os_pid, state, timeout(state)}
+  end
+
+  ## Requests
+
+  defp run(client, {:call, ref, caller, request, timeout}, state) do
+    with {:ok, request} <- Handles.import(request),
+         {:ok, local_ref} <- Native.submit_local(request, timeout) do
+      monitor = if stream?(request), do: Process.monitor(caller)
+
+      %{
+        state
+        | calls: Map.put(state.calls, local_ref, {client, ref, caller, monitor}),
+          refs: Map.put(state.refs, {client, ref}, local_ref)
+      }
+    else
+      {:error, %Error{reason: reason} = error} when reason in @reroute ->
+        queue(state, client, {:reroute, ref, error})
+
+      {:error, error} ->
+        queue(state, client, {:reply, ref, {:error, error}})
+    end
+  end
+
+  defp run(client, {:cancel, ref, why}, state) do
+    case Map.fetch(state.refs, {client, ref}) do
+      {:ok, local_ref} -> cancel_local(state, local_ref, why)
+      :error -> state
+    end
+  end
+
+  defp run(client, {:credit, ref, n}, state) do
+    with {:ok, local_ref} <- Map.fetch(state.refs, {client, ref}) do
+      _ok_or_closed = NIF.stream_credit(local_ref, n)
+    end
+
+    state
+  end
+
+  defp run(_client, {:release, handle}, state) do
+    case Handles.release(handle) do
+      nil -> state
+      holder -> drop_holds(state, holder, 1)
+    end
+  end
+
+  # The reply, if one is on its way, finds no call and is dropped (with any
+  # objects in it, which the garbage collector then releases).
+  defp cancel_local(state, local_ref, why) do
+    case Map.pop(state.calls, local_ref) do
+      {nil, _} ->
+        state
+
+      {{client, ref, _caller, monitor}, calls} ->
+        if monitor, do: Process.demonitor(monitor, [:flush])
+
+        _outcome =
+          if why == :timeout, do: NIF.cancel(local_ref, :timeout), else: NIF.cancel(local_ref)
+
+        %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
+    end
+  end
+
+  defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}}),
+    do: Bitwise.band(flags, 2) != 0
+
+  ## Objects
+
+  defp export(term, caller, state) do
+    case Handles.export(term, caller) do
+      {term, 0} -> {term, state}
+      {term, n} -> {term, add_holds(state, caller, n)}
+    end
+  end
+
+  defp add_holds(state, holder, n) do
+    holders =
+      Map.update(state.holders, holder, {Process.monitor(holder), n}, fn {monitor, count} ->
+        {monitor, count + n}
+      end)
+
+    %{state | holders: holders}
+  end
+
+  defp drop_holds(state, holder, n) do
+    case state.holders do
+      %{^holder => {monitor, count}} when count <= n ->
+        Process.demonitor(monitor, [:flush])
+        %{state | holders: Map.delete(state.holders, holder)}
+
+      %{^holder => {monitor, count}} ->
+        %{state | holders: Map.put(state.holders, holder, {monitor, count - n})}
+
+      _ ->
+        state
+    end
+  end
+
+  ## Sending
+
+  defp queue(state, client, op) do
+    state = %{
+      state
+      | out: Map.update(state.out, client, [op], &[op | &1]),
+        queued: state.queued + 1
+    }
+
+    if state.queued >= @max_batch, do: flush(state), else: state
+  end
+
+  # A client whose node is gone drops its replies; its calls got :node_down.
+  defp flush(state) do
+    for {client, ops} <- state.out do
+      :erlang.send(client, {:snakebridge_replies, Enum.reverse(ops)}, [:noconnect])
+    end
+
+    %{state | out: %{}, queued: 0}
+  end
+
+  defp noreply(state), do: {:noreply, state, timeout(state)}
+
+  defp timeout(%__MODULE__{queued: 0}), do: :infinity
+  defp timeout(_state), do: 0
+end

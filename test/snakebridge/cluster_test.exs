@@ -1,0 +1,346 @@
+defmodule SnakeBridge.ClusterTest do
+  # Real peer nodes on loopback, each running SnakeBridge with Python.
+  use ExUnit.Case, async: false
+
+  import SnakeBridge.TestHelpers
+  import SnakeBridge.ClusterHelpers
+
+  alias SnakeBridge.{Error, Native, Object, PythonError}
+
+  @moduletag :cluster
+  @moduletag timeout: 120_000
+
+  @pool :cluster_test
+
+  setup_all do
+    {peer, node} = start_peer("cluster")
+    start_pool(peer, @pool)
+    wait_for_member(@pool, node)
+    on_exit(fn -> stop_peer(peer) end)
+    %{peer: peer, node: node}
+  end
+
+  defp unique(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
+
+  defp remote_pids(peer, pool) do
+    for %{os_pid: pid} <- :peer.call(peer, SnakeBridge, :stats, [pool]).workers, do: pid
+  end
+
+  defp held(peer), do: :peer.call(peer, SnakeBridge.Cluster.Relay, :held_objects, [])
+
+  defp refute_messages do
+    refute_received {:snakebridge, _, _}
+    refute_received {:snakebridge_stream, _, _}
+  end
+
+  describe "calls" do
+    test "a node without the pool runs the call in another node's pool", %{peer: peer} do
+      assert {:ok, pid} = SnakeBridge.call("sbhelpers", "pid", [], pool: @pool)
+      assert pid in remote_pids(peer, @pool)
+
+      assert SnakeBridge.call("sbhelpers", "echo", [1, "two", [3.0]], pool: @pool, kwargs: [k: :v]) ==
+               {:ok, [[1, "two", [3.0]], %{"k" => "v"}]}
+
+      assert {:error, %PythonError{type: "ValueError", message: "boom"}} =
+               SnakeBridge.call("sbhelpers", "raise_value_error", ["boom"], pool: @pool)
+
+      refute_messages()
+    end
+
+    test "call_async sends the one reply message; await and receive both work" do
+      {:ok, ref} = Native.call_async("sbhelpers", "identity", [42], pool: @pool)
+      assert_receive {:snakebridge, ^ref, {:ok, 42}}, 5_000
+
+      {:ok, ref} = Native.call_async("sbhelpers", "sleep", [0.05, :done], pool: @pool)
+      assert SnakeBridge.await(ref, 5_000) == {:ok, "done"}
+      refute_receive {:snakebridge, _, _}, 200
+    end
+
+    test "a timeout cancels the call in Python on the remote node, and no reply follows" do
+      tag = "timeout_#{System.unique_integer([:positive])}"
+
+      assert {:error, %Error{reason: :timeout}} =
+               SnakeBridge.call("sbhelpers", "sleep_and_record", [1.0, tag],
+                 pool: @pool,
+                 timeout: 100
+               )
+
+      refute_receive {:snakebridge, _, _}, 1_500
+
+      # Each worker records in its own process: ask both.
+      recorded =
+        for _ <- 1..6,
+            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
+            do: value
+
+      refute tag in recorded
+    end
+
+    test "cancel/1 of a remote call: no reply, Python interrupted" do
+      tag = "cancel_#{System.unique_integer([:positive])}"
+      {:ok, ref} = Native.call_async("sbhelpers", "sleep_and_record", [1.0, tag], pool: @pool)
+      Process.sleep(100)
+      assert SnakeBridge.cancel(ref) == :ok
+      refute_receive {:snakebridge, ^ref, _}, 1_500
+
+      recorded =
+        for _ <- 1..6,
+            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
+            do: value
+
+      refute tag in recorded
+    end
+
+    test "a pool no node runs is :pool_not_found, as locally" do
+      assert {:error, %Error{reason: :pool_not_found}} =
+               SnakeBridge.call("math", "sqrt", [4.0], pool: :cluster_nowhere)
+    end
+
+    test "stats: the cluster view", %{node: node} do
+      assert %{^node => %{size: 2, queue_length: 0, in_flight: in_flight, age_ms: age}} =
+               SnakeBridge.Cluster.stats(@pool)
+
+      assert is_integer(in_flight) and is_integer(age)
+      assert SnakeBridge.Cluster.stats(:cluster_nowhere) == %{}
+    end
+
+    test "the :cluster option is checked" do
+      assert_raise ArgumentError, ~r/:cluster/, fn -> SnakeBridge.Pool.config!(cluster: :yes) end
+
+      assert_raise ArgumentError, ~r/:strategy/, fn ->
+        SnakeBridge.Pool.config!(cluster: [strategy: :random])
+      end
+
+      assert_raise ArgumentError, ~r/:overload/, fn ->
+        SnakeBridge.Pool.config!(cluster: [overload: 0])
+      end
+
+      assert_raise ArgumentError, ~r/unknown keys/, fn ->
+        SnakeBridge.Pool.config!(cluster: [nope: 1])
+      end
+
+      assert %{cluster: %{strategy: :least_loaded}} =
+               SnakeBridge.Pool.config!(cluster: [strategy: :least_loaded])
+    end
+  end
+
+  describe "routing" do
+    test "local first while the local pool is not overloaded, then the remote one", %{peer: peer} do
+      pool = unique(:cluster_route)
+      start_pool(peer, pool)
+
+      start_supervised!(
+        {SnakeBridge.Pool, pool_opts(pool, size: 1, cluster: [overload: 1, gossip_interval: 20])}
+      )
+
+      wait_for_member(pool, node())
+      [local] = for %{os_pid: pid} <- SnakeBridge.stats(pool).workers, do: pid
+      wait_until(fn -> length(remote_pids(peer, pool)) == 2 end)
+
+      assert SnakeBridge.call!("sbhelpers", "pid", [], pool: pool) == local
+
+      # Three calls on one worker: a load of 3, over the overload of 1.
+      busy = for _ <- 1..3, do: elem(Native.call_async("sbhelpers", "sleep", [1.0], pool: pool), 1)
+
+      wait_until(fn ->
+        SnakeBridge.Cluster.stats(pool)[node()].in_flight +
+          SnakeBridge.Cluster.stats(pool)[node()].queue_length >= 3
+      end)
+
+      assert SnakeBridge.call!("sbhelpers", "pid", [], pool: pool) in remote_pids(peer, pool)
+      for ref <- busy, do: assert({:ok, nil} = SnakeBridge.await(ref, 10_000))
+    end
+  end
+
+  describe "objects" do
+    test "an object returned to another node works there, in its worker", %{peer: peer} do
+      {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [5], pool: @pool)
+      assert %Object{type: "sbobjects.Counter", pool: @pool} = counter
+      assert SnakeBridge.method!(counter, "add", [3]) == 8
+      assert SnakeBridge.getattr!(counter, "value") == 8
+      assert SnakeBridge.setattr!(counter, "value", 1) == :ok
+      assert SnakeBridge.call!("sbobjects", "counter_value", [counter], pool: @pool) == 1
+      assert SnakeBridge.call!(counter, [10]) == 10
+      assert Object.os_pid(counter) in remote_pids(peer, @pool)
+
+      # Objects in a remote result, nested, and passed back in nested too.
+      {:ok, [a, %{"b" => b}]} = SnakeBridge.eval("[c, {'b': c}]", %{"c" => counter}, pool: @pool)
+      assert SnakeBridge.call!("sbobjects", "same_object", [a, b], pool: @pool)
+      assert SnakeBridge.call!("sbobjects", "sum_values", [[a, %{"x" => {b}}]], pool: @pool) == 2
+      SnakeBridge.release(counter)
+      SnakeBridge.release(a)
+      SnakeBridge.release(b)
+    end
+
+    test "release: the owning node lets go, later uses are :stale_handle", %{peer: peer} do
+      before = held(peer)
+      {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [], pool: @pool)
+      assert held(peer) == before + 1
+      assert SnakeBridge.release(counter) == :ok
+      assert SnakeBridge.release(counter) == :ok
+      assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.method(counter, "add")
+      assert held(peer) == before
+      assert Object.os_pid(counter) == nil
+    end
+
+    test "objects are released when the process that got them exits", %{peer: peer} do
+      before = held(peer)
+      parent = self()
+
+      pid =
+        spawn(fn ->
+          objects = for i <- 1..50, do: SnakeBridge.call!("sbobjects", "Counter", [i], pool: @pool)
+          send(parent, {:made, length(objects)})
+          receive do: (:exit -> :ok)
+        end)
+
+      assert_receive {:made, 50}, 10_000
+      assert held(peer) == before + 50
+      send(pid, :exit)
+      wait_until(fn -> held(peer) == before end)
+    end
+
+    test "objects of different nodes in one call are a :handle_conflict" do
+      {:ok, local} = SnakeBridge.call("builtins", "object", [])
+      {:ok, remote} = SnakeBridge.call("builtins", "object", [], pool: @pool)
+
+      assert {:error, %Error{reason: :handle_conflict, message: message}} =
+               SnakeBridge.call("sbobjects", "same_object", [local, remote], pool: @pool)
+
+      assert message =~ "different nodes"
+      SnakeBridge.release(remote)
+    end
+  end
+
+  describe "streams" do
+    test "items arrive in order; halting early closes the generator there" do
+      assert SnakeBridge.stream("sbobjects", "numbers", [5_000], pool: @pool, window: 16)
+             |> Enum.to_list() ==
+               Enum.to_list(0..4_999)
+
+      path = Path.join(System.tmp_dir!(), "sb_cluster_halt_#{System.unique_integer([:positive])}")
+
+      assert SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool) |> Enum.take(3) == [
+               0,
+               1,
+               2
+             ]
+
+      wait_until(fn -> File.read(path) == {:ok, "closed"} end)
+      File.rm(path)
+      refute_messages()
+
+      assert_raise PythonError, ~r/failed after 3/, fn ->
+        SnakeBridge.stream("sbobjects", "fail_after", [3], pool: @pool) |> Stream.run()
+      end
+    end
+
+    test "backpressure: the remote generator runs at most a window ahead", %{peer: peer} do
+      pool = unique(:cluster_stream)
+      start_pool(peer, pool, size: 1)
+      wait_for_member(pool, :peer.call(peer, Kernel, :node, []))
+      window = 8
+      produced = fn -> SnakeBridge.call!("sbobjects", "produced", [], pool: pool) end
+
+      ahead =
+        SnakeBridge.stream("sbobjects", "numbers", [1_000], pool: pool, window: window)
+        |> Stream.with_index(1)
+        |> Enum.map(fn {_item, consumed} ->
+          if rem(consumed, 50) == 1 do
+            Process.sleep(20)
+            produced.() - consumed
+          end
+        end)
+        |> Enum.reject(&is_nil/1)
+
+      assert length(ahead) == 20
+      assert Enum.all?(ahead, &(&1 <= window)), inspect(ahead)
+      assert Enum.any?(ahead, &(&1 > 0)), "the generator should run ahead: #{inspect(ahead)}"
+    end
+  end
+
+  describe "failures" do
+    test "a node killed under load: every caller gets exactly one reply" do
+      pool = unique(:cluster_kill)
+      peers = for name <- ["kill_a", "kill_b"], do: start_peer(name)
+      on_exit(fn -> for {peer, _} <- peers, do: stop_peer(peer) end)
+
+      for {peer, node} <- peers do
+        start_pool(peer, pool)
+        wait_for_member(pool, node)
+      end
+
+      [{victim, victim_node}, _] = peers
+      os_pid = :peer.call(victim, System, :pid, [])
+      parent = self()
+
+      callers =
+        for i <- 1..64 do
+          spawn_link(fn ->
+            results =
+              for j <- 1..5 do
+                {:ok, ref} = Native.call_async("sbhelpers", "sleep", [0.05, [i, j]], pool: pool)
+                {ref, SnakeBridge.await(ref, 30_000)}
+              end
+
+            extra = receive do: (m -> m), after: (300 -> nil)
+            send(parent, {:done, self(), results, extra})
+          end)
+        end
+
+      Process.sleep(300)
+      System.cmd("kill", ["-9", os_pid])
+
+      outcomes =
+        for caller <- callers, reduce: [] do
+          acc ->
+            assert_receive {:done, ^caller, results, nil}, 60_000
+            acc ++ Enum.map(results, &elem(&1, 1))
+        end
+
+      assert length(outcomes) == 320
+      down = Enum.filter(outcomes, &match?({:error, %Error{reason: :node_down}}, &1))
+      assert down != [], "calls were running on #{victim_node} when it was killed"
+
+      assert Enum.all?(outcomes, &(match?({:ok, [_, _]}, &1) or &1 in down)),
+             inspect(outcomes -- down)
+
+      [%Error{details: %{node: ^victim_node}} | _] = Enum.map(down, &elem(&1, 1))
+    end
+
+    test "disconnect in the middle of a call: :node_down, Python cancelled there; the node rejoins" do
+      pool = unique(:cluster_disconnect)
+      {peer, node} = start_peer("disconnect")
+      on_exit(fn -> stop_peer(peer) end)
+      start_pool(peer, pool)
+      wait_for_member(pool, node)
+      tag = "disconnect_#{System.unique_integer([:positive])}"
+
+      {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [], pool: pool, timeout: 30_000)
+      assert :peer.call(peer, SnakeBridge.Cluster.Relay, :held_objects, []) == 1
+      {:ok, ref} = Native.call_async("sbhelpers", "sleep_and_record", [2.0, tag], pool: pool)
+      Process.sleep(200)
+      true = Node.disconnect(node)
+
+      assert_receive {:snakebridge, ^ref,
+                      {:error, %Error{reason: :node_down, details: %{node: ^node}}}},
+                     5_000
+
+      refute_receive {:snakebridge, ^ref, _}, 2_500
+      # The node holding the counter for this one let it go.
+      assert :peer.call(peer, SnakeBridge.Cluster.Relay, :held_objects, []) == 0
+
+      # Nothing of the pool is left here, so a call has nowhere to go.
+      assert {:error, %Error{reason: :pool_not_found}} =
+               SnakeBridge.call("sbhelpers", "pid", [], pool: pool)
+
+      true = Node.connect(node)
+      wait_for_member(pool, node)
+      assert {:ok, recorded} = SnakeBridge.call("sbhelpers", "recorded", [], pool: pool)
+      refute tag in recorded
+      assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.method(counter, "add")
+      assert {:ok, pid} = SnakeBridge.call("sbhelpers", "pid", [], pool: pool)
+      assert pid in remote_pids(peer, pool)
+    end
+  end
+end
