@@ -99,7 +99,7 @@ defmodule SnakeBridge do
           {:kwargs, keyword() | map()}
           | {:timeout, SnakeBridge.Types.timeout_ms()}
           | {:pool, SnakeBridge.Types.pool()}
-          | {:as, :value | :handle}
+          | {:as, :value | :handle | :arrow}
 
   # Items a stream may send ahead of its consumer, by default.
   @default_window 64
@@ -132,7 +132,8 @@ defmodule SnakeBridge do
     * `:pool` — the pool to run in. Default `:default` (for an object, its
       own pool).
     * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
-      its type. Default `:value`.
+      its type; `:arrow` returns a pandas `DataFrame` or pyarrow `Table` as
+      a `SnakeBridge.Arrow` (Arrow IPC stream bytes). Default `:value`.
 
   ## Examples
 
