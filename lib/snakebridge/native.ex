@@ -63,7 +63,7 @@ defmodule SnakeBridge.Native do
     * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
       its type; `:arrow` returns a table (a pandas `DataFrame`, a pyarrow
       `Table`) as a `SnakeBridge.Arrow` (needs pyarrow in the worker's
-      Python; not for streams); `:value` (the default) converts it when it
+      Python); `:value` (the default) converts it when it
       has an Elixir equivalent.
 
   ## Examples
@@ -113,14 +113,8 @@ defmodule SnakeBridge.Native do
 
     mode =
       case stream do
-        nil ->
-          {as, 0}
-
-        _window when as == @as_arrow ->
-          raise ArgumentError, "as: :arrow returns one table: it cannot be used with a stream"
-
-        window ->
-          {as ||| @stream, Args.window!(window)}
+        nil -> {as, 0}
+        window -> {as ||| @stream, Args.window!(window)}
       end
 
     {pool(target, opts[:pool]), target!(target), function!(target, function),

@@ -128,16 +128,17 @@ def _numpy_kind(cls: type) -> Callable[[Any], Any] | None:
         return _ndarray
     if not issubclass(cls, np.generic):
         return None
+    # timedelta64 is an integer subclass: dates first.
+    if issubclass(cls, np.datetime64):
+        return _datetime64
+    if issubclass(cls, np.timedelta64):
+        return _timedelta64
     if issubclass(cls, np.bool_):
         return bool
     if issubclass(cls, np.integer):
         return int
     if issubclass(cls, np.floating):
         return float
-    if issubclass(cls, np.datetime64):
-        return _datetime64
-    if issubclass(cls, np.timedelta64):
-        return _timedelta64
     return None
 
 
