@@ -79,5 +79,5 @@ defmodule SnakeBridge.Prepare do
   end
 
   # An improper list: the NIF names it.
-  defp walk_list(tail, _depth, acc, changed), do: {Enum.reverse(acc, tail), changed}
+  defp walk_list(tail, _depth, acc, changed), do: {:lists.reverse(acc, tail), changed}
 end
