@@ -29,8 +29,12 @@ defmodule SnakeBridge do
   | map                                             | `dict` (keys by the same rules)|
   | `MapSet`                                        | `set`                          |
 
-  Pids, ports, references, functions, bitstrings that are not binaries and
-  other structs give `{:error, %SnakeBridge.Error{reason: :unsupported_type}}`
+  `Date`, `Time`, `NaiveDateTime`, `DateTime`, `Decimal`,
+  `SnakeBridge.Tensor` (and `Nx.Tensor`), `SnakeBridge.Arrow`,
+  `SnakeBridge.Timedelta` and `SnakeBridge.Construct` map to their Python
+  counterparts, and structs with a `SnakeBridge.Encoder` implementation to
+  what it returns (README, "Type mapping"). Pids, ports, references,
+  functions, bitstrings that are not binaries and other structs give `{:error, %SnakeBridge.Error{reason: :unsupported_type}}`
   whose message says where in the arguments the value was (`"args[0][2]"`).
 
   Python to Elixir:
@@ -47,8 +51,12 @@ defmodule SnakeBridge do
   | `dict`                                  | map (string keys stay binaries, never atoms)    |
   | `set`, `frozenset`                      | `MapSet`                                        |
 
-  Any other Python result (a class instance, a function, a generator, a
-  `datetime`...) comes back as a `SnakeBridge.Object`: a handle to the object,
+  numpy scalars, numeric numpy arrays (`SnakeBridge.Tensor`), dates and
+  times, `timedelta` (`SnakeBridge.Timedelta`), `decimal.Decimal`, `UUID`,
+  paths, pandas `NaT` and types registered with
+  `snakebridge_worker.register_encoder` come back as data too (README, "Type
+  mapping"). Any other Python result (a class instance, a function, a
+  generator...) comes back as a `SnakeBridge.Object`: a handle to the object,
   which stays in its worker until no Elixir process refers to the handle any
   more. Call its methods with `method/4`, read and write its attributes with
   `getattr/3` and `setattr/4`, call it with `call/3`, or pass it to other
@@ -99,7 +107,7 @@ defmodule SnakeBridge do
           {:kwargs, keyword() | map()}
           | {:timeout, SnakeBridge.Types.timeout_ms()}
           | {:pool, SnakeBridge.Types.pool()}
-          | {:as, :value | :handle}
+          | {:as, :value | :handle | :arrow}
 
   # Items a stream may send ahead of its consumer, by default.
   @default_window 64
@@ -132,7 +140,8 @@ defmodule SnakeBridge do
     * `:pool` — the pool to run in. Default `:default` (for an object, its
       own pool).
     * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
-      its type. Default `:value`.
+      its type; `:arrow` returns a pandas `DataFrame` or pyarrow `Table` as
+      a `SnakeBridge.Arrow` (Arrow IPC stream bytes). Default `:value`.
 
   ## Examples
 
@@ -214,12 +223,11 @@ defmodule SnakeBridge do
 
   ## Examples
 
-      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> SnakeBridge.method(date, "weekday")
       {:ok, 3}
-      iex> {:ok, later} = SnakeBridge.method(date, "replace", [], kwargs: [year: 2028])
-      iex> later.repr
-      "datetime.date(2028, 2, 29)"
+      iex> SnakeBridge.method(date, "replace", [], kwargs: [year: 2028])
+      {:ok, ~D[2028-02-29]}
   """
   @spec method(Object.t(), SnakeBridge.Types.name(), list(), [call_option()]) ::
           SnakeBridge.Types.result()
@@ -231,7 +239,7 @@ defmodule SnakeBridge do
 
   ## Examples
 
-      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> SnakeBridge.method!(date, "isoformat")
       "2024-02-29"
   """
@@ -248,7 +256,7 @@ defmodule SnakeBridge do
 
   ## Examples
 
-      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> SnakeBridge.getattr(date, "year")
       {:ok, 2024}
   """
@@ -263,7 +271,7 @@ defmodule SnakeBridge do
 
   ## Examples
 
-      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> SnakeBridge.getattr!(date, "month")
       2
   """

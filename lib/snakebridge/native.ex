@@ -15,17 +15,18 @@ defmodule SnakeBridge.Native do
 
   import Bitwise
 
-  alias SnakeBridge.{Args, NIF, Object}
+  alias SnakeBridge.{Args, NIF, Object, Prepare}
 
   # The protocol's call flags (native/snakebridge_protocol/src/message.rs).
   @as_handle 1
   @stream 2
+  @as_arrow 4
 
   @typedoc "Options of `call_async/4`."
   @type option ::
           {:kwargs, keyword() | map()}
           | {:pool, SnakeBridge.Types.pool()}
-          | {:as, :value | :handle}
+          | {:as, :value | :handle | :arrow}
 
   @doc """
   Queues a call to `module.function(*args, **kwargs)` in a pool's Python
@@ -60,8 +61,10 @@ defmodule SnakeBridge.Native do
     * `:pool` — the name of the pool to run in. Default: the pool of the
       target object, else `:default`.
     * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
-      its type; `:value` (the default) converts it when it has an Elixir
-      equivalent.
+      its type; `:arrow` returns a table (a pandas `DataFrame`, a pyarrow
+      `Table`) as a `SnakeBridge.Arrow` (needs pyarrow in the worker's
+      Python); `:value` (the default) converts it when it
+      has an Elixir equivalent.
 
   ## Examples
 
@@ -126,7 +129,19 @@ defmodule SnakeBridge.Native do
   end
 
   @doc false
-  def submit_local({pool, target, function, args, kwargs, mode}, timeout) do
+  def submit_local({pool, target, function, args, kwargs, mode} = request, timeout) do
+    # Structs the NIF cannot write (Nx tensors, structs with a
+    # SnakeBridge.Encoder implementation) are converted in Elixir and the
+    # call is encoded again; only calls that hold such structs pay for that.
+    with {:error, %SnakeBridge.Error{reason: :unsupported_type}} = error <- encode(request, timeout) do
+      case Prepare.call(args, kwargs) do
+        {:ok, args, kwargs} -> encode({pool, target, function, args, kwargs, mode}, timeout)
+        :unchanged -> error
+      end
+    end
+  end
+
+  defp encode({pool, target, function, args, kwargs, mode}, timeout) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
@@ -138,9 +153,10 @@ defmodule SnakeBridge.Native do
 
   defp as_flag(:value), do: 0
   defp as_flag(:handle), do: @as_handle
+  defp as_flag(:arrow), do: @as_arrow
 
   defp as_flag(other) do
-    raise ArgumentError, "expected :as to be :value or :handle, got: #{inspect(other)}"
+    raise ArgumentError, "expected :as to be :value, :handle or :arrow, got: #{inspect(other)}"
   end
 
   defp pool(%Object{pool: pool}, nil), do: pool

@@ -14,11 +14,17 @@ result that is awaitable (``async def``) runs on the worker's asyncio event
 loop (``snakebridge_worker.aio``) while other calls are served.
 ``snakebridge_worker.evaluate`` runs source code sent by the host.
 
+Values other than the built-in types cross as data where they can (numpy
+scalars and arrays, dates, decimals...: ``snakebridge_worker.convert``);
+``register_encoder`` gives a type of yours a by-value form, and ``struct``
+makes an Elixir struct.
+
 ``CallCancelled`` is raised inside a call that the host cancels while it
 runs. It derives from ``BaseException`` (like ``KeyboardInterrupt``), so
 ``except Exception`` in user code does not swallow it.
 """
 
 from snakebridge_worker._native import CallCancelled
+from snakebridge_worker.convert import register_encoder, struct
 
-__all__ = ["CallCancelled"]
+__all__ = ["CallCancelled", "register_encoder", "struct"]

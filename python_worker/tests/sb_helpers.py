@@ -113,12 +113,25 @@ async def print_in_task(text: str) -> str:
     return text
 
 
-def today() -> datetime.date:
-    return datetime.date(2024, 1, 2)
+class Day:
+    """A value with no by-value form, to come back as a handle (dates cross as data)."""
+
+    def __init__(self, year: int, month: int, day: int) -> None:
+        self.date = datetime.date(year, month, day)
+
+    def __repr__(self) -> str:
+        return f"Day({self.date.year}, {self.date.month}, {self.date.day})"
+
+    def isoformat(self) -> str:
+        return self.date.isoformat()
+
+
+def today() -> Day:
+    return Day(2024, 1, 2)
 
 
 def nested_date() -> list[Any]:
-    return [1, 2, {"key": datetime.date(2024, 1, 2)}]
+    return [1, 2, {"key": Day(2024, 1, 2)}]
 
 
 def nested_surrogate() -> list[Any]:
@@ -319,7 +332,7 @@ def long_repr() -> LongRepr:
 
 def dates_then_blob(size: int) -> list[Any]:
     """Two handles, then more bytes than a frame may hold: the reply fails after registering them."""
-    return [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), b"x" * size]
+    return [Day(2024, 1, 1), Day(2024, 1, 2), b"x" * size]
 
 
 # ---- streams ----------------------------------------------------------------
@@ -377,9 +390,9 @@ def unsendable_third(path: str) -> Iterator[Any]:
         record(path, "closed")
 
 
-def dates(n: int) -> Iterator[datetime.date]:
+def dates(n: int) -> Iterator[Day]:
     for day in range(1, n + 1):
-        yield datetime.date(2024, 1, day)
+        yield Day(2024, 1, day)
 
 
 # ---- async ------------------------------------------------------------------
@@ -404,9 +417,9 @@ async def async_sleep_marked(path: str, seconds: float) -> str:
     return "slept"
 
 
-async def async_date() -> datetime.date:
+async def async_date() -> Day:
     await asyncio.sleep(0)
-    return datetime.date(2024, 1, 2)
+    return Day(2024, 1, 2)
 
 
 async def async_list(n: int) -> list[int]:

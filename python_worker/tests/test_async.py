@@ -65,7 +65,7 @@ def test_tasks_answer_after_the_hosts_last_frame(worker: Worker) -> None:
 
 
 def test_async_result_as_handle(worker: Worker) -> None:
-    assert worker.ok("sb_helpers", "async_date").repr == "datetime.date(2024, 1, 2)"
+    assert worker.ok("sb_helpers", "async_date").repr == "Day(2024, 1, 2)"
     handle = worker.ok("sb_helpers", "sleep_return", [5, 0], flags=CALL_AS_HANDLE)
     assert (handle.type_name, handle.repr) == ("int", "5")
 

@@ -82,7 +82,7 @@ def test_pipelined_mixed_messages(worker: Worker) -> None:
     replies = [worker.recv() for _ in range(5)]
     # Call 3 is cancelled before it starts: a Failure in its place.
     assert [r[:2] for r in replies] == [[OK, 1], [PONG, 2], [FAILURE, 3], [OK, 4], [OK, 5]]
-    assert replies[2][2] == "cancelled" and replies[3][2].type_name == "datetime.date"
+    assert replies[2][2] == "cancelled" and replies[3][2].type_name == "sb_helpers.Day"
 
 
 def test_frames_split_across_writes(worker: Worker) -> None:

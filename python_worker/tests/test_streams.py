@@ -125,7 +125,7 @@ def test_items_may_be_handles(worker: Worker) -> None:
     call_id = stream(worker, "dates", [3], 10)
     batches, end = collect(worker, call_id)
     dates = [i for batch in batches for i in batch]
-    assert [d.repr for d in dates] == [f"datetime.date(2024, 1, {day})" for day in (1, 2, 3)]
+    assert [d.repr for d in dates] == [f"Day(2024, 1, {day})" for day in (1, 2, 3)]
     assert worker.ok(dates[1], "isoformat") == "2024-01-02"
     assert end == [OK, call_id, None]
 

@@ -164,7 +164,7 @@ defmodule SnakeBridge.ObjectTest do
       assert {:error, %Error{reason: :unsupported_type}} = SnakeBridge.method(fake, "x")
     end
 
-    test ":as must be :value or :handle" do
+    test ":as must be :value, :handle or :arrow" do
       assert_raise ArgumentError, ~r/:as/, fn -> SnakeBridge.call("builtins", "int", [], as: :ref) end
     end
   end

@@ -251,8 +251,10 @@ defmodule SnakeBridge.ValueTest do
     end
 
     test "values without a mapping come back as objects, also nested" do
-      assert {:ok, %SnakeBridge.Object{type: "datetime.date", repr: "datetime.date(2020, 1, 2)"}} =
-               call("make_date", [])
+      assert {:ok, %SnakeBridge.Object{type: "fractions.Fraction", repr: "Fraction(1, 2)"}} =
+               SnakeBridge.eval("import fractions\nfractions.Fraction(1, 2)", %{}, pool: @pool)
+
+      assert call("make_date", []) == {:ok, ~D[2020-01-02]}
 
       assert {:ok, [1, 2, %SnakeBridge.Object{type: "object", repr: "<object object at " <> _}]} =
                call("make_nested_object", [])

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, NewBinary, Term};
-use snakebridge_protocol::{Builder, DecodeError, MAX_BIGINT_BYTES};
+use snakebridge_protocol::{Builder, DecodeError, Dtype, MAX_BIGINT_BYTES};
 use snakebridge_runtime::Origin;
 
 use crate::{atoms, object};
@@ -159,5 +159,13 @@ impl<'a> Builder for TermBuilder<'a, '_> {
     fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Term<'a>, DecodeError> {
         let (type_name, repr) = info.ok_or_else(|| DecodeError::Invalid("a handle from a worker without its type".into()))?;
         Ok(object::make(self.env, self.origin, self.pool, id, type_name, repr))
+    }
+
+    fn tensor(&mut self, dtype: Dtype, shape: &[u64], data: &[u8]) -> Result<Term<'a>, DecodeError> {
+        Ok(crate::data::tensor(self.env, dtype, shape, data))
+    }
+
+    fn tagged(&mut self, ext: i8, items: Vec<Term<'a>>) -> Result<Term<'a>, DecodeError> {
+        crate::data::tagged(self.env, ext, items)
     }
 }

@@ -120,7 +120,7 @@ impl TermEncoder<'_> {
         Ok(())
     }
 
-    fn check_budget(&self) -> Result {
+    pub(crate) fn check_budget(&self) -> Result {
         if self.out.len() - self.copied + self.copied / 8 > self.budget {
             Err(EncodeError::NeedsDirty)
         } else {
@@ -181,7 +181,7 @@ impl TermEncoder<'_> {
         self.term(value, 1).map_err(|e| e.at(|| format!("[{}]", short_repr(key))))
     }
 
-    fn term(&mut self, term: Term, depth: usize) -> Result {
+    pub(crate) fn term(&mut self, term: Term, depth: usize) -> Result {
         match term.get_type() {
             TermType::Atom => self.atom(term),
             TermType::Integer => self.integer(term),
@@ -264,7 +264,7 @@ impl TermEncoder<'_> {
         self.check_budget()
     }
 
-    fn list(&mut self, term: Term, depth: usize) -> Result {
+    pub(crate) fn list(&mut self, term: Term, depth: usize) -> Result {
         check_depth(depth)?;
         let Ok(len) = term.list_length() else {
             return Err(unsupported("an improper list", Vec::new()));
@@ -297,6 +297,9 @@ impl TermEncoder<'_> {
                 wire::write_bin(self.out, bin.as_slice())?;
                 self.copied += bin.as_slice().len();
                 return self.check_budget();
+            }
+            if let Some(written) = crate::data::encode(self, module, term, depth) {
+                return written;
             }
             let name = module.atom_to_string().unwrap_or_else(|_| "?".into());
             let name = name.strip_prefix("Elixir.").unwrap_or(&name).to_owned();

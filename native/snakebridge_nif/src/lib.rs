@@ -15,6 +15,7 @@
 
 mod atoms;
 mod call;
+mod data;
 mod decode;
 mod delivery;
 mod encode;

@@ -5,7 +5,7 @@
 //! A stream is a sequence of frames: a 4-byte big-endian body length followed
 //! by the body. Every body is one msgpack array whose first two elements are
 //! the message kind and the call id (see [`message`]). Values are plain
-//! msgpack plus four extension types for what msgpack cannot say on its own
+//! msgpack plus extension types for what msgpack cannot say on its own
 //! (see [`value`]).
 
 pub mod error;
@@ -16,6 +16,6 @@ pub mod value;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameDecoder, FrameWriter, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{
-    Header, Kind, Message, Target, CALL_AS_HANDLE, CALL_STREAM, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT, PROTOCOL_VERSION,
+    Header, Kind, Message, Target, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT, PROTOCOL_VERSION,
 };
-pub use value::{decode_value, handle_ids, more_values_than, Builder, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};
+pub use value::{decode_value, handle_ids, more_values_than, Builder, Dtype, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};

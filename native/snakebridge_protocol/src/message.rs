@@ -19,7 +19,8 @@
 //! A call's target is a module path (str) or a handle (the object itself);
 //! its function is an attribute path on the target, or nil to call the
 //! target itself. `flags` is a bit set of [`CALL_AS_HANDLE`] (the result
-//! comes back as a handle whatever its type) and [`CALL_STREAM`] (the result
+//! comes back as a handle whatever its type), [`CALL_AS_ARROW`] (a table
+//! comes back as Arrow IPC bytes) and [`CALL_STREAM`] (the result
 //! is iterated: items flow as `items` messages, at most `window` of them
 //! before the host grants more with `credit`; the stream ends with `ok`
 //! (nil), `py_error` or `failure`, and a `cancel` closes it).
@@ -63,6 +64,9 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const CALL_AS_HANDLE: u64 = 1;
 /// Call flag: iterate the result and stream its items.
 pub const CALL_STREAM: u64 = 2;
+/// Call flag: send the result (a pandas DataFrame or pyarrow Table) as
+/// Arrow IPC stream bytes (ext 23).
+pub const CALL_AS_ARROW: u64 = 4;
 
 /// Output source: a line written to `sys.stdout`.
 pub const OUTPUT_STDOUT: u8 = 0;

@@ -1,4 +1,4 @@
-//! The value model: msgpack plus four extension types.
+//! The value model: msgpack plus extension types.
 //!
 //! | value           | encoding                                                   |
 //! |-----------------|------------------------------------------------------------|
@@ -13,6 +13,10 @@
 //! | tuple           | ext 2 whose payload is a msgpack array of the elements     |
 //! | set             | ext 3 whose payload is a msgpack array of the elements     |
 //! | object handle   | ext 4 whose payload is `[id]` (host → worker) or `[id, type name, repr]` (worker → host) |
+//! | tensor          | ext 16: `[dtype, shape, data]`, see [`Dtype`]                |
+//! | data kinds      | ext 17–25: a msgpack array of fields, see [`TAGGED`]       |
+//!
+//! Codes 5–15 are left free for other kinds; the data kinds start at 16.
 //!
 //! Tuples, sets and handles use an `ext32` header whose length is patched
 //! after the elements are written, so encoders stream straight into the
@@ -49,6 +53,76 @@ pub const EXT_TUPLE: i8 = 2;
 pub const EXT_SET: i8 = 3;
 pub const EXT_HANDLE: i8 = 4;
 
+/// `[dtype (str), shape (array of uint), data (bin)]`: a dense array, C order,
+/// little-endian; `data` holds exactly `product(shape) * dtype.bytes()` bytes.
+pub const EXT_TENSOR: i8 = 16;
+/// `[year, month, day]`
+pub const EXT_DATE: i8 = 17;
+/// `[hour, minute, second, microsecond]`
+pub const EXT_TIME: i8 = 18;
+/// `[year, month, day, hour, minute, second, microsecond]`, no time zone.
+pub const EXT_NAIVE_DATETIME: i8 = 19;
+/// `[year, month, day, hour, minute, second, microsecond, utc_offset,
+/// std_offset, time_zone, zone_abbr]`: wall time in the zone; offsets in
+/// seconds (`std_offset` is the daylight-saving part).
+pub const EXT_DATETIME: i8 = 20;
+/// `[microseconds]`: a duration.
+pub const EXT_TIMEDELTA: i8 = 21;
+/// `[sign (0 or 1 for negative), coefficient (int, or "NaN", "sNaN", "inf"),
+/// exponent]`
+pub const EXT_DECIMAL: i8 = 22;
+/// `[ipc stream bytes]` (worker → host), `[ipc stream bytes, "table" |
+/// "pandas"]` (host → worker): an Arrow table.
+pub const EXT_ARROW: i8 = 23;
+/// `[struct name, fields (map)]`: a value a Python encoder registered for a
+/// user type made (worker → host).
+pub const EXT_STRUCT: i8 = 24;
+/// `[module, function, args (array), kwargs (map)]`: the value of calling
+/// `module.function(*args, **kwargs)` in the worker (host → worker).
+pub const EXT_CONSTRUCT: i8 = 25;
+
+/// The extension codes whose payload is a plain array of fields, handed to
+/// [`Builder::tagged`] once its elements are built.
+pub const TAGGED: std::ops::RangeInclusive<i8> = EXT_DATE..=EXT_CONSTRUCT;
+
+/// A tensor's element type: Nx's type tuples, written as `"f64"`, `"bf16"`,
+/// `"c128"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtype {
+    /// `b'u'`, `b's'`, `b'f'`, `b'b'` (bf) or `b'c'`.
+    pub kind: u8,
+    pub bits: u16,
+}
+
+impl Dtype {
+    pub const ALL: [&'static str; 14] = [
+        "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "f16", "f32", "f64", "bf16", "c64", "c128",
+    ];
+
+    pub fn parse(name: &str) -> Option<Dtype> {
+        if !Self::ALL.contains(&name) {
+            return None;
+        }
+        let (kind, bits) = match name.strip_prefix("bf") {
+            Some(bits) => (b'b', bits),
+            None => (name.as_bytes()[0], &name[1..]),
+        };
+        Some(Dtype { kind, bits: bits.parse().ok()? })
+    }
+
+    pub fn bytes(self) -> usize {
+        self.bits as usize / 8
+    }
+}
+
+/// The byte length a tensor of `dtype` and `shape` must have, or `None` on
+/// overflow.
+pub fn tensor_len(dtype: Dtype, shape: &[u64]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(dtype.bytes(), |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
+}
+
 /// A decoded value, for tests and for code that has no native representation
 /// of its own. The host and the worker decode into terms and Python objects
 /// directly instead.
@@ -71,6 +145,9 @@ pub enum Value {
     /// An object in a worker's table; `info` is its type name and repr,
     /// which only the worker sends.
     Handle { id: u64, info: Option<(String, String)> },
+    Tensor { dtype: String, shape: Vec<u64>, data: Vec<u8> },
+    /// One of the [`TAGGED`] extensions and its fields.
+    Tagged { ext: i8, items: Vec<Value> },
 }
 
 pub fn write_nil(out: &mut Vec<u8>) {
@@ -147,6 +224,25 @@ pub fn finish_container(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeErr
     let len = element_count(payload)?;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// Starts one of the [`TAGGED`] extensions with `len` fields; see
+/// [`begin_tuple`].
+pub fn begin_tagged(out: &mut Vec<u8>, ext: i8, len: usize) -> Result<usize, EncodeError> {
+    begin_ext_container(out, ext, len)
+}
+
+/// Writes a tensor. The caller checks that `data` matches `dtype` and
+/// `shape` (see [`tensor_len`]).
+pub fn write_tensor(out: &mut Vec<u8>, dtype: &str, shape: &[u64], data: &[u8]) -> Result<(), EncodeError> {
+    let start = begin_ext_container(out, EXT_TENSOR, 3)?;
+    write_str(out, dtype)?;
+    write_array_len(out, shape.len())?;
+    for &d in shape {
+        write_u64(out, d);
+    }
+    write_bin(out, data)?;
+    finish_container(out, start)
 }
 
 /// Writes a handle: `info` (type name, repr) when the worker sends it.
@@ -227,6 +323,15 @@ impl Value {
             Value::Handle { id, info } => {
                 write_handle(out, *id, info.as_ref().map(|(t, r)| (t.as_str(), r.as_str())))?;
             }
+            Value::Tensor { dtype, shape, data } => write_tensor(out, dtype, shape, data)?,
+            Value::Tagged { ext, items } => {
+                let depth = deeper(depth)?;
+                let start = begin_tagged(out, *ext, items.len())?;
+                for item in items {
+                    item.encode_at(out, depth)?;
+                }
+                finish_container(out, start)?;
+            }
         }
         Ok(())
     }
@@ -281,6 +386,13 @@ pub trait Builder {
     /// An object handle; `info` (type name, repr) is present when a worker
     /// sent it.
     fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Self::Value, Self::Error>;
+
+    /// A tensor; `data` was checked against `dtype` and `shape`.
+    fn tensor(&mut self, dtype: Dtype, shape: &[u64], data: &[u8]) -> Result<Self::Value, Self::Error>;
+
+    /// One of the [`TAGGED`] extensions, its fields already built. The
+    /// builder checks their number and types.
+    fn tagged(&mut self, ext: i8, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
 }
 
 /// Builds [`Value`]s.
@@ -335,6 +447,25 @@ impl Builder for ValueBuilder {
             info: info.map(|(t, r)| (t.to_owned(), r.to_owned())),
         })
     }
+    fn tensor(&mut self, dtype: Dtype, shape: &[u64], data: &[u8]) -> Result<Value, DecodeError> {
+        Ok(Value::Tensor {
+            dtype: dtype_name(dtype).to_owned(),
+            shape: shape.to_vec(),
+            data: data.to_vec(),
+        })
+    }
+    fn tagged(&mut self, ext: i8, items: Vec<Value>) -> Result<Value, DecodeError> {
+        Ok(Value::Tagged { ext, items })
+    }
+}
+
+/// The wire name of a dtype (`"f64"`).
+pub fn dtype_name(dtype: Dtype) -> &'static str {
+    Dtype::ALL
+        .iter()
+        .copied()
+        .find(|name| Dtype::parse(name) == Some(dtype))
+        .unwrap_or("?")
 }
 
 /// The ids of every handle in one encoded value: what a reply nobody will
@@ -425,6 +556,12 @@ impl Builder for Scan {
     }
     fn handle(&mut self, id: u64, _: Option<(&str, &str)>) -> Result<(), DecodeError> {
         self.handles.push(id);
+        self.value()
+    }
+    fn tensor(&mut self, _: Dtype, _: &[u64], _: &[u8]) -> Result<(), DecodeError> {
+        self.value()
+    }
+    fn tagged(&mut self, _: i8, _: Vec<()>) -> Result<(), DecodeError> {
         self.value()
     }
 }
@@ -640,8 +777,58 @@ fn decode_ext<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth:
             }
             builder.handle(id, info)
         }
+        EXT_TENSOR => {
+            let tensor = read_tensor(&mut payload)?;
+            if !payload.is_empty() {
+                return Err(DecodeError::TrailingBytes(payload.len()).into());
+            }
+            builder.tensor(tensor.0, &tensor.1, tensor.2)
+        }
+        ext if TAGGED.contains(&ext) => {
+            let count = read_array_len(&mut payload)?;
+            let items = collect(&mut payload, builder, count, depth)?;
+            if !payload.is_empty() {
+                return Err(DecodeError::TrailingBytes(payload.len()).into());
+            }
+            builder.tagged(ext, items)
+        }
         other => Err(DecodeError::UnknownExtension(other).into()),
     }
+}
+
+/// A tensor's fields, checked: a known dtype and data of the size its shape
+/// says.
+fn read_tensor<'a>(payload: &mut &'a [u8]) -> Result<(Dtype, Vec<u64>, &'a [u8]), DecodeError> {
+    if read_array_len(payload)? != 3 {
+        return Err(DecodeError::Invalid("a tensor has 3 fields".into()));
+    }
+    let name = read_str_field(payload)?;
+    let dtype = Dtype::parse(name).ok_or_else(|| DecodeError::Invalid(format!("unknown tensor type {name:?}")))?;
+    let rank = read_array_len(payload)?;
+    if rank > payload.len() {
+        return Err(DecodeError::Truncated);
+    }
+    let shape = (0..rank)
+        .map(|_| crate::message::read_uint(payload))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let len = match Marker::from_u8(take_u8(payload)?) {
+        Marker::Bin8 => take_u8(payload)? as usize,
+        Marker::Bin16 => u16::from_be_bytes(take_array(payload)?) as usize,
+        Marker::Bin32 => u32::from_be_bytes(take_array(payload)?) as usize,
+        other => {
+            return Err(DecodeError::UnexpectedType {
+                expected: "binary",
+                found: marker_name(other),
+            })
+        }
+    };
+    let data = take(payload, len)?;
+    if tensor_len(dtype, &shape) != Some(len) {
+        return Err(DecodeError::Invalid(format!(
+            "a {name} tensor of shape {shape:?} cannot hold {len} bytes"
+        )));
+    }
+    Ok((dtype, shape, data))
 }
 
 /// A str borrowed from the input.
@@ -723,6 +910,11 @@ mod tests {
             ".*".prop_map(Value::Str),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bin),
             (any::<u64>(), proptest::option::of((".{0,20}", ".{0,20}"))).prop_map(|(id, info)| Value::Handle { id, info }),
+            (0..Dtype::ALL.len(), proptest::collection::vec(0u64..4, 0..4)).prop_map(|(i, shape)| {
+                let dtype = Dtype::ALL[i];
+                let len = tensor_len(Dtype::parse(dtype).unwrap(), &shape).unwrap();
+                Value::Tensor { dtype: dtype.into(), shape, data: (0..len).map(|b| b as u8).collect() }
+            }),
         ]
     }
 
@@ -732,7 +924,8 @@ mod tests {
                 proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::List),
                 proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::Tuple),
                 proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::Set),
-                proptest::collection::vec((inner.clone(), inner), 0..12).prop_map(Value::Map),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..12).prop_map(Value::Map),
+                (TAGGED, proptest::collection::vec(inner, 0..12)).prop_map(|(ext, items)| Value::Tagged { ext, items }),
             ]
         })
     }
@@ -834,6 +1027,32 @@ mod tests {
         write_str(&mut out, "x").unwrap();
         finish_container(&mut out, start).unwrap();
         assert!(matches!(Value::decode(&out), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn tensor_data_must_match_its_shape() {
+        let mut out = Vec::new();
+        write_tensor(&mut out, "f64", &[2, 3], &[0; 47]).unwrap();
+        assert!(matches!(Value::decode(&out), Err(DecodeError::Invalid(m)) if m.contains("cannot hold 47 bytes")));
+        let mut out = Vec::new();
+        write_tensor(&mut out, "f8", &[1], &[0]).unwrap();
+        assert!(matches!(Value::decode(&out), Err(DecodeError::Invalid(m)) if m.contains("unknown tensor type")));
+        let mut out = Vec::new();
+        write_tensor(&mut out, "c128", &[], &[7; 16]).unwrap();
+        assert_eq!(
+            Value::decode(&out).unwrap(),
+            Value::Tensor { dtype: "c128".into(), shape: vec![], data: vec![7; 16] }
+        );
+    }
+
+    #[test]
+    fn dtypes_parse_to_nx_types() {
+        assert_eq!(Dtype::parse("bf16"), Some(Dtype { kind: b'b', bits: 16 }));
+        assert_eq!(Dtype::parse("c64").map(Dtype::bytes), Some(8));
+        assert_eq!(Dtype::parse("u1"), None);
+        for name in Dtype::ALL {
+            assert_eq!(dtype_name(Dtype::parse(name).unwrap()), name);
+        }
     }
 
     #[test]

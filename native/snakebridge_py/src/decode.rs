@@ -5,7 +5,9 @@
 //! ext 3 → `set`, or `frozenset` where it must be hashable: as a dict key or a
 //! set element (also inside a tuple used that way). ext 4 (a handle) → the
 //! object it names in the worker's table (`objects`) when serving, or what
-//! `loads`'s `handle` hook makes of it.
+//! `loads`'s `handle` hook makes of it. A tensor (ext 16) and the data kinds
+//! (ext 17-25) become what `snakebridge_worker.convert` makes of them
+//! (see [`crate::convert`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +17,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
-use snakebridge_protocol::{Builder, DecodeError};
+use snakebridge_protocol::value::dtype_name;
+use snakebridge_protocol::{Builder, DecodeError, Dtype};
 
 /// Malformed bytes are a protocol error; a well-formed value that Python
 /// cannot hold (a list used as a dict key) is the caller's problem.
@@ -191,6 +194,14 @@ impl<'py> Builder for PyBuilder<'_, 'py> {
                 "handle {id} found: pass loads(..., handle=...) to decode handles"
             )))),
         }
+    }
+
+    fn tensor(&mut self, dtype: Dtype, shape: &[u64], data: &[u8]) -> Result<Self::Value, BuildError> {
+        Ok(crate::convert::tensor(self.py, dtype_name(dtype), shape, data)?)
+    }
+
+    fn tagged(&mut self, ext: i8, items: Vec<Self::Value>) -> Result<Self::Value, BuildError> {
+        Ok(crate::convert::from_wire(self.py, ext, items)?)
     }
 }
 

@@ -11,7 +11,10 @@
 //! | `list` / `tuple` / `dict`                | array / ext 2 / map          |
 //! | `set`, `frozenset`                       | ext 3                        |
 //!
-//! Subclasses map like their base. What the encoder does with anything else
+//! Subclasses map like their base. Anything else is first offered to
+//! `snakebridge_worker.convert.to_wire` (see [`crate::convert`]): numpy
+//! scalars, arrays, dates, decimals, registered user types... What the
+//! encoder does with a value that has no by-value form even then
 //! depends on its [`Handles`]: a reply registers it in the object table and
 //! writes a handle (ext 4: id, type name, bounded repr); `dumps` fails with an
 //! [`EncodeFailure`] that names the offending element's path and its type as
@@ -29,8 +32,10 @@ use std::os::raw::c_char;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PyTuple};
-use snakebridge_protocol::value as wire;
+use snakebridge_protocol::value::{self as wire, tensor_len, Dtype};
 use snakebridge_protocol::{EncodeError, MAX_BIGINT_BYTES, MAX_DEPTH, MAX_FRAME_LEN};
+
+use crate::convert::{self, Tagged};
 
 // SAFETY: the declaration matches CPython's (`Include/unicodeobject.h`);
 // callers pass a live `str` and a valid `size` pointer.
@@ -319,9 +324,10 @@ impl<'a, 'py> Encoder<'a, 'py> {
             } else if ffi::PyByteArray_Check(ptr) != 0 {
                 // No Python code runs while the slice is alive.
                 self.bin(obj.cast_unchecked::<PyByteArray>().as_bytes())
+            } else if ffi::PyMemoryView_Check(ptr) != 0 && !is_byte_view(obj) {
+                self.convert(obj, depth)
             } else if ffi::PyMemoryView_Check(ptr) != 0 {
-                // The buffer protocol is not in the abi3-py39 API; bytes(view)
-                // copies the (possibly strided) view in C order.
+                // bytes(view) copies the (possibly strided) view in C order.
                 let bytes = Bound::from_owned_ptr_or_err(obj.py(), ffi::PyBytes_FromObject(ptr))
                     .map_err(|e| EncodeFailure::from_py(obj, e))?;
                 self.bin(bytes.cast_unchecked::<PyBytes>().as_bytes())
@@ -334,9 +340,75 @@ impl<'a, 'py> Encoder<'a, 'py> {
             } else if ffi::PyAnySet_Check(ptr) != 0 {
                 self.set(obj, depth)
             } else {
-                self.handle(obj)
+                self.convert(obj, depth)
             }
         }
+    }
+
+    /// A value `convert.to_wire` may have a form for; a handle (or a
+    /// refusal) if it returns the object itself.
+    fn convert(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), EncodeFailure> {
+        if let Ok(tagged) = obj.cast::<Tagged>() {
+            return self.tagged(obj, tagged.get(), depth);
+        }
+        let value = convert::to_wire(obj).map_err(|e| EncodeFailure::from_py(obj, e))?;
+        if value.is(obj) {
+            return self.handle(obj);
+        }
+        // A converter returning yet another object to convert ends at the
+        // nesting limit rather than looping.
+        self.encode(&value, deeper(depth)?)
+    }
+
+    fn tagged(&mut self, obj: &Bound<'_, PyAny>, tagged: &Tagged, depth: usize) -> Result<(), EncodeFailure> {
+        let items: Vec<Bound<'_, PyAny>> = tagged
+            .items
+            .bind(obj.py())
+            .try_iter()
+            .and_then(|items| items.collect())
+            .map_err(|e| EncodeFailure::from_py(obj, e))?;
+        if tagged.ext == wire::EXT_TENSOR {
+            return self.tensor(obj, &items);
+        }
+        if !wire::TAGGED.contains(&tagged.ext) {
+            return Err(EncodeFailure::unsupported(obj, Some(format!("no extension type {}", tagged.ext))));
+        }
+        let depth = deeper(depth)?;
+        let start = wire::begin_tagged(self.out, tagged.ext, items.len())?;
+        for (i, item) in items.iter().enumerate() {
+            self.encode(item, depth).map_err(|e| e.at(Segment::Index(i)))?;
+        }
+        wire::finish_container(self.out, start)?;
+        self.check_size()
+    }
+
+    /// `[dtype, shape, buffer]`: the buffer's bytes go into the frame in one
+    /// copy.
+    fn tensor(&mut self, obj: &Bound<'_, PyAny>, items: &[Bound<'_, PyAny>]) -> Result<(), EncodeFailure> {
+        let [dtype, shape, buffer] = items else {
+            return Err(EncodeFailure::unsupported(obj, Some("a tensor has 3 fields".into())));
+        };
+        let dtype: String = dtype.extract().map_err(|e| EncodeFailure::from_py(obj, e))?;
+        let shape: Vec<u64> = shape.extract().map_err(|e| EncodeFailure::from_py(obj, e))?;
+        let Some(parsed) = Dtype::parse(&dtype) else {
+            return Err(EncodeFailure::unsupported(obj, Some(format!("unknown tensor type {dtype:?}"))));
+        };
+        let out = &mut *self.out;
+        let written = convert::with_buffer(buffer, |bytes| {
+            if bytes.len() > MAX_FRAME_LEN {
+                return Err(EncodeFailure::new(Problem::TooLarge));
+            }
+            if tensor_len(parsed, &shape) != Some(bytes.len()) {
+                return Err(EncodeFailure::unsupported(
+                    obj,
+                    Some(format!("a {dtype} tensor of shape {shape:?} cannot hold {} bytes", bytes.len())),
+                ));
+            }
+            Ok(wire::write_tensor(out, &dtype, &shape, bytes)?)
+        })
+        .map_err(|e| EncodeFailure::from_py(obj, e))?;
+        written?;
+        self.check_size()
     }
 
     fn int(&mut self, obj: &Bound<'_, PyAny>) -> Result<(), EncodeFailure> {
@@ -494,6 +566,14 @@ impl<'a, 'py> Encoder<'a, 'py> {
             Ok(())
         }
     }
+}
+
+/// A memoryview of plain bytes (format `B`), which is sent as a binary;
+/// views of other formats are arrays.
+fn is_byte_view(obj: &Bound<'_, PyAny>) -> bool {
+    obj.getattr(pyo3::intern!(obj.py(), "format"))
+        .and_then(|format| format.extract::<String>())
+        .is_ok_and(|format| format == "B")
 }
 
 /// Why an int of `bits` bits cannot be sent.

@@ -19,6 +19,7 @@
 //!   call that wrote them (`output`; see `snakebridge_worker.output`).
 
 mod cancel;
+mod convert;
 mod decode;
 mod encode;
 mod fd;
@@ -153,6 +154,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(output::output, m)?)?;
     m.add_function(wrap_pyfunction!(output::log, m)?)?;
     m.add_function(wrap_pyfunction!(output::current_call, m)?)?;
+    m.add_class::<convert::Tagged>()?;
     m.add("CallCancelled", py.get_type::<CallCancelled>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;

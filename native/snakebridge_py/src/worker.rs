@@ -46,7 +46,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{
-    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_HANDLE, CALL_STREAM, PROTOCOL_VERSION,
+    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, PROTOCOL_VERSION,
 };
 
 use crate::cancel::{self, frames, monotonic_micros, Polled, Running, Took};
@@ -445,6 +445,12 @@ impl<'py> Worker<'py> {
     /// stream, or a task awaiting it.
     fn result(&mut self, id: u64, value: Bound<'py, PyAny>, flags: u64, window: u64) -> Result<(), Stop> {
         let as_handle = flags & CALL_AS_HANDLE != 0;
+        if flags & CALL_AS_ARROW != 0 {
+            return match crate::convert::to_arrow(&value) {
+                Ok(table) => self.ok(id, &table, false),
+                Err(err) => self.py_error(id, err),
+            };
+        }
         if flags & CALL_STREAM != 0 {
             return self.start_stream(id, value, window, as_handle);
         }
