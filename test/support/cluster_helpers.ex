@@ -25,6 +25,8 @@ defmodule SnakeBridge.ClusterHelpers do
       })
 
     :ok = :peer.call(peer, Application, :put_env, [:snakebridge, :default_pool, false])
+    # A peer's logs reach this node's console, outside capture_log.
+    :ok = :peer.call(peer, :logger, :set_primary_config, [:level, :warning])
     {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:snakebridge])
     true = Node.connect(node)
     {peer, node}
