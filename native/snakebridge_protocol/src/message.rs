@@ -576,7 +576,7 @@ mod tests {
             proptest::collection::vec(any::<u64>(), 0..8).prop_map(|ids| Message::Release { ids }),
             (id, proptest::collection::vec(leaf.clone(), 0..5)).prop_map(|(id, items)| Message::Items { id, items }),
             (id, any::<u64>()).prop_map(|(id, credit)| Message::Credit { id, credit }),
-            (id, leaf).prop_map(|(id, value)| Message::Ok { id, value }),
+            (id, leaf.clone()).prop_map(|(id, value)| Message::Ok { id, value }),
             (id, text, text, text, proptest::collection::vec(text, 0..4), proptest::collection::vec((text, leaf.clone()), 0..3)).prop_map(
                 |(id, exc_type, exc_module, message, traceback, attributes)| Message::PyError {
                     id,
@@ -651,6 +651,43 @@ mod tests {
         value::write_array_len(&mut body, 3).unwrap();
         value::write_u64(&mut body, Kind::Ping as u64);
         value::write_u64(&mut body, 1);
+        value::write_nil(&mut body);
+        assert!(matches!(Message::decode(&body), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn py_error_without_attributes_still_decodes() {
+        let mut body = Vec::new();
+        value::write_array_len(&mut body, 6).unwrap();
+        value::write_u64(&mut body, Kind::PyError as u64);
+        value::write_u64(&mut body, 9);
+        for text in ["KeyError", "builtins", "'k'"] {
+            value::write_str(&mut body, text).unwrap();
+        }
+        value::write_array_len(&mut body, 0).unwrap();
+        assert_eq!(
+            Message::decode(&body).unwrap(),
+            Message::PyError {
+                id: 9,
+                exc_type: "KeyError".into(),
+                exc_module: "builtins".into(),
+                message: "'k'".into(),
+                traceback: vec![],
+                attributes: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn py_error_attributes_must_be_a_map() {
+        let mut body = Vec::new();
+        value::write_array_len(&mut body, 7).unwrap();
+        value::write_u64(&mut body, Kind::PyError as u64);
+        value::write_u64(&mut body, 9);
+        for text in ["KeyError", "builtins", "'k'"] {
+            value::write_str(&mut body, text).unwrap();
+        }
+        value::write_array_len(&mut body, 0).unwrap();
         value::write_nil(&mut body);
         assert!(matches!(Message::decode(&body), Err(DecodeError::Invalid(_))));
     }
