@@ -26,9 +26,12 @@ defmodule SnakeBridge.Object do
 
     * `Enumerable`: `Enum` and `Stream` functions iterate the object in
       Python, lazily, as `SnakeBridge.stream/1` does (`Enum.to_list(obj)`,
-      `Enum.take(generator, 3)`). Each enumeration calls `iter(obj)` again.
-      An object that is not iterable raises `SnakeBridge.PythonError`
-      (`TypeError`).
+      `Enum.take(generator, 3)`). Each enumeration calls `iter(obj)` again:
+      a list starts over, but an iterator (a generator) goes on where the
+      last enumeration left it, and one that was halted early may have
+      been advanced by up to a window (64) of items that were never
+      consumed. An object that is not iterable raises
+      `SnakeBridge.PythonError` (`TypeError`).
     * `String.Chars`: `to_string(obj)` and interpolation give Python's
       `str(obj)`, asked of the worker at that moment; an error raises.
     * `Inspect` shows the `repr` taken when the object was returned, and
@@ -37,7 +40,7 @@ defmodule SnakeBridge.Object do
       processes, and inside IEx and Livebook whenever a value is printed.
       A live repr there could block for a whole timeout, raise, or run user
       code with side effects. For the current repr, call
-      `SnakeBridge.call!("builtins", "repr", [obj])`.
+      `SnakeBridge.call!("builtins", "repr", [obj], pool: obj.pool)`.
 
       iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
       iex> date.type
@@ -86,6 +89,7 @@ defmodule SnakeBridge.Object do
   end
 
   defimpl String.Chars do
-    def to_string(object), do: SnakeBridge.call!("builtins", "str", [object])
+    def to_string(%SnakeBridge.Object{pool: pool} = object),
+      do: SnakeBridge.call!("builtins", "str", [object], pool: pool)
   end
 end
