@@ -22,6 +22,12 @@ defmodule SnakeBridge.Livemd do
   ones before it left, the notebook's path as the file (so `__DIR__` is its
   directory) and the process's group leader set to a buffer that catches
   what the cell prints. A cell that raises stops the run.
+
+  After the cell that runs `Mix.install`, the run waits (up to two
+  minutes) until the default pool's workers have started, so that on a
+  loaded machine the next cell's first call does not spend its timeout
+  waiting for Python to start: Livebook users wait for the setup cell in
+  the same way.
   """
 
   @output_marker ~s(<!-- livebook:{"output":true} -->)
@@ -47,7 +53,10 @@ defmodule SnakeBridge.Livemd do
 
         cell, {binding, env, true} ->
           case evaluate(cell, binding, %{env | line: cell.line}) do
-            {:ok, outputs, binding, env} -> {{:ok, outputs}, {binding, env, true}}
+            {:ok, outputs, binding, env} ->
+              if String.starts_with?(cell.source, "Mix.install"), do: wait_for_workers()
+              {{:ok, outputs}, {binding, env, true}}
+
             {:error, message} -> {{:error, message}, {binding, env, false}}
           end
       end)
@@ -115,6 +124,22 @@ defmodule SnakeBridge.Livemd do
     end
   end
 
+  defp wait_for_workers(tries \\ 1_200) do
+    # Called through apply/3: SnakeBridge is only there once installed.
+    ready? =
+      try do
+        Enum.all?(apply(SnakeBridge, :stats, [:default]).workers, &(&1.state == :ready))
+      rescue
+        # Not installed, or no default pool: nothing to wait for.
+        _ -> true
+      end
+
+    if not ready? and tries > 0 do
+      Process.sleep(100)
+      wait_for_workers(tries - 1)
+    end
+  end
+
   # The file as text between fenced blocks; an output block is one whose
   # fence follows the output marker.
   defp blocks(text) do
@@ -176,9 +201,13 @@ defmodule SnakeBridge.Livemd do
   def main(["record", notebook]) do
     path = Path.expand(notebook)
     text = File.read!(path)
+    cells = cells(text)
+    # The first cell (Mix.install) prints what it compiles only the first
+    # time: run it once before the run whose outputs are saved.
+    run(Enum.take(cells, 1), path)
 
     outputs =
-      for result <- run(cells(text), path) do
+      for result <- run(cells, path) do
         case result do
           {:ok, outputs} -> outputs
           {:error, message} -> raise "a cell failed:\n" <> message
