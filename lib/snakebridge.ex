@@ -68,7 +68,9 @@ defmodule SnakeBridge do
   a lazy Elixir `Stream`, with backpressure. A function defined with
   `async def` is awaited on an event loop inside the worker, so many such
   calls run concurrently in one worker. `eval/3` runs a piece of Python
-  source and returns its last expression's value.
+  source and returns its last expression's value; in a namespace made by
+  `namespace/1`, what it defines stays for the next `eval/3`, as in the
+  cells of a notebook.
 
   ## Errors
 

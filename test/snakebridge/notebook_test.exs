@@ -10,6 +10,8 @@ defmodule SnakeBridge.NotebookTest do
   # what is built; the cells themselves always run.
   use ExUnit.Case, async: true
 
+  import SnakeBridge.TestHelpers
+
   @moduletag :notebook
   @moduletag timeout: 900_000
 
@@ -21,8 +23,8 @@ defmodule SnakeBridge.NotebookTest do
 
   alias SnakeBridge.Livemd
 
-  @tag :tmp_dir
-  test "the tour's cells give the outputs saved in it", %{tmp_dir: dir} do
+  test "the tour's cells give the outputs saved in it" do
+    dir = temporary_dir!("sb_notebook")
     cells = Livemd.cells(File.read!(@notebook))
     assert [%{source: "Mix.install(" <> _} | _] = cells
 

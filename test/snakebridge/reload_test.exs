@@ -13,8 +13,8 @@ defmodule SnakeBridge.ReloadTest do
     :ok
   end
 
-  @tag :tmp_dir
-  test "importlib.reload is seen by the next call", %{tmp_dir: dir} do
+  test "importlib.reload is seen by the next call" do
+    dir = temporary_dir!("sb_reload")
     module = "sb_reload_#{System.unique_integer([:positive])}"
     path = Path.join(dir, module <> ".py")
     File.write!(path, "def version():\n    return 1\n")
