@@ -276,7 +276,8 @@ defmodule SnakeBridge do
     call("snakebridge_worker.dispatch", "attribute", args, object_opts(object, opts))
   end
 
-  def getattr(module, name, opts) when is_binary(module) or (is_atom(module) and module not in [nil, true, false]) do
+  def getattr(module, name, opts)
+      when is_binary(module) or (is_atom(module) and module not in [nil, true, false]) do
     args = [Args.name!(module, :module), Args.name!(name, :attribute)]
     opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
     call("snakebridge_worker.dispatch", "module_attribute", args, opts)

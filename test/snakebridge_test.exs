@@ -108,7 +108,9 @@ defmodule SnakeBridgeTest do
       traceback = Enum.join(error.traceback)
       assert traceback =~ "raise_value_error"
       assert traceback =~ "ValueError: boom"
-      assert Exception.message(error) =~ ~r/\AValueError: boom\n\nTraceback .*\n  File .*, in raise_value_error\n/
+
+      assert Exception.message(error) =~
+               ~r/\AValueError: boom\n\nTraceback .*\n  File .*, in raise_value_error\n/
     end
 
     test "user-defined and nested exception classes" do

@@ -57,7 +57,8 @@ defmodule SnakeBridge.Livemd do
               if String.starts_with?(cell.source, "Mix.install"), do: wait_for_workers()
               {{:ok, outputs}, {binding, env, true}}
 
-            {:error, message} -> {{:error, message}, {binding, env, false}}
+            {:error, message} ->
+              {{:error, message}, {binding, env, false}}
           end
       end)
 
@@ -153,7 +154,13 @@ defmodule SnakeBridge.Livemd do
     {body, rest} = Enum.split_while(rest, fn {l, _} -> l != "```" end)
     rest = Enum.drop(rest, 1)
     source = Enum.map_join(body, fn {l, _} -> l <> "\n" end)
-    output? = text |> Enum.reverse() |> Enum.join("\n") |> String.trim() |> String.ends_with?(@output_marker)
+
+    output? =
+      text
+      |> Enum.reverse()
+      |> Enum.join("\n")
+      |> String.trim()
+      |> String.ends_with?(@output_marker)
 
     {acc, block} =
       if output? do
@@ -171,12 +178,23 @@ defmodule SnakeBridge.Livemd do
   defp skip_blank(rest), do: rest
 
   defp flush([], acc), do: acc
-  defp flush(text, acc), do: [{:text, (text |> Enum.reverse() |> Enum.join("\n") |> String.trim_trailing()) <> "\n\n"} | acc]
+
+  defp flush(text, acc),
+    do: [
+      {:text, (text |> Enum.reverse() |> Enum.join("\n") |> String.trim_trailing()) <> "\n\n"} | acc
+    ]
 
   # Drops the marker (and the text before it, which is only blank lines
   # after a cell) from the text in front of an output block.
   defp flush_output_marker(text, acc) do
-    before = text |> Enum.reverse() |> Enum.join("\n") |> String.trim() |> String.trim_trailing(@output_marker) |> String.trim()
+    before =
+      text
+      |> Enum.reverse()
+      |> Enum.join("\n")
+      |> String.trim()
+      |> String.trim_trailing(@output_marker)
+      |> String.trim()
+
     if before == "", do: acc, else: [{:text, before <> "\n\n"} | acc]
   end
 

@@ -20,7 +20,10 @@ defmodule SnakeBridge.AccessTest do
       date = date(2024, 2, 29)
       assert SnakeBridge.getattr(date, "max.year") == {:ok, 9999}
       assert SnakeBridge.getattr!(date, :year) == 2024
-      assert {:error, %PythonError{type: "AttributeError"} = error} = SnakeBridge.getattr(date, "max.nope")
+
+      assert {:error, %PythonError{type: "AttributeError"} = error} =
+               SnakeBridge.getattr(date, "max.nope")
+
       assert Exception.message(error) =~ "'datetime.date' object has no attribute 'nope'"
     end
 
@@ -29,7 +32,10 @@ defmodule SnakeBridge.AccessTest do
       assert SnakeBridge.getattr(:sys, "version_info.major", pool: @pool) == {:ok, 3}
       assert SnakeBridge.getattr!("os.path", :sep, pool: @pool) == "/"
       assert SnakeBridge.getattr!("datetime.date", "max.year", pool: @pool) == 9999
-      assert %Object{type: "datetime.date"} = SnakeBridge.getattr!("datetime", "date.min", pool: @pool)
+
+      assert %Object{type: "datetime.date"} =
+               SnakeBridge.getattr!("datetime", "date.min", pool: @pool)
+
       assert %Object{type: "list"} = SnakeBridge.getattr!("sys", "path", pool: @pool, as: :handle)
     end
 
@@ -37,7 +43,9 @@ defmodule SnakeBridge.AccessTest do
       assert {:error, %PythonError{type: "ModuleNotFoundError"}} =
                SnakeBridge.getattr("no_such_module_xyz", "x", pool: @pool)
 
-      assert {:error, %PythonError{type: "AttributeError"}} = SnakeBridge.getattr("math", "nope", pool: @pool)
+      assert {:error, %PythonError{type: "AttributeError"}} =
+               SnakeBridge.getattr("math", "nope", pool: @pool)
+
       assert_raise PythonError, fn -> SnakeBridge.getattr!("math", "nope", pool: @pool) end
     end
 
@@ -51,12 +59,19 @@ defmodule SnakeBridge.AccessTest do
       end
 
       assert_raise ArgumentError, ~r/attribute name/, fn -> SnakeBridge.getattr("math", 1) end
-      assert_raise ArgumentError, ~r/unknown keys \[:kwargs\]/, fn -> SnakeBridge.getattr("math", "pi", kwargs: []) end
-      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn -> SnakeBridge.getattr(date(2024, 1, 1), "year", pool: @pool) end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:kwargs\]/, fn ->
+        SnakeBridge.getattr("math", "pi", kwargs: [])
+      end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn ->
+        SnakeBridge.getattr(date(2024, 1, 1), "year", pool: @pool)
+      end
     end
 
     test "no such pool" do
-      assert {:error, %Error{reason: :pool_not_found}} = SnakeBridge.getattr("math", "pi", pool: :no_such_pool)
+      assert {:error, %Error{reason: :pool_not_found}} =
+               SnakeBridge.getattr("math", "pi", pool: :no_such_pool)
     end
   end
 
@@ -76,7 +91,9 @@ defmodule SnakeBridge.AccessTest do
     end
 
     test "times out on a slow iterator" do
-      slow = SnakeBridge.eval!("import time\n(time.sleep(s) or s for s in [0, 2])", %{}, pool: @pool)
+      slow =
+        SnakeBridge.eval!("import time\n(time.sleep(s) or s for s in [0, 2])", %{}, pool: @pool)
+
       stream = SnakeBridge.stream(slow, timeout: 200)
       assert_raise Error, ~r/sent no item within 200 ms/, fn -> Enum.to_list(stream) end
     end
@@ -85,7 +102,10 @@ defmodule SnakeBridge.AccessTest do
       list = SnakeBridge.call!("builtins", "list", [[1]], pool: @pool, as: :handle)
       assert_raise ArgumentError, ~r/:window/, fn -> SnakeBridge.stream(list, window: 0) end
       assert_raise ArgumentError, ~r/:timeout/, fn -> SnakeBridge.stream(list, timeout: -1) end
-      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn -> SnakeBridge.stream(list, pool: @pool) end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn ->
+        SnakeBridge.stream(list, pool: @pool)
+      end
     end
   end
 
@@ -108,7 +128,10 @@ defmodule SnakeBridge.AccessTest do
       # items the halted stream had been sent ahead.
       assert [a, b] = Enum.take(generator, 2)
       assert a > 12 and b == a + 1
-      dict = SnakeBridge.call!("builtins", "dict", [], kwargs: [a: 1, b: 2], pool: @pool, as: :handle)
+
+      dict =
+        SnakeBridge.call!("builtins", "dict", [], kwargs: [a: 1, b: 2], pool: @pool, as: :handle)
+
       assert Enum.to_list(dict) == ["a", "b"]
     end
 

@@ -11,7 +11,11 @@ defmodule SnakeBridge.NamespaceTest do
 
   setup_all do
     start_supervised!({SnakeBridge.Pool, pool_opts(@pool)})
-    start_supervised!(Supervisor.child_spec({SnakeBridge.Pool, pool_opts(@single, size: 1)}, id: @single))
+
+    start_supervised!(
+      Supervisor.child_spec({SnakeBridge.Pool, pool_opts(@single, size: 1)}, id: @single)
+    )
+
     :ok
   end
 
@@ -20,9 +24,13 @@ defmodule SnakeBridge.NamespaceTest do
     assert %Object{type: "module", pool: @pool} = ns
     assert SnakeBridge.eval("import math\nradius = 2", ns) == {:ok, nil}
     assert SnakeBridge.eval("def area(r):\n    return round(math.pi * r ** 2, 2)", ns) == {:ok, nil}
-    assert SnakeBridge.eval("class Box:\n    def __init__(self, n):\n        self.n = n", ns) == {:ok, nil}
+
+    assert SnakeBridge.eval("class Box:\n    def __init__(self, n):\n        self.n = n", ns) ==
+             {:ok, nil}
+
     assert SnakeBridge.eval("area(radius)", ns) == {:ok, 12.57}
     assert SnakeBridge.eval("radius += 1\nBox(radius).n", ns) == {:ok, 3}
+
     assert SnakeBridge.eval!("sorted(n for n in dir() if not n.startswith('__'))", ns) ==
              ["Box", "area", "math", "radius"]
   end
@@ -30,16 +38,19 @@ defmodule SnakeBridge.NamespaceTest do
   test "dataclasses work, and their instances pickle" do
     ns = SnakeBridge.namespace!(pool: @pool)
 
-    SnakeBridge.eval!("""
-    from dataclasses import dataclass, field
-    import pickle
+    SnakeBridge.eval!(
+      """
+      from dataclasses import dataclass, field
+      import pickle
 
-    @dataclass
-    class Point:
-        x: int
-        y: int = 0
-        tags: list = field(default_factory=list)
-    """, ns)
+      @dataclass
+      class Point:
+          x: int
+          y: int = 0
+          tags: list = field(default_factory=list)
+      """,
+      ns
+    )
 
     assert SnakeBridge.eval!("Point(1, 2)", ns, as: :handle).repr == "Point(x=1, y=2, tags=[])"
     assert SnakeBridge.eval!("pickle.loads(pickle.dumps(Point(3))) == Point(3)", ns) == true
@@ -89,7 +100,10 @@ defmodule SnakeBridge.NamespaceTest do
 
   test "top-level await in a namespace" do
     ns = SnakeBridge.namespace!(pool: @pool)
-    assert SnakeBridge.eval("import asyncio\nawait asyncio.sleep(0.01)\ndone = 'yes'", ns) == {:ok, nil}
+
+    assert SnakeBridge.eval("import asyncio\nawait asyncio.sleep(0.01)\ndone = 'yes'", ns) ==
+             {:ok, nil}
+
     assert SnakeBridge.eval("done", ns) == {:ok, "yes"}
   end
 
@@ -120,16 +134,24 @@ defmodule SnakeBridge.NamespaceTest do
   describe "bad arguments" do
     test "options a namespace does not take" do
       ns = SnakeBridge.namespace!(pool: @pool)
-      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn -> SnakeBridge.eval("1", ns, pool: @pool) end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:pool\]/, fn ->
+        SnakeBridge.eval("1", ns, pool: @pool)
+      end
+
       assert_raise ArgumentError, ~r/globals/, fn -> SnakeBridge.eval("1", ns, globals: [1]) end
       assert_raise ArgumentError, ~r/code to be a string/, fn -> SnakeBridge.eval(:x, ns) end
-      assert_raise ArgumentError, ~r/unknown keys \[:as\]/, fn -> SnakeBridge.namespace(as: :value) end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:as\]/, fn ->
+        SnakeBridge.namespace(as: :value)
+      end
     end
 
     test "something that is not a namespace" do
       {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [], pool: @pool)
 
-      assert {:error, %PythonError{type: "TypeError", message: "a namespace must be a module, not Counter"}} =
+      assert {:error,
+              %PythonError{type: "TypeError", message: "a namespace must be a module, not Counter"}} =
                SnakeBridge.eval("1", counter)
 
       assert_raise ArgumentError, ~r/globals to be a map/, fn -> SnakeBridge.eval("1", [1]) end

@@ -77,8 +77,10 @@ defmodule SnakeBridge.NotebookTest do
     ```
     """
 
-    assert [%{source: "x = 1\n", outputs: ["1"], line: 4}, %{source: "IO.puts(\"hi\")\nx + 1\n", outputs: []}] =
-             cells = Livemd.cells(text)
+    assert [
+             %{source: "x = 1\n", outputs: ["1"], line: 4},
+             %{source: "IO.puts(\"hi\")\nx + 1\n", outputs: []}
+           ] = cells = Livemd.cells(text)
 
     assert [{:ok, ["1"]}, {:ok, ["hi", "2"]}] = results = Livemd.run(cells, "/tmp/t.livemd")
     recorded = Livemd.record(text, Enum.map(results, &elem(&1, 1)))
@@ -89,7 +91,10 @@ defmodule SnakeBridge.NotebookTest do
 
   test "a cell that raises stops the run, with its error" do
     cells = Livemd.cells("```elixir\nraise \"boom\"\n```\n\n```elixir\n:never\n```\n")
-    assert [{:error, message}, {:error, "not run: an earlier cell failed"}] = Livemd.run(cells, "/tmp/t.livemd")
+
+    assert [{:error, message}, {:error, "not run: an earlier cell failed"}] =
+             Livemd.run(cells, "/tmp/t.livemd")
+
     assert message =~ "** (RuntimeError) boom"
   end
 
@@ -104,7 +109,9 @@ defmodule SnakeBridge.NotebookTest do
       {"MIX_ENV", nil}
     ]
 
-    {output, status} = System.cmd(System.find_executable("elixir"), args, env: env, stderr_to_stdout: true, cd: dir)
+    {output, status} =
+      System.cmd(System.find_executable("elixir"), args, env: env, stderr_to_stdout: true, cd: dir)
+
     assert status == 0, "the notebook's runner failed:\n#{output}"
     results |> File.read!() |> :erlang.binary_to_term()
   end

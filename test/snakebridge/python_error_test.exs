@@ -33,12 +33,17 @@ defmodule SnakeBridge.PythonErrorTest do
 
     test "built-in exceptions' attributes" do
       error = error("os", "stat", ["/no/such/file"])
-      assert %{"errno" => 2, "filename" => "/no/such/file", "strerror" => "No such file or directory"} =
-               error.attributes
+
+      assert %{
+               "errno" => 2,
+               "filename" => "/no/such/file",
+               "strerror" => "No such file or directory"
+             } = error.attributes
 
       assert error("sbhelpers_nope", "f").attributes["name"] == "sbhelpers_nope"
 
-      assert {:error, %PythonError{type: "SyntaxError", attributes: %{"lineno" => 2, "text" => "1 +\n"}}} =
+      assert {:error,
+              %PythonError{type: "SyntaxError", attributes: %{"lineno" => 2, "text" => "1 +\n"}}} =
                SnakeBridge.eval("x = 1\n1 +", %{}, pool: @pool)
     end
 
@@ -51,7 +56,8 @@ defmodule SnakeBridge.PythonErrorTest do
     test "shows the type, the message and the frames where Python raised" do
       message = Exception.message(error("sberrors", "deep", [3]))
 
-      assert message =~ ~r/\AValueError: bottom\n\nTraceback \(most recent call last\):\n  File ".*sberrors.py", line \d+, in deep\n/
+      assert message =~
+               ~r/\AValueError: bottom\n\nTraceback \(most recent call last\):\n  File ".*sberrors.py", line \d+, in deep\n/
 
       assert length(Regex.scan(~r/, in (deep|down)\n/, message)) == 3
       assert message =~ ~S|raise ValueError("bottom")|
@@ -64,7 +70,8 @@ defmodule SnakeBridge.PythonErrorTest do
     end
 
     test "C code called directly has no frames to show" do
-      assert Exception.message(error("operator", "truediv", [1, 0])) == "ZeroDivisionError: division by zero"
+      assert Exception.message(error("operator", "truediv", [1, 0])) ==
+               "ZeroDivisionError: division by zero"
     end
 
     test "a chained exception shows the frames of the one raised" do
@@ -75,7 +82,9 @@ defmodule SnakeBridge.PythonErrorTest do
     end
 
     test "call! raises with the traceback" do
-      error = assert_raise PythonError, fn -> SnakeBridge.call!("sberrors", "deep", [2], pool: @pool) end
+      error =
+        assert_raise PythonError, fn -> SnakeBridge.call!("sberrors", "deep", [2], pool: @pool) end
+
       assert Exception.message(error) =~ "sberrors.py"
     end
 
@@ -94,7 +103,9 @@ defmodule SnakeBridge.PythonErrorTest do
       refute text =~ "importlib"
       assert [frame] = Enum.filter(error.traceback, &String.starts_with?(&1, "  File"))
       assert frame =~ "sbbroken.py"
-      assert Exception.message(error) =~ ~r/KeyError: 'not here'\n\nTraceback.*\n  File ".*sbbroken.py", line 3, in <module>/
+
+      assert Exception.message(error) =~
+               ~r/KeyError: 'not here'\n\nTraceback.*\n  File ".*sbbroken.py", line 3, in <module>/
     end
 
     test "from a module that does not exist" do
@@ -115,6 +126,18 @@ defmodule SnakeBridge.PythonErrorTest do
       frames = Enum.filter(error.traceback, &String.starts_with?(&1, "  File"))
       assert length(frames) == 2
       assert Enum.all?(frames, &(&1 =~ ~S|File "<eval>"|))
+    end
+
+    test "from async code: no event loop frames" do
+      error = error("sbobjects", "async_fail", ["late"])
+      assert [frame] = Enum.filter(error.traceback, &String.starts_with?(&1, "  File"))
+      assert frame =~ "sbobjects.py"
+
+      assert {:error, error} =
+               SnakeBridge.eval("import asyncio\nawait asyncio.sleep(0)\n1 / 0", %{}, pool: @pool)
+
+      assert [~S|  File "<eval>", line 3, in <module>| <> _] =
+               Enum.filter(error.traceback, &String.starts_with?(&1, "  File"))
     end
 
     test "from a missing attribute" do

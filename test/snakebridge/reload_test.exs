@@ -26,13 +26,23 @@ defmodule SnakeBridge.ReloadTest do
     # A different size: the import system never takes the old bytecode for
     # a source written within the same second.
     File.write!(path, "def version():\n    return 'two'\n")
-    SnakeBridge.eval!("import importlib\nimportlib.reload(importlib.import_module(m))", %{m: module}, pool: @pool)
+
+    SnakeBridge.eval!(
+      "import importlib\nimportlib.reload(importlib.import_module(m))",
+      %{m: module},
+      pool: @pool
+    )
+
     assert SnakeBridge.call(module, "version", [], pool: @pool) == {:ok, "two"}
   end
 
   test "a function replaced by assignment is seen by the next call" do
     assert SnakeBridge.call("sbhelpers", "type_name", [1], pool: @pool) == {:ok, "int"}
-    SnakeBridge.eval!("import sbhelpers\nsbhelpers.type_name = lambda x: 'patched'", %{}, pool: @pool)
+
+    SnakeBridge.eval!("import sbhelpers\nsbhelpers.type_name = lambda x: 'patched'", %{},
+      pool: @pool
+    )
+
     assert SnakeBridge.call("sbhelpers", "type_name", [1], pool: @pool) == {:ok, "patched"}
     SnakeBridge.eval!("import sbhelpers\ndel sbhelpers.type_name", %{}, pool: @pool)
 
