@@ -76,7 +76,9 @@ defmodule SnakeBridge do
   a lazy Elixir `Stream`, with backpressure. A function defined with
   `async def` is awaited on an event loop inside the worker, so many such
   calls run concurrently in one worker. `eval/3` runs a piece of Python
-  source and returns its last expression's value.
+  source and returns its last expression's value; in a namespace made by
+  `namespace/1`, what it defines stays for the next `eval/3`, as in the
+  cells of a notebook.
 
   ## Errors
 
@@ -247,23 +249,50 @@ defmodule SnakeBridge do
   def method!(object, name, args \\ [], opts \\ []), do: unwrap!(method(object, name, args, opts))
 
   @doc """
-  Reads attribute `name` of a Python object: `getattr(object, name)`.
-  Raises `ArgumentError` for a bad argument, as `method/4` does.
+  Reads attribute `name` of a Python object, or of a module.
+
+  `target` is a `SnakeBridge.Object` (`getattr(object, name)`, in its
+  worker) or a module name, a string or an atom, as for `call/4`
+  (`getattr(:sys, :version)`; the module is imported first). `name` may be
+  a dotted path (`"dtype.name"`, `"version_info.major"`). Returns what
+  `call/4` returns; an attribute that is missing is a `PythonError`
+  (`AttributeError`). Raises `ArgumentError` when `target` is neither,
+  `name` is neither a string nor an atom, or an option is invalid.
 
   ## Options
 
-  `:timeout` and `:as`, as for `call/4`.
+  `:timeout` and `:as`, as for `call/4`; with a module name, also `:pool`.
 
   ## Examples
 
       iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> SnakeBridge.getattr(date, "year")
       {:ok, 2024}
+      iex> SnakeBridge.getattr(date, "max.year")
+      {:ok, 9999}
+
+      iex> SnakeBridge.getattr("math", "pi")
+      {:ok, 3.141592653589793}
   """
-  @spec getattr(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: SnakeBridge.Types.result()
-  def getattr(object, name, opts \\ []) do
+  @spec getattr(Object.t() | SnakeBridge.Types.name(), SnakeBridge.Types.name(), [call_option()]) ::
+          SnakeBridge.Types.result()
+  def getattr(target, name, opts \\ [])
+
+  def getattr(%Object{} = object, name, opts) do
     object = Args.object!(object)
-    call("builtins", "getattr", [object, Args.name!(name, :attribute)], object_opts(object, opts))
+    args = [object, Args.name!(name, :attribute)]
+    call("snakebridge_worker.dispatch", "attribute", args, object_opts(object, opts))
+  end
+
+  def getattr(module, name, opts)
+      when is_binary(module) or (is_atom(module) and module not in [nil, true, false]) do
+    args = [Args.name!(module, :module), Args.name!(name, :attribute)]
+    opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
+    call("snakebridge_worker.dispatch", "module_attribute", args, opts)
+  end
+
+  def getattr(target, _name, _opts) do
+    raise ArgumentError, "expected a SnakeBridge.Object or a module name, got: #{inspect(target)}"
   end
 
   @doc """
@@ -275,13 +304,15 @@ defmodule SnakeBridge do
       iex> SnakeBridge.getattr!(date, "month")
       2
   """
-  @spec getattr!(Object.t(), SnakeBridge.Types.name(), [call_option()]) :: term()
+  @spec getattr!(Object.t() | SnakeBridge.Types.name(), SnakeBridge.Types.name(), [call_option()]) ::
+          term()
   def getattr!(object, name, opts \\ []), do: unwrap!(getattr(object, name, opts))
 
   @doc """
   Sets attribute `name` of a Python object to `value`:
-  `setattr(object, name, value)`. Returns `:ok` or `{:error, error}`.
-  Raises `ArgumentError` for a bad argument, as `method/4` does.
+  `setattr(object, name, value)`. `name` may be a dotted path
+  (`"config.depth"`). Returns `:ok` or `{:error, error}`. Raises
+  `ArgumentError` for a bad argument, as `method/4` does.
 
   ## Options
 
@@ -301,7 +332,7 @@ defmodule SnakeBridge do
     object = Args.object!(object)
     args = [object, Args.name!(name, :attribute), value]
 
-    case call("builtins", "setattr", args, object_opts(object, opts)) do
+    case call("snakebridge_worker.dispatch", "set_attribute", args, object_opts(object, opts)) do
       {:ok, nil} -> :ok
       {:error, _} = error -> error
     end
@@ -366,7 +397,7 @@ defmodule SnakeBridge do
 
   `module` may be a `SnakeBridge.Object`, to iterate what one of its methods
   returns (or, with `function` `nil`, what calling it returns);
-  `stream(object)` iterates the object itself.
+  `stream(object)` and `stream(object, opts)` iterate the object itself.
 
   ## Options
 
@@ -392,6 +423,12 @@ defmodule SnakeBridge do
           Enumerable.t()
   def stream(module, function, args \\ [], opts \\ [])
 
+  def stream(%Object{} = object, opts, [], []) when is_list(opts) do
+    object = Args.object!(object)
+    opts = Args.opts!(opts, [:window, :timeout])
+    stream("builtins", "iter", [object], [pool: object.pool] ++ opts)
+  end
+
   def stream(module, function, args, opts) do
     opts = Args.opts!(opts, [:kwargs, :pool, window: @default_window, timeout: @default_timeout])
     {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
@@ -404,34 +441,47 @@ defmodule SnakeBridge do
 
   @doc """
   Iterates a Python object itself (`iter(object)`) as a lazy `Stream`; see
-  `stream/4`.
+  `stream/4`. `stream(object, opts)` takes `:window` and `:timeout`, as
+  `stream/4` does. `SnakeBridge.Object` implements `Enumerable` with this,
+  so `Enum` functions take objects directly.
 
   ## Examples
 
       iex> {:ok, letters} = SnakeBridge.call("builtins", "list", ["abc"], as: :handle)
       iex> SnakeBridge.stream(letters) |> Enum.to_list()
       ["a", "b", "c"]
+      iex> SnakeBridge.stream(letters, window: 1, timeout: 1_000) |> Enum.take(2)
+      ["a", "b"]
   """
   @spec stream(Object.t()) :: Enumerable.t()
-  def stream(object) do
-    %Object{pool: pool} = object = Args.object!(object)
-    stream("builtins", "iter", [object], pool: pool)
-  end
+  def stream(object), do: stream(Args.object!(object), [], [], [])
 
   @doc """
   Runs Python source `code` in a worker and returns the value of its last
   statement, if that is an expression (else `nil`).
 
-  The code runs in a fresh namespace holding `globals` (a map whose keys
-  become Python names); nothing is kept between calls. Top-level `await`
-  is allowed. A `SyntaxError` or any exception comes back as
-  `{:error, %SnakeBridge.PythonError{}}`. Raises `ArgumentError` when `code`
-  is not a string, `globals` is not a map with string or atom keys, or an
-  option is invalid.
+  The second argument says where the code runs:
+
+    * a map: a fresh namespace holding these names (keys are strings or
+      atoms; values are converted as arguments are, objects included).
+      Nothing is kept after the call.
+    * a namespace made by `namespace/1`: the code runs in it, so what it
+      assigns, imports and defines (functions, classes, dataclasses) is
+      there for the next `eval/3` in it, in the namespace's worker. The
+      `:globals` option sets names in it first.
+
+  Either way the code runs in a real module, so classes defined in it work
+  with `dataclasses` and `pickle`. Top-level `await` is allowed. A
+  `SyntaxError` or any exception comes back as
+  `{:error, %SnakeBridge.PythonError{}}`. Raises `ArgumentError` when
+  `code` is not a string, the second argument is neither a map with string
+  or atom keys nor a `SnakeBridge.Object`, or an option is invalid.
 
   ## Options
 
-  `:timeout`, `:pool` and `:as`, as for `call/4`.
+  `:timeout`, `:pool` and `:as`, as for `call/4` (`:pool` only with a map:
+  a namespace runs in its own pool); with a namespace, `:globals`, a map of
+  names to set in it before the code runs.
 
   ## Examples
 
@@ -444,14 +494,27 @@ defmodule SnakeBridge do
       ...> round(math.pi * r ** 2, 2)
       ...> \""")
       {:ok, 12.57}
-  """
-  @spec eval(String.t(), %{optional(String.t() | atom()) => term()}, [call_option()]) ::
-          SnakeBridge.Types.result()
-  def eval(code, globals \\ %{}, opts \\ []) do
-    unless is_binary(code) do
-      raise ArgumentError, "expected code to be a string, got: #{inspect(code)}"
-    end
 
+      iex> {:ok, ns} = SnakeBridge.namespace()
+      iex> SnakeBridge.eval("from dataclasses import dataclass\\n@dataclass\\nclass P:\\n    x: int", ns)
+      {:ok, nil}
+      iex> SnakeBridge.eval("P(x).x + 1", ns, globals: %{x: 41})
+      {:ok, 42}
+  """
+  @spec eval(String.t(), %{optional(String.t() | atom()) => term()} | Object.t(), keyword()) ::
+          SnakeBridge.Types.result()
+  def eval(code, globals_or_namespace \\ %{}, opts \\ [])
+
+  def eval(code, %Object{} = namespace, opts) do
+    namespace = Args.object!(namespace)
+    opts = Args.opts!(opts, [:as, globals: %{}, timeout: @default_timeout])
+    {globals, opts} = Keyword.pop!(opts, :globals)
+    args = [code!(code), Args.globals!(globals), namespace]
+    call("snakebridge_worker.evaluate", "evaluate", args, Keyword.put(opts, :pool, namespace.pool))
+  end
+
+  def eval(code, globals, opts) do
+    code = code!(code)
     globals = Args.globals!(globals)
     opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
     call("snakebridge_worker.evaluate", "evaluate", [code, globals], opts)
@@ -465,8 +528,47 @@ defmodule SnakeBridge do
       iex> SnakeBridge.eval!("sum(range(10))")
       45
   """
-  @spec eval!(String.t(), map(), [call_option()]) :: term()
-  def eval!(code, globals \\ %{}, opts \\ []), do: unwrap!(eval(code, globals, opts))
+  @spec eval!(String.t(), map() | Object.t(), keyword()) :: term()
+  def eval!(code, globals_or_namespace \\ %{}, opts \\ []),
+    do: unwrap!(eval(code, globals_or_namespace, opts))
+
+  @doc """
+  Makes a namespace for `eval/3`: a Python module, empty but for
+  `__builtins__`, that lives in one worker for as long as the returned
+  `SnakeBridge.Object` is referenced (like any object).
+
+  It is a real module, registered in `sys.modules` under a name unique in
+  its worker (`snakebridge_ns_<n>`, its `__name__`), so classes defined in
+  it can be pickled and `dataclasses` works. Read and write its names with
+  `getattr/3` and `setattr/4`, or call its functions with `method/4`.
+
+  ## Options
+
+  `:pool` and `:timeout`, as for `call/4`.
+
+  ## Examples
+
+      iex> {:ok, ns} = SnakeBridge.namespace()
+      iex> SnakeBridge.eval!("import math\\ndef area(r):\\n    return round(math.pi * r * r, 2)", ns)
+      nil
+      iex> SnakeBridge.method!(ns, "area", [2])
+      12.57
+      iex> SnakeBridge.setattr!(ns, "r", 3)
+      :ok
+      iex> SnakeBridge.eval!("area(r)", ns)
+      28.27
+  """
+  @spec namespace([call_option()]) :: {:ok, Object.t()} | {:error, SnakeBridge.Error.t()}
+  def namespace(opts \\ []) do
+    opts = Args.opts!(opts, [:pool, timeout: @default_timeout])
+    call("snakebridge_worker.namespaces", "new", [], [as: :handle] ++ opts)
+  end
+
+  @doc """
+  Like `namespace/1`, but returns the namespace itself and raises on failure.
+  """
+  @spec namespace!([call_option()]) :: Object.t()
+  def namespace!(opts \\ []), do: unwrap!(namespace(opts))
 
   @doc """
   Waits for the reply to a call made with `SnakeBridge.Native.call_async/4`
@@ -614,6 +716,12 @@ defmodule SnakeBridge do
         :unknown -> :unknown
       end
     end
+  end
+
+  defp code!(code) when is_binary(code), do: code
+
+  defp code!(code) do
+    raise ArgumentError, "expected code to be a string, got: #{inspect(code)}"
   end
 
   defp object_opts(%Object{pool: pool}, opts) do

@@ -108,7 +108,9 @@ defmodule SnakeBridgeTest do
       traceback = Enum.join(error.traceback)
       assert traceback =~ "raise_value_error"
       assert traceback =~ "ValueError: boom"
-      assert Exception.message(error) == "ValueError: boom"
+
+      assert Exception.message(error) =~
+               ~r/\AValueError: boom\n\nTraceback .*\n  File .*, in raise_value_error\n/
     end
 
     test "user-defined and nested exception classes" do
@@ -118,7 +120,7 @@ defmodule SnakeBridgeTest do
       assert {:error, %PythonError{type: "Outer.Error", module: "sbhelpers"} = error} =
                SnakeBridge.call("sbhelpers", "Outer.fail", [], pool: @pool)
 
-      assert Exception.message(error) == "Outer.Error: nested failure"
+      assert Exception.message(error) =~ ~r/\AOuter.Error: nested failure\n\nTraceback/
     end
 
     test "ZeroDivisionError" do

@@ -22,6 +22,26 @@ defmodule SnakeBridge.Object do
   `repr(obj)` when it was returned (cut at 200 characters), `pool` is the
   pool of its worker. `ref` is internal.
 
+  ## Protocols
+
+    * `Enumerable`: `Enum` and `Stream` functions iterate the object in
+      Python, lazily, as `SnakeBridge.stream/1` does (`Enum.to_list(obj)`,
+      `Enum.take(generator, 3)`). Each enumeration calls `iter(obj)` again:
+      a list starts over, but an iterator (a generator) goes on where the
+      last enumeration left it, and one that was halted early may have
+      been advanced by up to a window (64) of items that were never
+      consumed. An object that is not iterable raises
+      `SnakeBridge.PythonError` (`TypeError`).
+    * `String.Chars`: `to_string(obj)` and interpolation give Python's
+      `str(obj)`, asked of the worker at that moment; an error raises.
+    * `Inspect` shows the `repr` taken when the object was returned, and
+      calls nothing. `inspect/1` runs where a call must not: in crash
+      reports and logs (possibly after the worker is gone), in other
+      processes, and inside IEx and Livebook whenever a value is printed.
+      A live repr there could block for a whole timeout, raise, or run user
+      code with side effects. For the current repr, call
+      `SnakeBridge.call!("builtins", "repr", [obj], pool: obj.pool)`.
+
       iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
       iex> date.type
       "datetime.date"
@@ -61,5 +81,20 @@ defmodule SnakeBridge.Object do
 
   defimpl Inspect do
     def inspect(%SnakeBridge.Object{repr: repr}, _opts), do: "#SnakeBridge.Object<#{repr}>"
+  end
+
+  defimpl Enumerable do
+    # Python iterables have no cheap length or membership test that would
+    # not consume an iterator: Enum falls back to reduce/3.
+    def count(_object), do: {:error, __MODULE__}
+    def member?(_object, _element), do: {:error, __MODULE__}
+    def slice(_object), do: {:error, __MODULE__}
+
+    def reduce(object, acc, fun), do: Enumerable.reduce(SnakeBridge.stream(object), acc, fun)
+  end
+
+  defimpl String.Chars do
+    def to_string(%SnakeBridge.Object{pool: pool} = object),
+      do: SnakeBridge.call!("builtins", "str", [object], pool: pool)
   end
 end

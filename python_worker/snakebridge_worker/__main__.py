@@ -14,7 +14,7 @@ import signal
 import sys
 
 from snakebridge_worker import _native, output
-from snakebridge_worker.dispatch import describe, resolve
+from snakebridge_worker.dispatch import describe, locate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     # print() and logging reach the host on the socket, with their call.
     output.install()
     try:
-        _native.serve(args.fd, resolve, describe)
+        _native.serve(args.fd, locate, describe)
     except _native.ProtocolError as exc:
         output.uninstall()
         print(f"snakebridge_worker: {exc}", file=sys.stderr, flush=True)

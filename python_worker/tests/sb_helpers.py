@@ -468,3 +468,16 @@ async def spin_then_sleep(path: str, spin_seconds: float, sleep_seconds: float) 
         pass
     await asyncio.sleep(sleep_seconds)
     return "slept"
+
+
+class NeedMore(Exception):
+    """An exception with attributes of its own."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(f"need {needed} more")
+        self.needed = needed
+        self.where = object()
+
+
+def need_more(n: int) -> None:
+    raise NeedMore(n)

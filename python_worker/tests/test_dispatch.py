@@ -6,7 +6,17 @@ import os.path
 
 import pytest
 
-from snakebridge_worker.dispatch import describe, resolve
+from snakebridge_worker.dispatch import (
+    MAX_ATTRIBUTE_BYTES,
+    MAX_ATTRIBUTE_REPR,
+    attribute,
+    describe,
+    locate,
+    module_attribute,
+    public_attributes,
+    resolve,
+    set_attribute,
+)
 
 
 def test_resolve_plain_and_dotted() -> None:
@@ -28,9 +38,10 @@ def test_describe() -> None:
     try:
         1 / 0
     except ZeroDivisionError as exc:
-        exc_type, module, message, lines = describe(exc)
+        exc_type, module, message, lines, attributes = describe(exc)
     assert (exc_type, module, message) == ("ZeroDivisionError", "builtins", "division by zero")
     assert lines[0].startswith("Traceback") and "1 / 0" in "".join(lines)
+    assert attributes == {"args": ("division by zero",)}
 
 
 def test_describe_nested_class_and_broken_str() -> None:
@@ -39,7 +50,7 @@ def test_describe_nested_class_and_broken_str() -> None:
             def __str__(self) -> str:
                 raise ValueError("nope")
 
-    exc_type, module, message, lines = describe(Outer.Broken())
+    exc_type, module, message, lines, _ = describe(Outer.Broken())
     assert exc_type.endswith("Outer.Broken")
     assert module == __name__
     assert "str() failed" in message
@@ -58,3 +69,54 @@ def test_resolve_reports_the_missing_module_for_unknown_dotted_names() -> None:
     with pytest.raises(ModuleNotFoundError) as info:
         resolve("no_such_pkg_xyz.sub", "f")
     assert info.value.name == "no_such_pkg_xyz.sub" or info.value.name == "no_such_pkg_xyz"
+
+
+def test_locate_says_what_the_callable_was_found_through() -> None:
+    import datetime
+    import os.path
+
+    assert locate("os.path", "join") == (os.path.join, "os.path", os.path, "join")
+    assert locate("datetime.date", "today") == (datetime.date.today, "datetime", datetime, "date")
+    assert locate("json", "JSONDecoder.decode")[3] == "JSONDecoder"
+
+
+def test_attribute_paths() -> None:
+    import types
+
+    ns = types.SimpleNamespace(inner=types.SimpleNamespace(value=1))
+    assert attribute(ns, "inner.value") == 1
+    set_attribute(ns, "inner.value", 2)
+    assert ns.inner.value == 2
+    import sys
+
+    assert module_attribute("sys", "version_info.major") == sys.version_info.major
+    assert module_attribute("os.path", "sep") == "/"
+    with pytest.raises(AttributeError):
+        attribute(ns, "inner.nope")
+    with pytest.raises(ModuleNotFoundError):
+        module_attribute("no_such_module_xyz", "x")
+
+
+def test_public_attributes_by_value_or_repr() -> None:
+    class Needs(Exception):
+        def __init__(self, needed: int) -> None:
+            super().__init__(f"need {needed}")
+            self.needed = needed
+            self.big = "x" * (MAX_ATTRIBUTE_BYTES + 1)
+            self.thing = object()
+            self._private = 1
+
+    found = public_attributes(Needs(3))
+    assert found["needed"] == 3 and found["args"] == ("need 3",)
+    assert found["big"].startswith("'xxx") and len(found["big"]) == MAX_ATTRIBUTE_REPR
+    assert found["thing"].startswith("<object object")
+    assert "_private" not in found and "with_traceback" not in found
+
+
+def test_public_attributes_skip_raising_properties() -> None:
+    class Odd(Exception):
+        @property
+        def broken(self) -> int:
+            raise RuntimeError("no")
+
+    assert "broken" not in public_attributes(Odd())

@@ -21,8 +21,14 @@ def raw_call(call_id: int, args: bytes, kwargs: bytes = b"\x80", function: str =
 def py_error(worker: Worker, module: str, function: str, args: list[Any] | None = None) -> list[Any]:
     reply = worker.call(module, function, args)
     assert reply[0] == PY_ERROR, reply
-    assert len(reply) == 6
-    return reply[2:]
+    assert len(reply) == 7
+    return reply[2:6]
+
+
+def attributes(worker: Worker, module: str, function: str, args: list[Any] | None = None) -> dict[str, Any]:
+    reply = worker.call(module, function, args)
+    assert reply[0] == PY_ERROR, reply
+    return reply[6]
 
 
 def failure(worker: Worker, module: str, function: str, args: list[Any] | None = None) -> tuple[str, str]:
@@ -227,3 +233,46 @@ def test_dumps_refuses_an_int_too_big_for_the_beam() -> None:
     with pytest.raises(_native.EncodeError) as raised:
         _native.dumps(1 << MAX_BIGINT_BITS)
     assert raised.value.reason == "unsupported_type"
+
+
+def test_public_attributes_come_by_value(worker: Worker) -> None:
+    found = attributes(worker, "sb_helpers", "need_more", [5])
+    assert found["needed"] == 5
+    assert found["args"] == ("need 5 more",)
+    # No by-value form: its repr.
+    assert found["where"].startswith("<object object at")
+    assert not any(name.startswith("_") for name in found)
+    assert "with_traceback" not in found
+    assert_still_serving(worker)
+
+
+def test_builtin_exception_attributes(worker: Worker) -> None:
+    found = attributes(worker, "os", "stat", ["/no/such/path"])
+    assert found["errno"] == 2 and found["filename"] == "/no/such/path"
+    assert found["strerror"] == "No such file or directory"
+    assert attributes(worker, "sb_helpers", "exit_now", [3])["code"] == 3
+
+
+def test_worker_frames_are_trimmed_from_import_errors(worker: Worker) -> None:
+    exc_type, _, message, traceback = py_error(worker, "sb_broken_module", "f")
+    assert (exc_type, message) == ("ZeroDivisionError", "division by zero")
+    text = "".join(traceback)
+    assert "sb_broken_module.py" in text
+    assert "snakebridge_worker" not in text and "importlib" not in text, text
+    frames = [line for line in traceback if line.startswith("  File")]
+    assert len(frames) == 1, traceback
+
+
+def test_worker_frames_are_trimmed_from_syntax_errors(worker: Worker) -> None:
+    exc_type, _, _, traceback = py_error(worker, "snakebridge_worker.evaluate", "evaluate", ["1 +"])
+    assert exc_type == "SyntaxError"
+    text = "".join(traceback)
+    assert "snakebridge_worker" not in text and 'File "<eval>", line 1' in text
+    assert not text.startswith("Traceback"), text
+
+
+def test_user_frames_stay(worker: Worker) -> None:
+    _, _, _, traceback = py_error(worker, "sb_helpers", "fail", ["boom"])
+    assert [line for line in traceback if line.startswith("  File")] == [
+        line for line in traceback if "sb_helpers.py" in line
+    ]

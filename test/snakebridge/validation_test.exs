@@ -212,9 +212,9 @@ defmodule SnakeBridge.ValidationTest do
       assert error.message =~ "SnakeBridge.Object"
     end
 
-    test "getattr/3 with something other than an object" do
-      error = assert_raise ArgumentError, fn -> SnakeBridge.getattr("counter", "n") end
-      assert error.message =~ "SnakeBridge.Object"
+    test "getattr/3 with something other than an object or a module name" do
+      error = assert_raise ArgumentError, fn -> SnakeBridge.getattr(123, "n") end
+      assert error.message =~ "SnakeBridge.Object or a module name"
     end
 
     test "setattr/4 with something other than an object" do

@@ -85,6 +85,31 @@ defmodule SnakeBridge.ValueTest do
       assert python_type(:hello) == "str"
     end
 
+    test "atoms outside Latin-1 become str too, in every place an atom may be" do
+      assert round_trip(:zażółć) == {:ok, "zażółć"}
+      assert python_type(:zażółć) == "str"
+      assert round_trip(:"🐍") == {:ok, "🐍"}
+      # 255 characters (the longest atom), of up to 4 bytes each.
+      long = String.to_atom(String.duplicate("ж", 254) <> "🐍")
+      assert round_trip(long) == {:ok, Atom.to_string(long)}
+      assert round_trip(%{gęś: [:ąę, {:ł}]}) == {:ok, %{"gęś" => ["ąę", {"ł"}]}}
+      assert round_trip(MapSet.new([:ñ, :ś])) == {:ok, MapSet.new(["ñ", "ś"])}
+
+      assert SnakeBridge.call("sbhelpers", "echo", [], kwargs: [żółw: :ĉu], pool: @pool) ==
+               {:ok, [[], %{"żółw" => "ĉu"}]}
+
+      ns = SnakeBridge.namespace!(pool: @pool)
+      SnakeBridge.eval!("def zażółć(x):\n    return x * 2", ns)
+      assert SnakeBridge.method(ns, :zażółć, [:ą]) == {:ok, "ąą"}
+    end
+
+    test "an error names a non-Latin-1 atom key where it is" do
+      assert {:error, %SnakeBridge.Error{reason: :unsupported_type, message: message}} =
+               round_trip(%{zażółć: self()})
+
+      assert message =~ "args[0][:zażółć]"
+    end
+
     test "UTF-8 binaries become str" do
       for string <- ["", "hello", "ünïcödé ✓ 🐍", "with\u0000nul", String.duplicate("a", 100_000)] do
         assert round_trip(string) == {:ok, string}

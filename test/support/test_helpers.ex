@@ -15,6 +15,14 @@ defmodule SnakeBridge.TestHelpers do
     Keyword.merge([name: name, size: 2, python_path: [@python_dir]], opts)
   end
 
+  @doc "A new directory under the system's temporary directory, removed when the test exits."
+  def temporary_dir!(prefix) do
+    dir = Path.join(System.tmp_dir!(), "#{prefix}_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(dir) end)
+    dir
+  end
+
   @doc "Polls `fun` until it returns a truthy value, or fails after `timeout` ms."
   def wait_until(fun, timeout \\ 5_000, interval \\ 20) do
     deadline = System.monotonic_time(:millisecond) + timeout

@@ -29,6 +29,7 @@ rustler::atoms! {
     type_ = "type",
     module,
     traceback,
+    attributes,
     map,
     data,
     mapset = "Elixir.MapSet",

@@ -32,8 +32,9 @@ fn mapset_fields() -> &'static [(String, i64)] {
 
 pub struct TermBuilder<'a, 'o> {
     pub env: Env<'a>,
-    /// The worker and pool the value came from, for its handles.
-    pub origin: &'o Origin<'o>,
+    /// The worker and pool the value came from, for its handles; `None`
+    /// where no handle may appear (an exception's attributes).
+    pub origin: Option<&'o Origin<'o>>,
     pub pool: Atom,
 }
 
@@ -158,7 +159,8 @@ impl<'a> Builder for TermBuilder<'a, '_> {
 
     fn handle(&mut self, id: u64, info: Option<(&str, &str)>) -> Result<Term<'a>, DecodeError> {
         let (type_name, repr) = info.ok_or_else(|| DecodeError::Invalid("a handle from a worker without its type".into()))?;
-        Ok(object::make(self.env, self.origin, self.pool, id, type_name, repr))
+        let origin = self.origin.ok_or_else(|| DecodeError::Invalid("a handle where values must be sent by value".into()))?;
+        Ok(object::make(self.env, origin, self.pool, id, type_name, repr))
     }
 
     fn tensor(&mut self, dtype: Dtype, shape: &[u64], data: &[u8]) -> Result<Term<'a>, DecodeError> {

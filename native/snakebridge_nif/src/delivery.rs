@@ -83,7 +83,7 @@ impl Delivery {
     fn value<'a>(&self, env: Env<'a>, mut bytes: &[u8], origin: &Origin<'_>, problem: &mut Option<DecodeError>) -> Result<Term<'a>, Term<'a>> {
         let mut builder = TermBuilder {
             env,
-            origin,
+            origin: Some(origin),
             pool: self.pool,
         };
         let decoded = decode_value(&mut bytes, &mut builder, 0).and_then(|v| {
@@ -98,6 +98,30 @@ impl Delivery {
             *problem = Some(e);
             errors::error_tuple(env, atoms::protocol_error(), &message)
         })
+    }
+
+    /// An exception's attributes, as a map with string keys; ones that do
+    /// not decode are reported in `problem`, and the error gets none.
+    fn attributes<'a>(&self, env: Env<'a>, mut bytes: &[u8], problem: &mut Option<DecodeError>) -> Term<'a> {
+        if bytes.is_empty() {
+            return Term::map_new(env);
+        }
+        let mut builder = TermBuilder {
+            env,
+            origin: None,
+            pool: self.pool,
+        };
+        match decode_value(&mut bytes, &mut builder, 0) {
+            Ok(map) if bytes.is_empty() => map,
+            Ok(_) => {
+                *problem = Some(DecodeError::TrailingBytes(bytes.len()));
+                Term::map_new(env)
+            }
+            Err(e) => {
+                *problem = Some(e);
+                Term::map_new(env)
+            }
+        }
     }
 }
 
@@ -131,7 +155,11 @@ impl Hooks for Delivery {
                     Ok(items) => (atoms::snakebridge_stream(), reference, items),
                     Err(error) => (atoms::snakebridge(), reference, error),
                 },
-                Outcome::PythonError(e) => (atoms::snakebridge(), reference, (atoms::error(), errors::python_error(env, &e)).encode(env)),
+                Outcome::PythonError(e) => {
+                    let attributes = self.attributes(env, &e.attributes, &mut problem);
+                    let error = errors::python_error(env, &e, attributes);
+                    (atoms::snakebridge(), reference, (atoms::error(), error).encode(env))
+                }
                 Outcome::Failed(f) => (atoms::snakebridge(), reference, (atoms::error(), errors::failure(env, &f)).encode(env)),
             }
         });

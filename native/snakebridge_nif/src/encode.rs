@@ -167,7 +167,7 @@ impl TermEncoder<'_> {
 
     fn kwarg(&mut self, key: Term, value: Term) -> Result {
         let name = if key.is_atom() {
-            key.atom_to_string().ok()
+            atom_name(key)
         } else {
             key.decode::<&str>().ok().map(str::to_owned)
         };
@@ -226,9 +226,7 @@ impl TermEncoder<'_> {
         } else if term == atoms::neg_infinity().to_term(env) {
             wire::write_f64(self.out, f64::NEG_INFINITY);
         } else {
-            let name = term
-                .atom_to_string()
-                .map_err(|_| unsupported("an atom with characters outside Latin-1", Vec::new()))?;
+            let name = atom_name(term).ok_or_else(|| unsupported("an atom", Vec::new()))?;
             wire::write_str(self.out, &name)?;
         }
         Ok(())
@@ -346,7 +344,7 @@ fn short_repr(term: Term) -> String {
         return format!("{s:?}");
     }
     if term.is_atom() {
-        if let Ok(name) = term.atom_to_string() {
+        if let Some(name) = atom_name(term) {
             return format!(":{name}");
         }
     }
@@ -359,6 +357,23 @@ fn short_repr(term: Term) -> String {
         TermType::Map => "%{…}".into(),
         _ => "…".into(),
     }
+}
+
+/// An atom's name. Atoms are UTF-8, but `enif_get_atom` reads UTF-8 only
+/// from OTP 26 on, and rustler asks for Latin-1: a name outside Latin-1 is
+/// read from the atom's external term format instead.
+fn atom_name(term: Term) -> Option<String> {
+    if let Ok(name) = term.atom_to_string() {
+        return Some(name);
+    }
+    let ext = term.to_binary();
+    let bytes = match ext.as_slice() {
+        // ATOM_UTF8_EXT (2-byte length), SMALL_ATOM_UTF8_EXT (1-byte length).
+        [131, 118, a, b, name @ ..] if name.len() == u16::from_be_bytes([*a, *b]) as usize => name,
+        [131, 119, n, name @ ..] if name.len() == *n as usize => name,
+        _ => return None,
+    };
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
 /// Sign and magnitude of an integer in external term format

@@ -47,7 +47,9 @@ pub fn failure<'a>(env: Env<'a>, failure: &Failure) -> Term<'a> {
     error(env, reason, &failure.message, details)
 }
 
-pub fn python_error<'a>(env: Env<'a>, e: &PythonError) -> Term<'a> {
+/// `%SnakeBridge.PythonError{}`; `attributes` is the decoded map of the
+/// exception's attributes.
+pub fn python_error<'a>(env: Env<'a>, e: &PythonError, attributes: Term<'a>) -> Term<'a> {
     atom_map(
         env,
         &[
@@ -57,6 +59,7 @@ pub fn python_error<'a>(env: Env<'a>, e: &PythonError) -> Term<'a> {
             (atoms::module(), e.exc_module.encode(env)),
             (atoms::message(), e.message.encode(env)),
             (atoms::traceback(), e.traceback.encode(env)),
+            (atoms::attributes(), attributes),
         ],
     )
 }

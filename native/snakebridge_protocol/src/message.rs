@@ -5,7 +5,7 @@
 //! | 0 hello    | worker → host | protocol version, worker OS pid, Python version string (id is 0) |
 //! | 1 call     | host → worker | deadline, target, function, args (array), kwargs (map), flags, window |
 //! | 2 ok       | worker → host | result value |
-//! | 3 py_error | worker → host | exception type, its module, `str(exc)`, traceback lines (array of str) |
+//! | 3 py_error | worker → host | exception type, its module, `str(exc)`, traceback lines (array of str), public attributes (map of str → value; a host also accepts the message without it) |
 //! | 4 failure  | worker → host | reason (str, an atom name on the Elixir side), message |
 //! | 5 cancel   | host → worker | — |
 //! | 6 ping     | host → worker | — |
@@ -119,11 +119,20 @@ impl Kind {
             Kind::Hello => 5,
             Kind::Call => 9,
             Kind::Ok | Kind::Release | Kind::Items | Kind::Credit => 3,
-            Kind::PyError => 6,
+            Kind::PyError => 7,
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
             Kind::Output => 7,
         }
+    }
+}
+
+impl Kind {
+    /// Whether a message of this kind may have `len` array elements: its
+    /// [`arity`](Kind::arity), or fewer when its last fields were added
+    /// later (a py_error without attributes).
+    pub fn accepts(self, len: usize) -> bool {
+        len == self.arity() || (self == Kind::PyError && len == 6)
     }
 }
 
@@ -140,7 +149,7 @@ impl Header {
     pub fn read(body: &mut &[u8]) -> Result<Header, DecodeError> {
         let len = read_array_len(body)?;
         let kind = Kind::from_u64(read_uint(body)?)?;
-        if len != kind.arity() {
+        if !kind.accepts(len) {
             return Err(DecodeError::Invalid(format!(
                 "{kind:?} message with {len} fields, expected {}",
                 kind.arity()
@@ -186,6 +195,9 @@ pub enum Message {
         exc_module: String,
         message: String,
         traceback: Vec<String>,
+        /// The exception's public attributes, name → value; handles never
+        /// appear in them.
+        attributes: Vec<(Value, Value)>,
     },
     Failure {
         id: u64,
@@ -326,6 +338,7 @@ impl Message {
                 exc_module,
                 message,
                 traceback,
+                attributes,
                 ..
             } => {
                 value::write_str(out, exc_type)?;
@@ -334,6 +347,11 @@ impl Message {
                 value::write_array_len(out, traceback.len())?;
                 for line in traceback {
                     value::write_str(out, line)?;
+                }
+                value::write_map_len(out, attributes.len())?;
+                for (k, v) in attributes {
+                    k.encode_at(out, 1)?;
+                    v.encode_at(out, 1)?;
                 }
             }
             Message::Failure { reason, message, .. } => {
@@ -440,12 +458,21 @@ impl Message {
                     return Err(DecodeError::Truncated);
                 }
                 let traceback = (0..lines).map(|_| read_string(&mut input)).collect::<Result<_, _>>()?;
+                let attributes = if input.is_empty() {
+                    Vec::new()
+                } else {
+                    match decode_value(&mut input, &mut ValueBuilder, 0)? {
+                        Value::Map(attributes) => attributes,
+                        _ => return Err(DecodeError::Invalid("exception attributes must be a map".into())),
+                    }
+                };
                 Message::PyError {
                     id,
                     exc_type,
                     exc_module,
                     message,
                     traceback,
+                    attributes,
                 }
             }
             Kind::Failure => Message::Failure {
@@ -553,9 +580,16 @@ mod tests {
             proptest::collection::vec(any::<u64>(), 0..8).prop_map(|ids| Message::Release { ids }),
             (id, proptest::collection::vec(leaf.clone(), 0..5)).prop_map(|(id, items)| Message::Items { id, items }),
             (id, any::<u64>()).prop_map(|(id, credit)| Message::Credit { id, credit }),
-            (id, leaf).prop_map(|(id, value)| Message::Ok { id, value }),
-            (id, text, text, text, proptest::collection::vec(text, 0..4)).prop_map(
-                |(id, exc_type, exc_module, message, traceback)| Message::PyError { id, exc_type, exc_module, message, traceback }
+            (id, leaf.clone()).prop_map(|(id, value)| Message::Ok { id, value }),
+            (id, text, text, text, proptest::collection::vec(text, 0..4), proptest::collection::vec((text, leaf.clone()), 0..3)).prop_map(
+                |(id, exc_type, exc_module, message, traceback, attributes)| Message::PyError {
+                    id,
+                    exc_type,
+                    exc_module,
+                    message,
+                    traceback,
+                    attributes: attributes.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
+                }
             ),
             (id, text, text).prop_map(|(id, reason, message)| Message::Failure { id, reason, message }),
             id.prop_map(|id| Message::Cancel { id }),
@@ -621,6 +655,43 @@ mod tests {
         value::write_array_len(&mut body, 3).unwrap();
         value::write_u64(&mut body, Kind::Ping as u64);
         value::write_u64(&mut body, 1);
+        value::write_nil(&mut body);
+        assert!(matches!(Message::decode(&body), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn py_error_without_attributes_still_decodes() {
+        let mut body = Vec::new();
+        value::write_array_len(&mut body, 6).unwrap();
+        value::write_u64(&mut body, Kind::PyError as u64);
+        value::write_u64(&mut body, 9);
+        for text in ["KeyError", "builtins", "'k'"] {
+            value::write_str(&mut body, text).unwrap();
+        }
+        value::write_array_len(&mut body, 0).unwrap();
+        assert_eq!(
+            Message::decode(&body).unwrap(),
+            Message::PyError {
+                id: 9,
+                exc_type: "KeyError".into(),
+                exc_module: "builtins".into(),
+                message: "'k'".into(),
+                traceback: vec![],
+                attributes: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn py_error_attributes_must_be_a_map() {
+        let mut body = Vec::new();
+        value::write_array_len(&mut body, 7).unwrap();
+        value::write_u64(&mut body, Kind::PyError as u64);
+        value::write_u64(&mut body, 9);
+        for text in ["KeyError", "builtins", "'k'"] {
+            value::write_str(&mut body, text).unwrap();
+        }
+        value::write_array_len(&mut body, 0).unwrap();
         value::write_nil(&mut body);
         assert!(matches!(Message::decode(&body), Err(DecodeError::Invalid(_))));
     }

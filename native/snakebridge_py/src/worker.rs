@@ -134,6 +134,65 @@ enum End {
 struct Entry {
     callable: Py<PyAny>,
     slow: bool,
+    /// `None` when the resolver gave no more than the callable.
+    guard: Option<Guard>,
+}
+
+/// What a cached callable was found through (`dispatch.locate`). The entry
+/// is used only while `sys.modules[key]` is still `module` and, when the
+/// path's first name was in the module's `__dict__`, that still binds it to
+/// the same object; else the call resolves again. So `importlib.reload`, a
+/// module imported again or a function replaced by assignment is what the
+/// next call runs. Checking costs two dict lookups with cached hashes.
+struct Guard {
+    key: Py<PyString>,
+    module: Py<PyAny>,
+    /// The module's `__dict__`, the first name and what it was bound to.
+    binding: Option<(Py<PyDict>, Py<PyString>, Py<PyAny>)>,
+}
+
+impl Guard {
+    /// Reads `locate`'s `(callable, imported name, module, first name)`.
+    fn located<'py>(located: &Bound<'py, PyTuple>) -> PyResult<(Bound<'py, PyAny>, Guard)> {
+        let callable = located.get_item(0)?;
+        let key = located.get_item(1)?.cast_into::<PyString>()?;
+        let module = located.get_item(2)?;
+        let first = located.get_item(3)?;
+        let binding = match (module.getattr("__dict__").ok(), first.is_none()) {
+            (Some(names), false) => match names.cast_into::<PyDict>() {
+                Ok(names) => {
+                    let first = first.cast_into::<PyString>()?;
+                    names.get_item(&first)?.map(|bound| (names.unbind(), first.unbind(), bound.unbind()))
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        Ok((
+            callable,
+            Guard {
+                key: key.unbind(),
+                module: module.unbind(),
+                binding,
+            },
+        ))
+    }
+
+    fn holds(&self) -> bool {
+        // SAFETY: called with the GIL held (the loop's thread); every pointer
+        // is a live object this guard owns, and `PyDict_GetItem` returns a
+        // borrowed reference, only compared, or NULL without raising.
+        unsafe {
+            let modules = ffi::PyImport_GetModuleDict();
+            if ffi::PyDict_GetItem(modules, self.key.as_ptr()) != self.module.as_ptr() {
+                return false;
+            }
+            match &self.binding {
+                Some((names, name, bound)) => ffi::PyDict_GetItem(names.as_ptr(), name.as_ptr()) == bound.as_ptr(),
+                None => true,
+            }
+        }
+    }
 }
 
 struct Worker<'py> {
@@ -765,24 +824,62 @@ impl<'py> Worker<'py> {
             // Not UTF-8, so no function name makes the same key.
             None => self.key.push(0xff),
         }
-        if let Some(&index) = self.cache.get(self.key.as_slice()) {
-            return Ok(Ok(index));
+        let cached = self.cache.get(self.key.as_slice()).copied();
+        if let Some(index) = cached {
+            if self.entries[index].guard.as_ref().is_none_or(Guard::holds) {
+                return Ok(Ok(index));
+            }
         }
         // Importing can take a while: let finished replies go first.
         self.flush()?;
-        let resolved = panic::catch_unwind(AssertUnwindSafe(|| self.resolve.call1((module, function))));
-        let callable = match resolved {
-            Ok(Ok(callable)) => callable,
-            Ok(Err(err)) => return Ok(Err(err)),
-            Err(payload) => return Ok(Err(panic_exception(payload))),
+        let resolved = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.resolve.call1((module, function)).and_then(|found| match found.cast::<PyTuple>() {
+                Ok(located) => Guard::located(located).map(|(callable, guard)| (callable, Some(guard))),
+                Err(_) => Ok((found, None)),
+            })
+        }));
+        let (callable, guard) = match resolved {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(err)) => {
+                self.forget(cached);
+                return Ok(Err(err));
+            }
+            Err(payload) => {
+                self.forget(cached);
+                return Ok(Err(panic_exception(payload)));
+            }
         };
-        let index = self.entries.len();
-        self.entries.push(Entry {
+        let entry = Entry {
             callable: callable.unbind(),
             slow: true,
-        });
-        self.cache.insert(self.key.clone(), index);
-        Ok(Ok(index))
+            guard,
+        };
+        match cached {
+            Some(index) => {
+                self.entries[index] = entry;
+                Ok(Ok(index))
+            }
+            None => {
+                let index = self.entries.len();
+                self.entries.push(entry);
+                self.cache.insert(self.key.clone(), index);
+                Ok(Ok(index))
+            }
+        }
+    }
+
+    /// Drops the cache's key for an entry that no longer resolves, and what
+    /// the entry held; its slot in `entries` stays, unreachable, so other
+    /// indices stay valid.
+    fn forget(&mut self, cached: Option<usize>) {
+        if let Some(index) = cached {
+            self.cache.remove(self.key.as_slice());
+            self.entries[index] = Entry {
+                callable: self.py.None(),
+                slow: true,
+                guard: None,
+            };
+        }
     }
 
     /// An ok reply; handles it registers are released again if the reply
@@ -848,7 +945,7 @@ impl<'py> Worker<'py> {
         let described = panic::catch_unwind(AssertUnwindSafe(|| {
             self.describe.call1((&exc,)).and_then(|d| description(&d))
         }));
-        let (exc_type, exc_module, message, traceback) = match described {
+        let (exc_type, exc_module, message, traceback, attributes) = match described {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 eprintln!("snakebridge_worker: describe() failed: {e}");
@@ -864,11 +961,19 @@ impl<'py> Worker<'py> {
             exc_module,
             message,
             traceback,
+            attributes,
         };
         if reply.write_frame(&mut self.out).is_err() {
             // Over the frame limit: keep the end of the traceback, where the
-            // exception is, and cut long texts.
-            if let Message::PyError { message, traceback, .. } = &mut reply {
+            // exception is, cut long texts and drop the attributes.
+            if let Message::PyError {
+                message,
+                traceback,
+                attributes,
+                ..
+            } = &mut reply
+            {
+                attributes.clear();
                 *message = truncate(message, MAX_TEXT).to_owned();
                 let skip = traceback.len().saturating_sub(MAX_TRACEBACK_LINES);
                 *traceback = traceback.drain(skip..).map(|l| truncate(&l, MAX_TEXT).to_owned()).collect();
@@ -1058,12 +1163,16 @@ fn decode_kwargs<'py>(py: Python<'py>, input: &mut &[u8]) -> Result<Result<Optio
     Ok(Ok(Some(kwargs)))
 }
 
-/// Reads `describe(exc)`'s `(type, module, message, traceback_lines)`.
-fn description(d: &Bound<'_, PyAny>) -> PyResult<(String, String, String, Vec<String>)> {
+/// What `describe` says of an exception: type, module, message,
+/// traceback lines and attributes.
+type Description = (String, String, String, Vec<String>, Vec<(Value, Value)>);
+
+/// Reads `describe(exc)`'s `(type, module, message, traceback_lines[, attributes])`.
+fn description(d: &Bound<'_, PyAny>) -> PyResult<Description> {
     let t = d.cast::<PyTuple>()?;
-    if t.len() != 4 {
+    if t.len() != 4 && t.len() != 5 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "describe() must return 4 items, got {}",
+            "describe() must return 4 or 5 items, got {}",
             t.len()
         )));
     }
@@ -1073,11 +1182,25 @@ fn description(d: &Bound<'_, PyAny>) -> PyResult<(String, String, String, Vec<St
         .try_iter()?
         .map(|line| Ok(line?.str()?.to_string_lossy().into_owned()))
         .collect::<PyResult<Vec<String>>>()?;
-    Ok((text(0)?, text(1)?, text(2)?, traceback))
+    let attributes = if t.len() == 5 { attribute_values(&t.get_item(4)?) } else { Vec::new() };
+    Ok((text(0)?, text(1)?, text(2)?, traceback, attributes))
+}
+
+/// The attributes `describe` found, as wire values; none if they cannot
+/// all be sent by value.
+fn attribute_values(attributes: &Bound<'_, PyAny>) -> Vec<(Value, Value)> {
+    let mut encoded = Vec::new();
+    if Encoder::new(&mut encoded, 0, Handles::Refuse).encode(attributes, 0).is_err() {
+        return Vec::new();
+    }
+    match decode_value(&mut encoded.as_slice(), &mut ValueBuilder, 0) {
+        Ok(Value::Map(pairs)) if pairs.iter().all(|(k, _)| matches!(k, Value::Str(_))) => pairs,
+        _ => Vec::new(),
+    }
 }
 
 /// Used when `describe` itself fails: the type and message, no traceback.
-fn fallback_description(exc: &Bound<'_, PyAny>) -> (String, String, String, Vec<String>) {
+fn fallback_description(exc: &Bound<'_, PyAny>) -> Description {
     let ty = exc.get_type();
     let exc_type = ty.qualname().map(|s| s.to_string_lossy().into_owned());
     let exc_module = ty.module().map(|s| s.to_string_lossy().into_owned());
@@ -1086,6 +1209,7 @@ fn fallback_description(exc: &Bound<'_, PyAny>) -> (String, String, String, Vec<
         exc_type.unwrap_or_else(|_| "BaseException".to_owned()),
         exc_module.unwrap_or_else(|_| "builtins".to_owned()),
         message.unwrap_or_else(|_| "<exception str() failed>".to_owned()),
+        Vec::new(),
         Vec::new(),
     )
 }

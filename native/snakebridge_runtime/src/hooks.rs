@@ -173,6 +173,9 @@ pub struct PythonError {
     pub exc_module: String,
     pub message: String,
     pub traceback: Vec<String>,
+    /// The msgpack encoding of the exception's public attributes (a map of
+    /// names to values, with no handles in it).
+    pub attributes: Vec<u8>,
 }
 
 /// What a call's caller is sent: one final reply, after any number of

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use snakebridge_protocol::{
-    handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
+    handle_ids, DecodeError, FrameDecoder, Header, Kind, Message, Value, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
 };
 
 use crate::connection::Connection;
@@ -203,13 +203,21 @@ fn route_reply<H: Hooks>(
                 exc_module,
                 message,
                 traceback,
+                attributes,
                 ..
-            } => Outcome::PythonError(PythonError {
-                exc_type,
-                exc_module,
-                message,
-                traceback,
-            }),
+            } => {
+                let mut encoded = Vec::new();
+                Value::Map(attributes)
+                    .encode(&mut encoded)
+                    .map_err(|e| DecodeError::Invalid(format!("exception attributes: {e}")))?;
+                Outcome::PythonError(PythonError {
+                    exc_type,
+                    exc_module,
+                    message,
+                    traceback,
+                    attributes: encoded,
+                })
+            }
             Message::Failure { reason, message, .. } => {
                 let reason = Reason::from_worker(&reason)
                     .ok_or_else(|| DecodeError::Invalid(format!("unknown failure reason {reason:?}")))?;

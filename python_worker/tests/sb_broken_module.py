@@ -1,0 +1,7 @@
+"""Fails while it is imported."""
+
+BROKEN = 1 / 0
+
+
+def f() -> None:
+    pass

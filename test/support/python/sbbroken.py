@@ -1,0 +1,3 @@
+"""Fails while it is imported."""
+
+VALUE = {}["not here"]
