@@ -455,3 +455,9 @@ async def spin_then_sleep(path: str, spin_seconds: float, sleep_seconds: float) 
         pass
     await asyncio.sleep(sleep_seconds)
     return "slept"
+
+
+def flushed_then_sleep(seconds: float) -> str:
+    print("flushed", flush=True)
+    time.sleep(seconds)
+    return "slept"

@@ -18,7 +18,7 @@ defmodule SnakeBridge.AffinityTest do
   # call routed by load alone would go to another worker.
   defp keep_busy(object, seconds) do
     Task.async(fn ->
-      SnakeBridge.call("sbaffinity", "busy", [seconds, object], timeout: 10_000)
+      SnakeBridge.call("sbaffinity", "busy", [seconds, object], pool: object.pool, timeout: 10_000)
     end)
   end
 
@@ -47,7 +47,8 @@ defmodule SnakeBridge.AffinityTest do
                 SnakeBridge.call("datetime", "timedelta", [], kwargs: [days: round], pool: pool)
 
               result = SnakeBridge.call("operator", "add", [date, delta], pool: pool)
-              Task.await(busy)
+              home = Object.os_pid(date)
+              assert {:ok, ^home} = Task.await(busy)
               result
             end)
             |> Task.await(10_000)
