@@ -10,16 +10,25 @@ defmodule SnakeBridge.AffinityTest do
   defp start_pool(size) do
     name = :"affinity_#{size}_#{System.unique_integer([:positive])}"
     start_supervised!({SnakeBridge.Pool, pool_opts(name, size: size)}, id: name)
-    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end)
+    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end, 30_000)
     name
   end
 
   # Keeps the worker holding `object` busy from another process, so that a
   # call routed by load alone would go to another worker.
   defp keep_busy(object, seconds) do
-    Task.async(fn ->
-      SnakeBridge.call("sbaffinity", "busy", [seconds, object], pool: object.pool, timeout: 10_000)
+    home = Object.os_pid(object)
+
+    task =
+      Task.async(fn ->
+        SnakeBridge.call("sbaffinity", "busy", [seconds, object], pool: object.pool, timeout: 30_000)
+      end)
+
+    wait_until(fn ->
+      Enum.any?(SnakeBridge.stats(object.pool).workers, &(&1.os_pid == home and &1.in_flight > 0))
     end)
+
+    task
   end
 
   defp worker_pid(pool, opts \\ []) do
@@ -41,7 +50,6 @@ defmodule SnakeBridge.AffinityTest do
             Task.async(fn ->
               {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 28], pool: pool)
               busy = keep_busy(date, 0.05)
-              Process.sleep(5)
 
               {:ok, delta} =
                 SnakeBridge.call("datetime", "timedelta", [], kwargs: [days: round], pool: pool)
@@ -122,13 +130,11 @@ defmodule SnakeBridge.AffinityTest do
       home = Object.os_pid(held)
 
       busy = keep_busy(held, 0.3)
-      Process.sleep(20)
       # Its worker is the busy one, yet the call goes there (and waits).
       assert worker_pid(pool) == home
       assert {:ok, ^home} = Task.await(busy)
 
       busy = keep_busy(held, 0.3)
-      Process.sleep(20)
       SnakeBridge.release(held)
       # Now the least busy worker takes it.
       assert worker_pid(pool) != home

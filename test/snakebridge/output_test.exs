@@ -10,7 +10,7 @@ defmodule SnakeBridge.OutputTest do
     name = :"output_#{System.unique_integer([:positive])}"
     start_supervised!({SnakeBridge.Pool, pool_opts(name, Keyword.merge([size: 1], opts))}, id: name)
     TestLogHandler.attach(name)
-    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end)
+    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end, 30_000)
     name
   end
 

@@ -8,7 +8,7 @@ defmodule SnakeBridge.RestartTest do
   defp start_pool(size) do
     name = :"restart_#{size}_#{System.unique_integer([:positive])}"
     start_supervised!({Pool, pool_opts(name, size: size)}, id: name)
-    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end)
+    wait_until(fn -> Enum.all?(SnakeBridge.stats(name).workers, &(&1.state == :ready)) end, 30_000)
     name
   end
 
