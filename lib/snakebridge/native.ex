@@ -110,8 +110,7 @@ defmodule SnakeBridge.Native do
   @doc false
   def start_call(module, function, args, [], timeout) when is_binary(module) do
     submit(
-      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0},
-       nil},
+      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}, nil},
       timeout
     )
   end

@@ -114,7 +114,7 @@ defmodule SnakeBridge.Session do
         SnakeBridge.method(model, "predict", [x])
       end)
   """
-  @spec run(worker(), (-> result)) :: result when result: term()
+  @spec run(worker(), (() -> result)) :: result when result: term()
   def run(worker, fun) do
     object = object!(worker)
 

@@ -155,7 +155,9 @@ defmodule SnakeBridge.AffinityTest do
       System.cmd("kill", ["-9", Integer.to_string(home)])
       wait_until(fn -> Object.os_pid(held) == nil end)
       assert is_integer(worker_pid(pool))
-      assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.call("builtins", "id", [held], pool: pool)
+
+      assert {:error, %Error{reason: :stale_handle}} =
+               SnakeBridge.call("builtins", "id", [held], pool: pool)
     end
 
     test "objects of another pool do not steer calls", %{pool: pool} do
@@ -219,7 +221,10 @@ defmodule SnakeBridge.AffinityTest do
       session = Session.new!(pool: pool)
       home = Session.os_pid(session)
       assert SnakeBridge.eval!("import os; os.getpid()", %{}, pool: pool, worker: session) == home
-      assert [^home] = SnakeBridge.stream("sbaffinity", "pid_stream", [], pool: pool, worker: session) |> Enum.to_list()
+
+      assert [^home] =
+               SnakeBridge.stream("sbaffinity", "pid_stream", [], pool: pool, worker: session)
+               |> Enum.to_list()
     end
 
     test "an object of another worker inside a session is a conflict that says what to do",
@@ -288,9 +293,11 @@ defmodule SnakeBridge.AffinityTest do
         Session.pin("x")
       end
 
-      assert_raise ArgumentError, ~r/expected :worker to be a SnakeBridge.Object or a SnakeBridge.Session/, fn ->
-        SnakeBridge.call("math", "sqrt", [4.0], worker: self())
-      end
+      assert_raise ArgumentError,
+                   ~r/expected :worker to be a SnakeBridge.Object or a SnakeBridge.Session/,
+                   fn ->
+                     SnakeBridge.call("math", "sqrt", [4.0], worker: self())
+                   end
 
       assert_raise ArgumentError, ~r/expected the pool name to be an atom/, fn ->
         Session.new(pool: "default")

@@ -21,7 +21,9 @@ defmodule SnakeBridge.OutputTest do
 
     output =
       capture_io(fn ->
-        assert {:ok, "t1"} = SnakeBridge.call("sbaffinity", "print_both", ["t1"], pool: pool, output: :caller)
+        assert {:ok, "t1"} =
+                 SnakeBridge.call("sbaffinity", "print_both", ["t1"], pool: pool, output: :caller)
+
         IO.write("after\n")
       end)
 
@@ -35,7 +37,8 @@ defmodule SnakeBridge.OutputTest do
 
     output =
       capture_io(fn ->
-        assert {:ok, 3000} = SnakeBridge.call("sbaffinity", "print_lines", [3000], pool: pool, output: :caller)
+        assert {:ok, 3000} =
+                 SnakeBridge.call("sbaffinity", "print_lines", [3000], pool: pool, output: :caller)
       end)
 
     assert output == lines(3000)
@@ -43,7 +46,9 @@ defmodule SnakeBridge.OutputTest do
 
   test "the pool's output: :caller is the default of its calls; output: :log overrides it" do
     pool = start_pool(output: :caller)
-    assert capture_io(fn -> SnakeBridge.call!("sbaffinity", "print_lines", [2], pool: pool) end) == lines(2)
+
+    assert capture_io(fn -> SnakeBridge.call!("sbaffinity", "print_lines", [2], pool: pool) end) ==
+             lines(2)
 
     assert capture_io(fn ->
              SnakeBridge.call!("sbaffinity", "print_lines", [1], pool: pool, output: :log)
@@ -55,7 +60,10 @@ defmodule SnakeBridge.OutputTest do
 
   test "the default stays the log" do
     pool = start_pool()
-    assert capture_io(fn -> SnakeBridge.call!("sbaffinity", "print_lines", [1], pool: pool) end) == ""
+
+    assert capture_io(fn -> SnakeBridge.call!("sbaffinity", "print_lines", [1], pool: pool) end) ==
+             ""
+
     assert_receive {:log, :info, "line 0", _}, 5_000
   end
 
@@ -64,7 +72,9 @@ defmodule SnakeBridge.OutputTest do
 
     output =
       capture_io(fn ->
-        {:ok, ref} = Native.call_async("sbaffinity", "print_lines", [5, "stderr"], pool: pool, output: :caller)
+        {:ok, ref} =
+          Native.call_async("sbaffinity", "print_lines", [5, "stderr"], pool: pool, output: :caller)
+
         assert SnakeBridge.await(ref) == {:ok, 5}
       end)
 
@@ -93,6 +103,7 @@ defmodule SnakeBridge.OutputTest do
     output =
       capture_io(fn ->
         SnakeBridge.call!("sbaffinity", "write_partial", ["no newline"], pool: pool, output: :caller)
+
         SnakeBridge.call!("sbaffinity", "write_partial", ["next\n"], pool: pool, output: :caller)
       end)
 
@@ -121,13 +132,19 @@ defmodule SnakeBridge.OutputTest do
 
   test "eval with output: :caller" do
     pool = start_pool()
-    assert capture_io(fn -> SnakeBridge.eval!("print('hi from eval')", %{}, pool: pool, output: :caller) end) ==
+
+    assert capture_io(fn ->
+             SnakeBridge.eval!("print('hi from eval')", %{}, pool: pool, output: :caller)
+           end) ==
              "hi from eval\n"
   end
 
   test "print(flush=True) sends the line while the call runs" do
     pool = start_pool()
-    {:ok, ref} = Native.call_async("sbaffinity", "print_then_sleep", ["live", 0.5], pool: pool, output: :caller)
+
+    {:ok, ref} =
+      Native.call_async("sbaffinity", "print_then_sleep", ["live", 0.5], pool: pool, output: :caller)
+
     assert_receive {:snakebridge_output, ^ref, :stdout, "before sleep live"}, 5_000
     refute_received {:snakebridge, ^ref, _}
     assert capture_io(fn -> assert SnakeBridge.await(ref) == {:ok, nil} end) == "after sleep live\n"
@@ -139,7 +156,11 @@ defmodule SnakeBridge.OutputTest do
     output =
       capture_io(fn ->
         assert {:error, %Error{reason: :timeout}} =
-                 SnakeBridge.call("sbaffinity", "print_then_sleep", ["to", 5], pool: pool, output: :caller, timeout: 300)
+                 SnakeBridge.call("sbaffinity", "print_then_sleep", ["to", 5],
+                   pool: pool,
+                   output: :caller,
+                   timeout: 300
+                 )
       end)
 
     assert output == "before sleep to\n"
@@ -151,7 +172,9 @@ defmodule SnakeBridge.OutputTest do
 
     output =
       capture_io(fn ->
-        {:ok, ref} = Native.call_async("sbaffinity", "print_then_sleep", ["c", 5], pool: pool, output: :caller)
+        {:ok, ref} =
+          Native.call_async("sbaffinity", "print_then_sleep", ["c", 5], pool: pool, output: :caller)
+
         Process.sleep(300)
         assert SnakeBridge.cancel(ref) == :ok
       end)

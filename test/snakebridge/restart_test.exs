@@ -29,9 +29,17 @@ defmodule SnakeBridge.RestartTest do
       0 ->
         result =
           case rem(length(results), 3) do
-            0 -> SnakeBridge.call("operator", "add", [i, 1], pool: pool, timeout: 30_000)
-            1 -> SnakeBridge.call("sbhelpers", "sleep", [0.02, i + 1], pool: pool, timeout: 30_000)
-            2 -> SnakeBridge.eval("import asyncio\nawait asyncio.sleep(0.01)\nx + 1", %{"x" => i}, pool: pool, timeout: 30_000)
+            0 ->
+              SnakeBridge.call("operator", "add", [i, 1], pool: pool, timeout: 30_000)
+
+            1 ->
+              SnakeBridge.call("sbhelpers", "sleep", [0.02, i + 1], pool: pool, timeout: 30_000)
+
+            2 ->
+              SnakeBridge.eval("import asyncio\nawait asyncio.sleep(0.01)\nx + 1", %{"x" => i},
+                pool: pool,
+                timeout: 30_000
+              )
           end
 
         call_until_stopped(pool, i, [result | results])
@@ -61,7 +69,9 @@ defmodule SnakeBridge.RestartTest do
 
       for {results, i} <- Enum.with_index(results, 1) do
         assert results != []
-        assert Enum.all?(results, &(&1 == {:ok, i + 1})), inspect(Enum.reject(results, &(&1 == {:ok, i + 1})))
+
+        assert Enum.all?(results, &(&1 == {:ok, i + 1})),
+               inspect(Enum.reject(results, &(&1 == {:ok, i + 1})))
       end
 
       assert Enum.all?(SnakeBridge.stats(pool).workers, &(&1.restarts == 1))
@@ -73,12 +83,18 @@ defmodule SnakeBridge.RestartTest do
     {:ok, held} = SnakeBridge.call("builtins", "object", [], pool: pool)
     assert Pool.restart(pool) == :ok
     assert Object.os_pid(held) == nil
-    assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.call("builtins", "id", [held], pool: pool)
+
+    assert {:error, %Error{reason: :stale_handle}} =
+             SnakeBridge.call("builtins", "id", [held], pool: pool)
+
     assert {:ok, 3} = SnakeBridge.call("operator", "add", [1, 2], pool: pool)
   end
 
   test "a pool that does not run, and a bad name" do
     assert {:error, %Error{reason: :pool_not_found}} = Pool.restart(:no_such_pool_to_restart)
-    assert_raise ArgumentError, ~r/expected the pool name to be an atom/, fn -> Pool.restart("default") end
+
+    assert_raise ArgumentError, ~r/expected the pool name to be an atom/, fn ->
+      Pool.restart("default")
+    end
   end
 end
