@@ -78,6 +78,33 @@ defmodule SnakeBridge.RestartTest do
     end
   end
 
+  @tag :slow
+  test "callers that hold objects of the old workers keep calling through it" do
+    pool = start_pool(2)
+
+    callers =
+      for i <- 1..4 do
+        Task.async(fn ->
+          # Their plain calls follow this object to its worker, until it drains.
+          {:ok, held} = SnakeBridge.call("builtins", "object", [], pool: pool)
+          results = call_until_stopped(pool, i, [])
+          {held, results}
+        end)
+      end
+
+    Process.sleep(200)
+    assert Pool.restart(pool) == :ok
+    Process.sleep(200)
+
+    for {{held, results}, i} <- Enum.with_index(stop_callers(callers), 1) do
+      assert Object.os_pid(held) == nil
+      assert results != []
+
+      assert Enum.all?(results, &(&1 == {:ok, i + 1})),
+             inspect(Enum.reject(results, &(&1 == {:ok, i + 1})))
+    end
+  end
+
   test "objects of the old workers are gone; their holders' plain calls go on" do
     pool = start_pool(2)
     {:ok, held} = SnakeBridge.call("builtins", "object", [], pool: pool)
