@@ -109,10 +109,9 @@ defmodule SnakeBridge.Native do
   # SnakeBridge.call/4.
   @doc false
   def start_call(module, function, args, [], timeout) when is_binary(module) do
-    submit(
-      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}, nil},
-      timeout
-    )
+    function = Args.name!(function, :function)
+    args = Args.list!(args, :args)
+    nif_submit(:default, module, function, args, [], timeout, {0, 0}, pinned(:default))
   end
 
   def start_call(target, function, args, opts, timeout) do
@@ -141,29 +140,28 @@ defmodule SnakeBridge.Native do
   # Queues a call checked by request!/5. A call with no `:worker` of its
   # own runs where the process is pinned, if it is, in that pool.
   @doc false
-  def submit({pool, target, function, args, kwargs, mode, nil}, timeout) do
-    near =
-      case Process.get(@pin) do
-        %Object{pool: ^pool, ref: ref} -> ref
-        _ -> nil
-      end
-
-    submit_near({pool, target, function, args, kwargs, mode, near}, timeout)
+  def submit({pool, target, function, args, kwargs, mode, near}, timeout) do
+    nif_submit(pool, target, function, args, kwargs, timeout, mode, near || pinned(pool))
   end
-
-  def submit(request, timeout), do: submit_near(request, timeout)
 
   # Makes an object to anchor a session: on the workers in turn, so that
   # sessions spread over the pool, whatever the process is pinned to.
   @doc false
   def submit_anchor(pool, timeout) do
-    submit_near({pool, "builtins", "object", [], [], {@as_handle ||| @spread, 0}, nil}, timeout)
+    nif_submit(pool, "builtins", "object", [], [], timeout, {@as_handle ||| @spread, 0}, nil)
   end
 
   @doc false
   def pin_key, do: @pin
 
-  defp submit_near({pool, target, function, args, kwargs, mode, near}, timeout) do
+  defp pinned(pool) do
+    case Process.get(@pin) do
+      %Object{pool: ^pool, ref: ref} -> ref
+      _ -> nil
+    end
+  end
+
+  defp nif_submit(pool, target, function, args, kwargs, timeout, mode, near) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
