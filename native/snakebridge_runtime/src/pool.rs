@@ -369,10 +369,6 @@ impl<H: Hooks> Pool<H> {
         if shared.stopping.load(Ordering::Acquire) || shared.is_unavailable() {
             return self.submit(call, frame);
         }
-        if let Err(failure) = shared.breaker.admit() {
-            shared.table.remove(call.id);
-            return Err(failure);
-        }
         let size = shared.slots.len();
         let start = shared.spread.fetch_add(1, Ordering::Relaxed);
         let found = (0..size).find_map(|i| {
@@ -385,10 +381,14 @@ impl<H: Hooks> Pool<H> {
             };
             Some((route, conn))
         });
-        match found {
-            Some((route, conn)) => self.send_to(call, frame, route, &conn, Vec::new(), false),
-            None => self.submit(call, frame),
+        let Some((route, conn)) = found else {
+            return self.submit(call, frame);
+        };
+        if let Err(failure) = shared.breaker.admit() {
+            shared.table.remove(call.id);
+            return Err(failure);
         }
+        self.send_to(call, frame, route, &conn, Vec::new(), false)
     }
 
     /// The connection to the worker `route` names, if it still takes calls.
