@@ -52,11 +52,13 @@ defmodule SnakeBridge do
   which stays in its worker until no Elixir process refers to the handle any
   more. Call its methods with `method/4`, read and write its attributes with
   `getattr/3` and `setattr/4`, call it with `call/3`, or pass it to other
-  calls. A process's calls follow its objects to their worker, so objects
-  it makes live together; `SnakeBridge.Session` puts the work of several
-  processes in one worker. So a round trip turns atoms (other than the three float atoms, `nil`,
+  calls. So a round trip turns atoms (other than the three float atoms, `nil`,
   `true` and `false`) into strings, map keys included, and
   `SnakeBridge.bytes(bin)` into `bin`.
+
+  A process's calls follow its objects to their worker, so the objects it
+  makes live together; `SnakeBridge.Session` puts the work of several
+  processes in one worker.
 
   ## Objects, streams, async and eval
 
