@@ -64,6 +64,10 @@ defmodule SnakeBridge do
   `true` and `false`) into strings, map keys included, and
   `SnakeBridge.bytes(bin)` into `bin`.
 
+  A process's calls follow its objects to their worker, so the objects it
+  makes live together; `SnakeBridge.Session` puts the work of several
+  processes in one worker.
+
   ## Objects, streams, async and eval
 
       iex> {:ok, rng} = SnakeBridge.call("random", "Random", [42])
@@ -94,7 +98,7 @@ defmodule SnakeBridge do
   sent to Python.
   """
 
-  alias SnakeBridge.{Args, Error, NIF, Native, Object}
+  alias SnakeBridge.{Args, Error, NIF, Native, Object, Output}
 
   @default_timeout 5_000
 
@@ -110,6 +114,8 @@ defmodule SnakeBridge do
           | {:timeout, SnakeBridge.Types.timeout_ms()}
           | {:pool, SnakeBridge.Types.pool()}
           | {:as, :value | :handle | :arrow}
+          | {:output, :caller | :log}
+          | {:worker, Object.t() | SnakeBridge.Session.t()}
 
   # Items a stream may send ahead of its consumer, by default.
   @default_window 64
@@ -144,6 +150,14 @@ defmodule SnakeBridge do
     * `:as` — `:handle` returns the result as a `SnakeBridge.Object` whatever
       its type; `:arrow` returns a pandas `DataFrame` or pyarrow `Table` as
       a `SnakeBridge.Arrow` (Arrow IPC stream bytes). Default `:value`.
+    * `:output` — `:caller` writes what the call prints to `sys.stdout` and
+      `sys.stderr` to the caller's group leader (a Livebook cell,
+      `ExUnit.CaptureIO`), in order, before the call returns; `:log` logs
+      it. Default: the pool's `:output` (`:log` unless set).
+    * `:worker` — a `SnakeBridge.Object` or `SnakeBridge.Session`: run in the
+      worker that holds it (see `SnakeBridge.Session`). Default: where the
+      process is pinned, else where its objects are, else the least busy
+      worker.
 
   ## Examples
 
@@ -177,7 +191,7 @@ defmodule SnakeBridge do
   def call(module, function, args, opts) do
     {timeout, opts} =
       opts
-      |> Args.opts!([:kwargs, :pool, :as, timeout: @default_timeout])
+      |> Args.opts!([:kwargs, :pool, :as, :output, :worker, timeout: @default_timeout])
       |> Keyword.pop!(:timeout)
 
     Args.timeout!(timeout)
@@ -401,7 +415,7 @@ defmodule SnakeBridge do
 
   ## Options
 
-    * `:kwargs`, `:pool` — as for `call/4`.
+    * `:kwargs`, `:pool`, `:output`, `:worker` — as for `call/4`.
     * `:window` — items in flight between the worker and the consumer,
       `1..4_294_967_295`. Default #{@default_window}.
     * `:timeout` — milliseconds to wait for each next item
@@ -430,7 +444,16 @@ defmodule SnakeBridge do
   end
 
   def stream(module, function, args, opts) do
-    opts = Args.opts!(opts, [:kwargs, :pool, window: @default_window, timeout: @default_timeout])
+    opts =
+      Args.opts!(opts, [
+        :kwargs,
+        :pool,
+        :output,
+        :worker,
+        window: @default_window,
+        timeout: @default_timeout
+      ])
+
     {stream_opts, call_opts} = Keyword.split(opts, [:window, :timeout])
     window = Args.window!(stream_opts[:window])
     timeout = Args.timeout!(stream_opts[:timeout])
@@ -479,9 +502,10 @@ defmodule SnakeBridge do
 
   ## Options
 
-  `:timeout`, `:pool` and `:as`, as for `call/4` (`:pool` only with a map:
-  a namespace runs in its own pool); with a namespace, `:globals`, a map of
-  names to set in it before the code runs.
+  `:timeout`, `:pool`, `:as`, `:output` and `:worker`, as for `call/4`
+  (`:pool` and `:worker` only with a map: a namespace runs in its own
+  worker); with a namespace, `:globals`, a map of names to set in it before
+  the code runs.
 
   ## Examples
 
@@ -516,7 +540,7 @@ defmodule SnakeBridge do
   def eval(code, globals, opts) do
     code = code!(code)
     globals = Args.globals!(globals)
-    opts = Args.opts!(opts, [:pool, :as, timeout: @default_timeout])
+    opts = Args.opts!(opts, [:pool, :as, :output, :worker, timeout: @default_timeout])
     call("snakebridge_worker.evaluate", "evaluate", [code, globals], opts)
   end
 
@@ -575,7 +599,8 @@ defmodule SnakeBridge do
   and returns it: `{:ok, value}` or `{:error, error}`.
 
   Must be called from the process that made the call (the reply goes to its
-  mailbox). After `timeout` milliseconds the call is cancelled and
+  mailbox). For a call made with `output: :caller`, the lines it printed are
+  written to the group leader first, in order. After `timeout` milliseconds the call is cancelled and
   `{:error, %SnakeBridge.Error{reason: :timeout}}` returned — unless the reply
   raced the timeout, in which case the reply is returned. Either way no
   message for `ref` is left behind.
@@ -593,33 +618,53 @@ defmodule SnakeBridge do
   def await(ref, timeout \\ @default_timeout) do
     Args.ref!(ref, "the call's ref")
     Args.timeout!(timeout)
+    receive_reply(ref, timeout, timeout, nil)
+  end
 
+  # Output of the call (`output: :caller`) comes ahead of its reply and is
+  # written as it comes. `wait` is what is left of `timeout`, counted from
+  # the first line of output (`deadline`, nil before: a call that prints
+  # nothing reads no clock).
+  defp receive_reply(ref, timeout, wait, deadline) do
     receive do
-      {:snakebridge, ^ref, result} -> result
+      {:snakebridge, ^ref, result} ->
+        result
+
+      {:snakebridge_output, ^ref, _device, line} ->
+        Output.write(line)
+        deadline = deadline || Output.deadline(wait)
+        receive_reply(ref, timeout, Output.left(deadline), deadline)
     after
-      timeout ->
-        # :timeout, not a plain cancel: the pool's circuit breaker counts it.
-        case cancel_call(ref, :timeout) do
-          :cancelled ->
-            timeout_error(timeout)
-
-          :replied ->
-            receive do
-              {:snakebridge, ^ref, result} -> result
-            after
-              @reply_grace -> timeout_error(timeout)
-            end
-
-          :unknown ->
-            # Not (or no longer) known to the runtime: if it answered at all,
-            # the answer is already here.
-            receive do
-              {:snakebridge, ^ref, result} -> result
-            after
-              0 -> timeout_error(timeout)
-            end
-        end
+      wait -> give_up(ref, timeout)
     end
+  end
+
+  defp give_up(ref, timeout) do
+    # :timeout, not a plain cancel: the pool's circuit breaker counts it.
+    result =
+      case cancel_call(ref, :timeout) do
+        :cancelled ->
+          timeout_error(timeout)
+
+        :replied ->
+          receive do
+            {:snakebridge, ^ref, result} -> result
+          after
+            @reply_grace -> timeout_error(timeout)
+          end
+
+        :unknown ->
+          # Not (or no longer) known to the runtime: if it answered at all,
+          # the answer is already here.
+          receive do
+            {:snakebridge, ^ref, result} -> result
+          after
+            0 -> timeout_error(timeout)
+          end
+      end
+
+    Output.flush(ref)
+    result
   end
 
   @doc """
@@ -653,6 +698,9 @@ defmodule SnakeBridge do
           0 -> :ok
         end
     end
+
+    # What the call printed before it was cancelled (output: :caller).
+    Output.flush(ref)
   end
 
   @doc """
@@ -725,7 +773,7 @@ defmodule SnakeBridge do
   end
 
   defp object_opts(%Object{pool: pool}, opts) do
-    opts = Args.opts!(opts, [:as, timeout: @default_timeout])
+    opts = Args.opts!(opts, [:as, :output, timeout: @default_timeout])
     Keyword.put(opts, :pool, pool)
   end
 

@@ -15,18 +15,28 @@ defmodule SnakeBridge.Native do
 
   import Bitwise
 
-  alias SnakeBridge.{Args, NIF, Object, Prepare}
+  alias SnakeBridge.{Args, NIF, Object, Prepare, Session}
 
   # The protocol's call flags (native/snakebridge_protocol/src/message.rs).
   @as_handle 1
   @stream 2
   @as_arrow 4
+  # The host's own flags, above the protocol's (native/snakebridge_nif/src/call.rs).
+  @output_caller 0x10000
+  @output_log 0x20000
+  @spread 0x40000
+
+  # Where SnakeBridge.Session.run/2 and pin/1 keep the object whose worker
+  # the process's calls go to.
+  @pin :"$snakebridge_worker"
 
   @typedoc "Options of `call_async/4`."
   @type option ::
           {:kwargs, keyword() | map()}
           | {:pool, SnakeBridge.Types.pool()}
           | {:as, :value | :handle | :arrow}
+          | {:output, :caller | :log}
+          | {:worker, Object.t() | Session.t()}
 
   @doc """
   Queues a call to `module.function(*args, **kwargs)` in a pool's Python
@@ -65,6 +75,15 @@ defmodule SnakeBridge.Native do
       `Table`) as a `SnakeBridge.Arrow` (needs pyarrow in the worker's
       Python); `:value` (the default) converts it when it
       has an Elixir equivalent.
+    * `:output` — `:caller` sends what the call prints to `sys.stdout` and
+      `sys.stderr` to the caller, as `{:snakebridge_output, ref, device, line}`
+      messages (`device` is `:stdout` or `:stderr`) ahead of the reply,
+      which `SnakeBridge.await/2` writes to the caller's group leader;
+      `:log` logs it. Default: the pool's `:output`.
+    * `:worker` — a `SnakeBridge.Object` or `SnakeBridge.Session`: the call
+      runs in the worker that holds it. Default: the process's pin
+      (`SnakeBridge.Session.run/2`), else where the caller's objects are,
+      else the least busy worker.
 
   ## Examples
 
@@ -93,10 +112,8 @@ defmodule SnakeBridge.Native do
   # SnakeBridge.call/4.
   @doc false
   def start_call(module, function, args, [], timeout) when is_binary(module) do
-    submit(
-      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}},
-      timeout
-    )
+    request = {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}, nil}
+    submit(request, timeout)
   end
 
   def start_call(target, function, args, opts, timeout) do
@@ -108,17 +125,18 @@ defmodule SnakeBridge.Native do
   # before the consumer grants more (see SnakeBridge.stream/4).
   @doc false
   def request!(target, function, args, opts, stream \\ nil) do
-    opts = Args.opts!(opts, [:pool, kwargs: [], as: :value])
-    as = as_flag(opts[:as])
+    opts = Args.opts!(opts, [:pool, :output, :worker, kwargs: [], as: :value])
+    flags = as_flag(opts[:as]) ||| output_flag(opts[:output])
+    worker = worker!(opts[:worker])
 
     mode =
       case stream do
-        nil -> {as, 0}
-        window -> {as ||| @stream, Args.window!(window)}
+        nil -> {flags, 0}
+        window -> {flags ||| @stream, Args.window!(window)}
       end
 
-    {pool(target, opts[:pool]), target!(target), function!(target, function),
-     Args.list!(args, :args), Args.kwargs!(opts[:kwargs]), mode}
+    {pool(target, worker, opts[:pool]), target!(target), function!(target, function),
+     Args.list!(args, :args), Args.kwargs!(opts[:kwargs]), mode, worker && worker.ref}
   end
 
   # Queues a call checked by request!/5, in a pool of this node or, for a
@@ -128,25 +146,53 @@ defmodule SnakeBridge.Native do
     SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
   end
 
+  # Queues a call in a pool of this node. A call with no `:worker` of its
+  # own runs where the process is pinned, if it is, in that pool.
   @doc false
-  def submit_local({pool, target, function, args, kwargs, mode} = request, timeout) do
+  def submit_local({pool, target, function, args, kwargs, mode, near}, timeout) do
+    near = near || pinned(pool)
+
     # Structs the NIF cannot write (Nx tensors, structs with a
     # SnakeBridge.Encoder implementation) are converted in Elixir and the
     # call is encoded again; only calls that hold such structs pay for that.
-    with {:error, %SnakeBridge.Error{reason: :unsupported_type}} = error <- encode(request, timeout) do
+    with {:error, %SnakeBridge.Error{reason: :unsupported_type}} = error <-
+           nif_submit(pool, target, function, args, kwargs, timeout, mode, near) do
       case Prepare.call(args, kwargs) do
-        {:ok, args, kwargs} -> encode({pool, target, function, args, kwargs, mode}, timeout)
+        {:ok, args, kwargs} -> nif_submit(pool, target, function, args, kwargs, timeout, mode, near)
         :unchanged -> error
       end
     end
   end
 
-  defp encode({pool, target, function, args, kwargs, mode}, timeout) do
+  # Makes an object to anchor a session: on the workers in turn, so that
+  # sessions spread over the pool, whatever the process is pinned to.
+  @doc false
+  def submit_anchor(pool, timeout) do
+    nif_submit(pool, "builtins", "object", [], [], timeout, {@as_handle ||| @spread, 0}, nil)
+  end
+
+  # Flags a call made on behalf of other processes (the cluster's relay):
+  # it follows no process's objects and spreads over the workers.
+  @doc false
+  def spread({pool, target, function, args, kwargs, {flags, window}, near}),
+    do: {pool, target, function, args, kwargs, {flags ||| @spread, window}, near}
+
+  @doc false
+  def pin_key, do: @pin
+
+  defp pinned(pool) do
+    case Process.get(@pin) do
+      %Object{pool: ^pool, ref: ref} -> ref
+      _ -> nil
+    end
+  end
+
+  defp nif_submit(pool, target, function, args, kwargs, timeout, mode, near) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
-    case NIF.submit(pool, target, function, args, kwargs, timeout, mode) do
-      :dirty -> NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode)
+    case NIF.submit(pool, target, function, args, kwargs, timeout, mode, near) do
+      :dirty -> NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode, near)
       result -> result
     end
   end
@@ -159,12 +205,31 @@ defmodule SnakeBridge.Native do
     raise ArgumentError, "expected :as to be :value, :handle or :arrow, got: #{inspect(other)}"
   end
 
-  defp pool(%Object{pool: pool}, nil), do: pool
-  defp pool(_module, nil), do: :default
+  defp output_flag(nil), do: 0
+  defp output_flag(:caller), do: @output_caller
+  defp output_flag(:log), do: @output_log
 
-  defp pool(_target, pool) when is_atom(pool), do: pool
+  defp output_flag(other) do
+    raise ArgumentError, "expected :output to be :caller or :log, got: #{inspect(other)}"
+  end
 
-  defp pool(_target, pool) do
+  defp worker!(nil), do: nil
+  defp worker!(%Session{object: object}), do: Args.object!(object)
+  defp worker!(%Object{} = object), do: Args.object!(object)
+
+  defp worker!(other) do
+    raise ArgumentError,
+          "expected :worker to be a SnakeBridge.Object or a SnakeBridge.Session, got: " <>
+            inspect(other)
+  end
+
+  defp pool(%Object{pool: pool}, _worker, nil), do: pool
+  defp pool(_module, %Object{pool: pool}, nil), do: pool
+  defp pool(_module, nil, nil), do: :default
+
+  defp pool(_target, _worker, pool) when is_atom(pool), do: pool
+
+  defp pool(_target, _worker, pool) do
     raise ArgumentError, "expected :pool to be an atom, got: #{inspect(pool)}"
   end
 

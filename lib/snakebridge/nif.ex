@@ -31,12 +31,15 @@ defmodule SnakeBridge.NIF do
   def pool_stop(_pool), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit(_pool, _target, _function, _args, _kwargs, _timeout, _mode),
+  def submit(_pool, _target, _function, _args, _kwargs, _timeout, _mode, _near),
     do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def submit_dirty(_pool, _target, _function, _args, _kwargs, _timeout, _mode),
+  def submit_dirty(_pool, _target, _function, _args, _kwargs, _timeout, _mode, _near),
     do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def pool_restart(_pool), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def stream_credit(_ref, _n), do: :erlang.nif_error(:nif_not_loaded)

@@ -53,6 +53,11 @@ defmodule SnakeBridge.Pool do
       that may wait to be logged; past it, lines are dropped. Default `1_000`.
     * `:log_rate` — lines of Python output logged per second at most, after
       a burst of `:log_queue` lines; past it, lines are dropped. Default `1_000`.
+    * `:output` — where what a call prints to `sys.stdout` and `sys.stderr`
+      goes: `:log` (the default) logs it (see "Logging" below); `:caller`
+      writes it to the calling process's group leader before the call
+      returns (see `SnakeBridge.call/4`'s `:output`, which overrides this
+      per call). Output written outside any call is logged either way.
     * `:circuit_breaker` — `false` (the default), `true`, or
       `[failures: 10, window: 10_000, cooldown: 5_000]` (any omitted key
       takes that default). With it, `failures` counted within `window`
@@ -122,6 +127,7 @@ defmodule SnakeBridge.Pool do
           | {:cancel_grace, pos_integer()}
           | {:log_queue, pos_integer()}
           | {:log_rate, pos_integer()}
+          | {:output, :log | :caller}
           | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
           | {:cluster, boolean() | [SnakeBridge.Cluster.option()]}
 
@@ -179,6 +185,7 @@ defmodule SnakeBridge.Pool do
         cancel_grace: 2_000,
         log_queue: 1_000,
         log_rate: 1_000,
+        output: :log,
         circuit_breaker: false,
         cluster: false
       )
@@ -201,10 +208,36 @@ defmodule SnakeBridge.Pool do
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
+      output: check!(opts, :output, &(&1 in [:log, :caller]), ":log or :caller"),
       circuit_breaker: circuit_breaker!(opts[:circuit_breaker]),
       cluster: SnakeBridge.Cluster.options!(opts[:cluster])
     }
   end
+
+  @doc """
+  Replaces the pool's Python workers with new processes, one at a time,
+  and returns `:ok` once every one is new: to pick up changed code, or to
+  start from fresh interpreters.
+
+  Each worker in turn takes no new calls, answers the ones it has (its
+  waiting `async def` tasks included), and exits; the next one is replaced
+  only once its replacement runs. Meanwhile calls go to the other workers
+  (with `size: 1`, they wait for the new worker within their timeout), so
+  no call fails for the restart. What lived in the old processes is gone:
+  their objects (`:stale_handle`), module state, and open streams (which
+  end with `:worker_exited`). A worker stuck in a long call holds the
+  restart up until it answers. Blocks the caller until done.
+
+  Returns `{:error, %SnakeBridge.Error{}}` when no such pool runs
+  (`:pool_not_found`) or it stops meanwhile (`:python_unavailable`).
+  Raises `ArgumentError` when `name` is not an atom.
+
+  ## Examples
+
+      :ok = SnakeBridge.Pool.restart(:default)
+  """
+  @spec restart(atom()) :: :ok | {:error, Error.t()}
+  def restart(name \\ :default), do: NIF.pool_restart(SnakeBridge.Args.pool!(name))
 
   ## GenServer
 

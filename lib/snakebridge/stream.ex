@@ -12,7 +12,7 @@ defmodule SnakeBridge.Stream do
   # costs one message per half window.
   @moduledoc false
 
-  alias SnakeBridge.{Error, NIF}
+  alias SnakeBridge.{Error, NIF, Output}
 
   defstruct [:ref, :window, :timeout, owed: 0, last: 0, done: false]
 
@@ -38,6 +38,12 @@ defmodule SnakeBridge.Stream do
     receive do
       {:snakebridge_stream, ^ref, items} ->
         {items, %{state | last: length(items)}}
+
+      # Printed by the generator, with `output: :caller`: written in its
+      # place among the items.
+      {:snakebridge_output, ^ref, _device, line} ->
+        Output.write(line)
+        next(state)
 
       {:snakebridge, ^ref, {:ok, _}} ->
         {:halt, %{state | done: true}}

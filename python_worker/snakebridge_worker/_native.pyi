@@ -49,5 +49,8 @@ def output(source: int, text: str, call: CallInfo | None = None) -> None:
 def log(level: int, text: str, call: CallInfo | None = None) -> None:
     """Sends one formatted ``logging`` record at its numeric level."""
 
+def flush() -> None:
+    """Sends the complete lines written so far now, instead of ahead of the call's reply."""
+
 def current_call() -> CallInfo | None:
     """``(id, module, function)`` of the call the main thread runs."""

@@ -4,7 +4,8 @@ While the worker serves, ``sys.stdout`` and ``sys.stderr`` are text streams
 that hand what is written to the native module, which sends each complete
 line to the host tagged with the call that wrote it (its caller, module and
 function become Elixir ``Logger`` metadata). Text without a final newline is
-sent when the call ends. A handler on the root logger sends each ``logging``
+sent when the call ends. Lines go out ahead of the call's reply, or at
+once on ``flush()`` (``print(..., flush=True)``). A handler on the root logger sends each ``logging``
 record, formatted (with its exception text), at its own level.
 
 The root logger's level is left alone (WARNING unless user code changes it),
@@ -70,6 +71,10 @@ class CallStream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         _native.output(self._source, text, CALL.get())
         return len(text)
+
+    def flush(self) -> None:
+        """Sends the complete lines so far at once (``print(..., flush=True)``)."""
+        _native.flush()
 
 
 class CallHandler(logging.Handler):

@@ -481,3 +481,9 @@ class NeedMore(Exception):
 
 def need_more(n: int) -> None:
     raise NeedMore(n)
+
+
+def flushed_then_sleep(seconds: float) -> str:
+    print("flushed", flush=True)
+    time.sleep(seconds)
+    return "slept"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import OK, OUTPUT, Worker
+from conftest import OK, OUTPUT, Worker, loads
 
 STDOUT, STDERR, LOGGING = 0, 1, 2
 
@@ -84,3 +84,13 @@ def test_a_lot_of_output_does_not_disturb_replies(worker: Worker) -> None:
     assert worker.ok("operator", "add", [1, 2]) == 3
     assert len(worker.output) == 20_002
     assert worker.output[-3][4] == "stdout line 19999"
+
+
+def test_flush_sends_the_lines_so_far_while_the_call_runs(worker: Worker) -> None:
+    call_id = worker.start("sb_helpers", "flushed_then_sleep", [0.5])
+    # The line comes long before the reply: read it while the call sleeps.
+    worker.sock.settimeout(0.3)
+    message = loads(worker.recv_body())
+    worker.sock.settimeout(None)
+    assert message[:5] == [OUTPUT, call_id, STDOUT, 20, "flushed"]
+    assert worker.recv() == [OK, call_id, "slept"]

@@ -19,15 +19,13 @@ defmodule SnakeBridge.ObjectTest do
 
   defp unique(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
 
-  # Objects created one after another land on the least busy worker, which
-  # alternates between two idle workers: find two held by different ones.
-  # A lone caller keeps to the first idle worker: keeping that one busy
-  # sends the next call to the other.
+  # A process's calls follow its objects, so two objects on two workers are
+  # made in two sessions, which take the workers in turn.
   defp counters_on_two_workers do
-    {:ok, busy} = SnakeBridge.Native.call_async("time", "sleep", [0.2], pool: @pool)
-    other = new_counter()
-    assert {:ok, nil} = SnakeBridge.await(busy)
-    first = new_counter()
+    wait_until(fn -> Enum.all?(SnakeBridge.stats(@pool).workers, &(&1.state == :ready)) end)
+    [one, two] = for _ <- 1..2, do: SnakeBridge.Session.new!(pool: @pool)
+    first = SnakeBridge.call!("sbobjects", "Counter", [0], pool: @pool, worker: one)
+    other = SnakeBridge.call!("sbobjects", "Counter", [0], pool: @pool, worker: two)
     assert Object.os_pid(first) != Object.os_pid(other)
     {first, other}
   end

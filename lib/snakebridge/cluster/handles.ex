@@ -81,11 +81,17 @@ defmodule SnakeBridge.Cluster.Handles do
   # they stand for.
   @doc false
   @spec import(tuple()) :: {:ok, tuple()} | {:error, Error.t()}
-  def import({pool, target, function, args, kwargs, mode}) do
-    {:ok, {pool, resolve(target), function, resolve(args), resolve(kwargs), mode}}
+  def import({pool, target, function, args, kwargs, mode, near}) do
+    {:ok, {pool, resolve(target), function, resolve(args), resolve(kwargs), mode, resolve_near(near)}}
   catch
     {:handle, error} -> {:error, error}
   end
+
+  # A `:worker` arrives as the handle of the object it names.
+  defp resolve_near(nil), do: nil
+
+  defp resolve_near(handle),
+    do: resolve(%Object{ref: handle, type: "session", repr: nil, pool: nil}).ref
 
   defp resolve(%Object{ref: handle} = object) do
     case :ets.lookup(@objects, handle) do

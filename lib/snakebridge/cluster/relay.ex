@@ -116,7 +116,7 @@ defmodule SnakeBridge.Cluster.Relay do
 
   defp run(client, {:call, ref, caller, request, timeout}, state) do
     with {:ok, request} <- Handles.import(request),
-         {:ok, local_ref} <- Native.submit_local(request, timeout) do
+         {:ok, local_ref} <- request |> Native.spread() |> Native.submit_local(timeout) do
       monitor = if stream?(request), do: Process.monitor(caller)
 
       %{
@@ -172,7 +172,7 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
-  defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}}),
+  defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
     do: Bitwise.band(flags, 2) != 0
 
   ## Objects

@@ -37,13 +37,19 @@ defmodule SnakeBridge.Cluster.Router do
 
   @doc false
   @spec route(tuple()) :: :local | {:remote, node()} | {:error, Error.t()}
-  def route({pool, target, _function, args, kwargs, _mode}) do
+  def route({pool, target, _function, args, kwargs, _mode, near}) do
     case target do
-      # An object runs where it lives.
+      # An object runs where it lives, and so does a call with a `:worker`.
       %Object{ref: ref} when node(ref) != node() ->
         {:remote, node(ref)}
 
       %Object{} ->
+        :local
+
+      _module when is_reference(near) and node(near) != node() ->
+        {:remote, node(near)}
+
+      _module when is_reference(near) ->
         :local
 
       _module ->
@@ -57,10 +63,10 @@ defmodule SnakeBridge.Cluster.Router do
   # The node that objects among a call's arguments pin it to, if any.
   @doc false
   @spec pinned_node(tuple()) :: {:ok, node() | nil} | {:error, Error.t()}
-  def pinned_node({_pool, %Object{ref: ref}, _function, _args, _kwargs, _mode}),
+  def pinned_node({_pool, %Object{ref: ref}, _function, _args, _kwargs, _mode, _near}),
     do: {:ok, node(ref)}
 
-  def pinned_node({_pool, _module, _function, args, kwargs, _mode}) do
+  def pinned_node({_pool, _module, _function, args, kwargs, _mode, _near}) do
     {:ok, object_node(kwargs, object_node(args, nil))}
   catch
     {:conflict, nodes} -> {:error, conflict(nodes)}
@@ -93,7 +99,7 @@ defmodule SnakeBridge.Cluster.Router do
   end
 
   defp route_members(pool, members, args, kwargs) do
-    case pinned_node({pool, nil, nil, args, kwargs, nil}) do
+    case pinned_node({pool, nil, nil, args, kwargs, nil, nil}) do
       {:ok, nil} -> choose(pool, members |> Enum.map(&node/1) |> Enum.uniq())
       {:ok, node} when node == node() -> :local
       {:ok, node} -> {:remote, node}

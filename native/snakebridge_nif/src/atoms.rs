@@ -90,4 +90,8 @@ rustler::atoms! {
     cooldown,
     opened,
     retry_in_ms,
+    snakebridge_output,
+    stdout,
+    stderr,
+    output,
 }

@@ -2,13 +2,14 @@
 
 use std::hash::{DefaultHasher, Hasher};
 
-use rustler::{Atom, Binary, Encoder, Env, NifResult, Term};
+use rustler::{Atom, Binary, Encoder, Env, NifResult, ResourceArc, Term};
 use snakebridge_protocol::value as wire;
 use snakebridge_protocol::{FrameWriter, Kind, MAX_FRAME_LEN};
 use snakebridge_runtime::{Call, CancelOutcome, CancelReason};
 
 use crate::atoms;
 use crate::delivery::Caller;
+use crate::object::ObjectResource;
 use crate::encode::{EncodeError, TermEncoder};
 use crate::errors;
 use crate::pool::{call_table, lookup, not_found};
@@ -22,20 +23,31 @@ const NORMAL_BUDGET: usize = 64 * 1024;
 const ID_OFFSET: usize = 4 + 1 + 1 + 1;
 
 /// What a call asks of its worker besides arguments: `flags` (the
-/// protocol's call flags) and, for a stream, `window`, the items it may send
-/// before the consumer grants more.
+/// protocol's call flags, plus the host's own above them) and, for a
+/// stream, `window`, the items it may send before the consumer grants more.
 #[derive(rustler::NifTuple)]
 struct Mode {
     flags: u64,
     window: u64,
 }
 
+/// Flags at and above this bit are the host's, never sent to the worker.
+const HOST_FLAGS: u64 = 1 << 16;
+/// `output: :caller`: the call's `print` output goes to its caller.
+const OUTPUT_CALLER: u64 = 1 << 16;
+/// `output: :log`: the call's output is logged, whatever the pool's default.
+const OUTPUT_LOG: u64 = 1 << 17;
+/// The call goes to the workers in turn, not where its caller's objects
+/// are (`SnakeBridge.Session.new/1`).
+const SPREAD: u64 = 1 << 18;
+
 /// Encodes and queues a call on a normal scheduler; returns `:dirty` when
 /// the arguments are too big for that, and the caller retries with
 /// [`submit_dirty`].
 ///
 /// `target` is a module name or a `%SnakeBridge.Object{}`; `function` is a
-/// name, or nil to call the object itself.
+/// name, or nil to call the object itself. `near` is nil, or the resource
+/// of an object whose worker must run the call (`:worker`).
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn submit<'a>(
@@ -47,8 +59,10 @@ fn submit<'a>(
     kwargs: Term<'a>,
     timeout: Term<'a>,
     mode: Mode,
+    near: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    submit_call(env, pool, Request { target, function, positional, kwargs }, timeout, mode, NORMAL_BUDGET)
+    let request = Request { target, function, positional, kwargs, near };
+    submit_call(env, pool, request, timeout, mode, NORMAL_BUDGET)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -62,8 +76,10 @@ fn submit_dirty<'a>(
     kwargs: Term<'a>,
     timeout: Term<'a>,
     mode: Mode,
+    near: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    submit_call(env, pool, Request { target, function, positional, kwargs }, timeout, mode, usize::MAX)
+    let request = Request { target, function, positional, kwargs, near };
+    submit_call(env, pool, request, timeout, mode, usize::MAX)
 }
 
 /// The terms that make up a call.
@@ -72,6 +88,7 @@ struct Request<'a> {
     function: Term<'a>,
     positional: Term<'a>,
     kwargs: Term<'a>,
+    near: Term<'a>,
 }
 
 fn submit_call<'a>(
@@ -103,6 +120,16 @@ fn submit_call<'a>(
     frame.extend_from_slice(&[0x99, Kind::Call as u8, 0xcf, 0, 0, 0, 0, 0, 0, 0, 0]);
     wire::write_u64(&mut frame, deadline);
     let mut encoder = TermEncoder::new(&mut frame, budget);
+    if request.near != atoms::nil().to_term(env) {
+        let near: ResourceArc<ObjectResource> = request.near.decode()?;
+        let Some(object) = near.get() else {
+            let message = "the :worker object (or session) was released with SnakeBridge.release/1";
+            return Ok(errors::error_tuple(env, atoms::stale_handle(), message));
+        };
+        // First among the call's objects: it decides the worker, and an
+        // object of the call held elsewhere is a conflict.
+        encoder.objects.push(object);
+    }
     let encoded = (|| {
         let names = |e: snakebridge_protocol::EncodeError| (EncodeError::from(e), "");
         match request.target.decode::<Binary>() {
@@ -120,7 +147,7 @@ fn submit_call<'a>(
         }
         encoder.args(request.positional).map_err(|e| (e, "args"))?;
         encoder.kwargs(request.kwargs).map_err(|e| (e, "kwargs"))?;
-        wire::write_u64(encoder.out, mode.flags);
+        wire::write_u64(encoder.out, mode.flags & (HOST_FLAGS - 1));
         wire::write_u64(encoder.out, mode.window);
         Ok::<_, (EncodeError, &str)>(())
     })();
@@ -142,10 +169,15 @@ fn submit_call<'a>(
     }
 
     let caller_pid = env.pid();
+    let output = mode.flags & OUTPUT_CALLER != 0 || (mode.flags & OUTPUT_LOG == 0 && pool.hooks().output_to_caller);
+    // The pid's term value (an immediate) names the process for affinity;
+    // a spread call follows no one.
+    let owner = if mode.flags & SPREAD != 0 { 0 } else { caller_pid.encode(env).as_c_arg() as u64 };
     let (reference, call) = loop {
         let reference = env.make_ref();
         let bytes = reference.encode(env).to_binary();
-        let call = Call::new(call_id(bytes.as_slice()), Caller { pid: caller_pid, reference: bytes });
+        let id = call_id(bytes.as_slice());
+        let call = Call::owned(id, Caller { pid: caller_pid, reference: bytes, output }, owner);
         // A hash collision with a pending call: take a fresh reference.
         if call_table().insert(call.clone()) {
             break (reference, call);
@@ -154,6 +186,7 @@ fn submit_call<'a>(
     frame[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&call.id.to_be_bytes());
     let submitted = match objects.first() {
         Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
+        None if mode.flags & SPREAD != 0 => pool.submit_spread(call, frame),
         None => pool.submit(call, frame),
     };
     match submitted {

@@ -10,7 +10,7 @@
 use rustler::sys::{enif_send, ErlNifEnv};
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reader, Reason, WorkerEvent};
+use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
@@ -68,6 +68,9 @@ impl Courier {
 pub struct Caller {
     pub pid: LocalPid,
     pub reference: OwnedBinary,
+    /// Whether the call's `print` output goes to the caller (as
+    /// `{:snakebridge_output, ref, device, line}`) rather than to the log.
+    pub output: bool,
 }
 
 /// Hooks for one pool; logs and events go to the pool's owner process.
@@ -75,6 +78,9 @@ pub struct Delivery {
     pub owner: LocalPid,
     /// The pool's name, which its objects carry.
     pub pool: Atom,
+    /// The pool's `output: :caller`: calls send their output to their
+    /// caller unless they say otherwise.
+    pub output_to_caller: bool,
 }
 
 impl Delivery {
@@ -187,6 +193,26 @@ impl Hooks for Delivery {
             }
             (atoms::snakebridge_log(), line.os_pid, level, text, metadata)
         });
+    }
+
+    /// `{:snakebridge_output, ref, :stdout | :stderr, line}` to the caller,
+    /// for a call made with `output: :caller`.
+    fn output(&self, courier: &mut Courier, caller: &Caller, stream: Stream, text: &[u8]) -> bool {
+        if !caller.output {
+            return false;
+        }
+        courier.send(&caller.pid, |env| {
+            let reference = env
+                .binary_to_term(caller.reference.as_slice())
+                .map(|(term, _)| term)
+                .expect("a reference encoded by term_to_binary decodes");
+            let device = if stream == Stream::Stderr { atoms::stderr() } else { atoms::stdout() };
+            let mut bin = rustler::NewBinary::new(env, text.len());
+            bin.as_mut_slice().copy_from_slice(text);
+            let line: Term = bin.into();
+            (atoms::snakebridge_output(), reference, device, line)
+        });
+        true
     }
 
     fn log_dropped(&self, courier: &mut Courier, count: u64) {

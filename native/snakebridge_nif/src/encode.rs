@@ -61,8 +61,12 @@ impl EncodeError {
                 format!("{}: the object was released with SnakeBridge.release/1", place(path))
             }
             EncodeError::Conflict { path } => format!(
-                "{}: this object lives in another Python worker than the call's other objects; \
-                 a call runs in one worker, so its objects must come from the same one",
+                "{}: this object lives in another Python worker than the call's other objects \
+                 (or its :worker); a call runs in one worker, so its objects must come from the \
+                 same one. A process's calls follow its objects; to combine objects made by \
+                 several processes, make them in one worker: inside \
+                 SnakeBridge.Session.run(object_or_session, fun), or with the \
+                 `worker: object_or_session` option",
                 place(path)
             ),
             EncodeError::NeedsDirty => "needs a dirty scheduler".to_owned(),

@@ -4,9 +4,9 @@
 //!
 //! | module     | what it holds                                              |
 //! |------------|------------------------------------------------------------|
-//! | `call`     | `submit/7`, `submit_dirty/7`, `stream_credit/2`, `cancel/1,2` |
+//! | `call`     | `submit/8`, `submit_dirty/8`, `stream_credit/2`, `cancel/1,2` |
 //! | `object`   | `%SnakeBridge.Object{}`'s resource, `release/1`, `object_os_pid/1` |
-//! | `pool`     | `pool_start/2`, `pool_stop/1`, `stats/1`, the pool registry |
+//! | `pool`     | `pool_start/2`, `pool_stop/1`, `pool_restart/1`, `stats/1`, the pool registry |
 //! | `encode`   | term → msgpack, with the path to anything unsupported      |
 //! | `decode`   | msgpack → term                                             |
 //! | `delivery` | the runtime's hooks: replies, logs and events as messages  |

@@ -103,6 +103,7 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.log_rate = field::<u32>(config, atoms::log_rate())?.max(1);
     pool_config.breaker = breaker_config(config.map_get(atoms::circuit_breaker())?)?;
     let owner: LocalPid = field(config, atoms::owner())?;
+    let output_to_caller = config.map_get(atoms::output()).is_ok_and(|o| o == atoms::caller().to_term(env));
 
     let mut pools = registry().write();
     if pools.contains_key(&name.as_c_arg()) {
@@ -110,7 +111,7 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
         return Ok(errors::error_tuple(env, atoms::already_started(), &message));
     }
     let pool_name = inspect_atom(name, env);
-    let pool = match Pool::start(pool_name, pool_config, Arc::new(Delivery { owner, pool: name }), call_table().clone()) {
+    let pool = match Pool::start(pool_name, pool_config, Arc::new(Delivery { owner, pool: name, output_to_caller }), call_table().clone()) {
         Ok(pool) => Arc::new(pool),
         Err(e) => {
             let message = format!("could not start pool threads: {e}");
@@ -134,6 +135,19 @@ fn pool_stop(resource: ResourceArc<PoolResource>) -> Atom {
     resource.pool.stop();
     resource.stopped.store(true, Ordering::Release);
     atoms::ok()
+}
+
+/// Replaces the pool's workers one at a time (see `Pool::restart`): `:ok`
+/// once every one is new. Blocks, so on a dirty I/O scheduler.
+#[rustler::nif(schedule = "DirtyIo")]
+fn pool_restart<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
+    let Some(pool) = lookup(name) else {
+        return not_found(env, name);
+    };
+    match pool.restart() {
+        Ok(()) => atoms::ok().encode(env),
+        Err(failure) => (atoms::error(), errors::failure(env, &failure)).encode(env),
+    }
 }
 
 /// Reads each worker's memory from /proc, so it runs on a dirty I/O scheduler.

@@ -153,6 +153,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cancel::cancel_signal, m)?)?;
     m.add_function(wrap_pyfunction!(output::output, m)?)?;
     m.add_function(wrap_pyfunction!(output::log, m)?)?;
+    m.add_function(wrap_pyfunction!(output::flush, m)?)?;
     m.add_function(wrap_pyfunction!(output::current_call, m)?)?;
     m.add_class::<convert::Tagged>()?;
     m.add("CallCancelled", py.get_type::<CallCancelled>())?;

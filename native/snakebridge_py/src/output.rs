@@ -283,6 +283,14 @@ pub(crate) fn log(
     Ok(())
 }
 
+/// `_native.flush()`: sends the complete lines written so far now, rather
+/// than ahead of the running call's reply (`print(..., flush=True)`, a
+/// progress report). Text without a newline still waits for it.
+#[pyfunction]
+pub(crate) fn flush(py: Python<'_>) {
+    write_pending(py);
+}
+
 /// `_native.current_call()`: `(id, module, function)` of the call the main
 /// thread runs, or `None`; asyncio tasks keep it in a context variable.
 #[pyfunction]

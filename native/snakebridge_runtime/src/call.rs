@@ -39,6 +39,8 @@ const STREAMING: u8 = 4;
 pub struct Call<C> {
     pub id: u64,
     pub caller: C,
+    /// Who the caller is, for affinity (see `affinity`); 0 for no one.
+    pub owner: u64,
     state: AtomicU8,
     /// Incarnation of the worker process the call was written to (0: none yet).
     worker: AtomicU64,
@@ -46,9 +48,16 @@ pub struct Call<C> {
 
 impl<C> Call<C> {
     pub fn new(id: u64, caller: C) -> Arc<Self> {
+        Self::owned(id, caller, 0)
+    }
+
+    /// A call of caller `owner` (nonzero): calls of one owner that name no
+    /// object go where its objects live.
+    pub fn owned(id: u64, caller: C, owner: u64) -> Arc<Self> {
         Arc::new(Call {
             id,
             caller,
+            owner,
             state: AtomicU8::new(QUEUED),
             worker: AtomicU64::new(0),
         })

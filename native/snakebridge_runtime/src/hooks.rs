@@ -223,6 +223,13 @@ pub trait Hooks: Send + Sync + 'static {
     /// One line of worker output; called from one thread per pool, at most
     /// at the pool's `log_rate`.
     fn log(&self, courier: &mut Self::Courier, line: LogLine<'_, Self::Caller>);
+    /// One line that Python wrote to `sys.stdout` or `sys.stderr` while
+    /// running a call of `caller`, sent straight from the reader, ahead of
+    /// the call's reply. True when the caller took it (it asked for its
+    /// calls' output); false sends it to [`Hooks::log`] instead.
+    fn output(&self, _courier: &mut Self::Courier, _caller: &Self::Caller, _stream: Stream, _text: &[u8]) -> bool {
+        false
+    }
     /// `count` lines of worker output were dropped (the pool's log queue was
     /// full, or lines came faster than its `log_rate`).
     fn log_dropped(&self, courier: &mut Self::Courier, count: u64);

@@ -22,6 +22,7 @@
 //! refers to them through [`ObjectRef`]s, which route calls that use them to
 //! that worker and release them there when dropped (see `object`).
 
+mod affinity;
 mod breaker;
 mod call;
 mod config;

@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use crate::affinity::Affinity;
 use crate::connection::Connection;
 use crate::slot::Slot;
 
@@ -20,6 +21,8 @@ pub struct ObjectRef {
     pub(crate) route: Route,
     conn: Weak<Connection>,
     slot: Weak<Slot>,
+    /// The caller it was made for, whose calls follow it (see `affinity`).
+    owner: Option<(Arc<Affinity>, u64)>,
 }
 
 /// Where a call that uses an object must run: one slot of one pool, and the
@@ -46,7 +49,10 @@ impl Drop for ObjectRef {
     fn drop(&mut self) {
         // Runs wherever the last reference goes: for the NIF, in a resource
         // destructor during a garbage collection, so nothing here may block
-        // for long (one uncontended mutex, one non-blocking send).
+        // for long (uncontended mutexes, one non-blocking send).
+        if let Some((affinity, key)) = &self.owner {
+            affinity.release(*key, self.route);
+        }
         let Some(conn) = self.conn.upgrade() else {
             return;
         };
@@ -73,20 +79,30 @@ pub struct Origin<'a> {
     pub(crate) pool: u64,
     pub(crate) slot: &'a Arc<Slot>,
     pub(crate) conn: &'a Arc<Connection>,
+    /// The pool's affinity table, and the key of the caller the handles
+    /// go to (0: none, such as a reply nobody reads).
+    pub(crate) affinity: &'a Arc<Affinity>,
+    pub(crate) owner: u64,
 }
 
 impl Origin<'_> {
     pub fn object(&self, id: u64) -> Arc<ObjectRef> {
         self.conn.objects.fetch_add(1, Ordering::Relaxed);
+        let route = Route {
+            pool: self.pool,
+            slot: self.slot.index(),
+            incarnation: self.conn.incarnation,
+        };
+        let owner = (self.owner != 0).then(|| {
+            self.affinity.hold(self.owner, route);
+            (self.affinity.clone(), self.owner)
+        });
         Arc::new(ObjectRef {
             id,
-            route: Route {
-                pool: self.pool,
-                slot: self.slot.index(),
-                incarnation: self.conn.incarnation,
-            },
+            route,
             conn: Arc::downgrade(self.conn),
             slot: Arc::downgrade(self.slot),
+            owner,
         })
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use crate::affinity::Affinity;
 use crate::breaker::Breaker;
 use crate::call::{Call, CallTable};
 use crate::config::PoolConfig;
@@ -33,7 +34,11 @@ pub(crate) struct Job<C> {
     pub call: Arc<Call<C>>,
     pub frame: Vec<u8>,
     /// For a call that uses objects: the worker process that holds them.
+    /// Also set for a call that follows its caller's objects (`soft`).
     pub pinned: Option<u64>,
+    /// The call names no object: should its worker go away, it may run on
+    /// any other.
+    pub soft: bool,
     /// The objects the frame names, alive until it is written (see
     /// `object`): only ever dropped, never read.
     #[allow(dead_code)]
@@ -46,6 +51,7 @@ impl<C> Job<C> {
             call,
             frame,
             pinned: None,
+            soft: false,
             keep: Vec::new(),
         }
     }
@@ -104,6 +110,10 @@ pub(crate) struct Shared<H: Hooks> {
     pub logs: Arc<LogQueue<H::Caller>>,
     /// Shared with the pool's connections, which count timed-out calls.
     pub breaker: Arc<Breaker>,
+    /// Which worker each caller's objects live in.
+    pub affinity: Arc<Affinity>,
+    /// Where the next spread call starts looking (see `Pool::submit_spread`).
+    spread: AtomicUsize,
 }
 
 impl<H: Hooks> Shared<H> {
@@ -149,12 +159,15 @@ impl<H: Hooks> Shared<H> {
     }
 
     /// Puts back a job that was taken from the queue but not written. A
-    /// pinned job cannot go elsewhere: its worker is going away.
-    pub fn requeue(&self, courier: &mut H::Courier, job: Job<H::Caller>) {
-        if job.pinned.is_some() {
+    /// pinned job cannot go elsewhere: its worker is going away. One that
+    /// only followed its caller's objects can.
+    pub fn requeue(&self, courier: &mut H::Courier, mut job: Job<H::Caller>) {
+        if job.pinned.is_some() && !job.soft {
             self.fail_job(courier, job, stale_failure());
             return;
         }
+        job.pinned = None;
+        job.soft = false;
         if let Err(e) = self.queue_tx.try_send(job) {
             let job = e.into_inner();
             let failure = Failure::new(Reason::Overloaded, self.overloaded_message());
@@ -209,6 +222,8 @@ impl<H: Hooks> Pool<H> {
             held: AtomicUsize::new(0),
             logs: Arc::new(logs),
             breaker,
+            affinity: Arc::new(Affinity::default()),
+            spread: AtomicUsize::new(0),
         });
         let pool = Pool {
             shared: shared.clone(),
@@ -235,6 +250,11 @@ impl<H: Hooks> Pool<H> {
         &self.shared.name
     }
 
+    /// The embedder's hooks this pool was started with.
+    pub fn hooks(&self) -> &Arc<H> {
+        &self.shared.hooks
+    }
+
     /// Sends `call` (already in the call table) with its encoded `frame`.
     ///
     /// When nothing is queued, the frame is written to the least busy
@@ -256,6 +276,13 @@ impl<H: Hooks> Pool<H> {
         if let Some(failure) = refused {
             shared.table.remove(call.id);
             return Err(failure);
+        }
+        // A caller that holds objects keeps to their worker while it takes
+        // calls (see `affinity`).
+        if let Some(route) = shared.affinity.route(call.owner) {
+            if let Some(conn) = self.live(route) {
+                return self.send_to(call, frame, route, &conn, Vec::new(), true);
+            }
         }
         if frame.len() <= DIRECT_MAX && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
             return Ok(());
@@ -311,7 +338,11 @@ impl<H: Hooks> Pool<H> {
         } else if route.pool != shared.id || route.slot >= shared.slots.len() {
             Some(Failure::new(
                 Reason::HandleConflict,
-                format!("the call goes to pool {}, but its objects live in another pool", shared.name),
+                format!(
+                    "the call goes to pool {}, but its objects (or its :worker) live in another pool; \
+                     objects never leave their pool: pass `pool:` of theirs, or make them in this one",
+                    shared.name
+                ),
             ))
         } else if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
@@ -322,18 +353,69 @@ impl<H: Hooks> Pool<H> {
             shared.table.remove(call.id);
             return Err(failure);
         }
-        let slot = &shared.slots[route.slot];
-        let Some(conn) = slot
-            .connection()
-            .filter(|c| c.incarnation == route.incarnation && !c.is_retired())
-        else {
+        let Some(conn) = self.live(route) else {
             shared.table.remove(call.id);
             return Err(stale_failure());
         };
+        self.send_to(call, frame, route, &conn, keep, false)
+    }
+
+    /// Sends a call that uses no object to one worker, taking the workers
+    /// in turn from one call to the next: calls that each make an object
+    /// to work with later (`SnakeBridge.Session`) spread over the pool.
+    /// Falls back to [`Pool::submit`] while no worker runs.
+    pub fn submit_spread(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) || shared.is_unavailable() {
+            return self.submit(call, frame);
+        }
+        let size = shared.slots.len();
+        let start = shared.spread.fetch_add(1, Ordering::Relaxed);
+        let found = (0..size).find_map(|i| {
+            let slot = (start + i) % size;
+            let conn = shared.slots[slot].connection().filter(|c| !c.is_retired())?;
+            let route = Route {
+                pool: shared.id,
+                slot,
+                incarnation: conn.incarnation,
+            };
+            Some((route, conn))
+        });
+        let Some((route, conn)) = found else {
+            return self.submit(call, frame);
+        };
+        if let Err(failure) = shared.breaker.admit() {
+            shared.table.remove(call.id);
+            return Err(failure);
+        }
+        self.send_to(call, frame, route, &conn, Vec::new(), false)
+    }
+
+    /// The connection to the worker `route` names, if it still takes calls.
+    fn live(&self, route: Route) -> Option<Arc<Connection>> {
+        self.shared
+            .slots
+            .get(route.slot)?
+            .connection()
+            .filter(|c| c.incarnation == route.incarnation && !c.is_retired())
+    }
+
+    /// Writes the call to `conn`, the worker `route` names, or queues it
+    /// on that slot's own queue, behind the calls already there.
+    fn send_to(
+        &self,
+        call: Arc<Call<H::Caller>>,
+        frame: Vec<u8>,
+        route: Route,
+        conn: &Connection,
+        keep: Vec<Arc<ObjectRef>>,
+        soft: bool,
+    ) -> Result<(), Failure> {
+        let shared = &self.shared;
         let pinned = &shared.pinned[route.slot];
         if frame.len() <= DIRECT_MAX
             && pinned.pending.load(Ordering::Acquire) == 0
-            && write_direct_to(&conn, shared.config.window, &call, &frame)
+            && write_direct_to(conn, shared.config.window, &call, &frame)
         {
             return Ok(());
         }
@@ -346,6 +428,7 @@ impl<H: Hooks> Pool<H> {
             call,
             frame,
             pinned: Some(route.incarnation),
+            soft,
             keep,
         };
         if let Err(e) = pinned.tx.send(job) {
@@ -353,7 +436,35 @@ impl<H: Hooks> Pool<H> {
             shared.table.remove(e.into_inner().call.id);
             return Err(shared.stopped_failure());
         }
-        slot.wake_writer_now();
+        shared.slots[route.slot].wake_writer_now();
+        Ok(())
+    }
+
+    /// Replaces the workers one at a time: each is drained (it takes no new
+    /// calls, answers those it has, and exits, as when recycled) and this
+    /// waits until its slot runs a new process before draining the next, so
+    /// the other workers serve meanwhile and no call fails for it. Objects
+    /// of the old processes are gone (`stale_handle`), and their open
+    /// streams end with `worker_exited`. A slot with no running worker is
+    /// skipped: whatever starts there is new. Blocks; errs if the pool stops.
+    pub fn restart(&self) -> Result<(), Failure> {
+        let shared = &self.shared;
+        for slot in &shared.slots {
+            let Some(old) = slot.connection() else {
+                continue;
+            };
+            old.drain();
+            loop {
+                if shared.stopping.load(Ordering::Acquire) {
+                    return Err(shared.stopped_failure());
+                }
+                let replaced = slot.connection().is_some_and(|c| c.incarnation != old.incarnation);
+                if replaced || slot.is_unavailable() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         Ok(())
     }
 

@@ -159,14 +159,16 @@ fn route_reply<H: Hooks>(
 ) -> Result<(), DecodeError> {
     let mut fields = body;
     let header = Header::read(&mut fields)?;
-    let origin = Origin {
+    let mut origin = Origin {
         pool: shared.id,
         slot,
         conn,
+        affinity: &shared.affinity,
+        owner: 0,
     };
     match header.kind {
         Kind::Ok | Kind::PyError | Kind::Failure => {}
-        Kind::Items => return route_items(shared, &origin, header.id, fields, courier),
+        Kind::Items => return route_items(shared, &mut origin, header.id, fields, courier),
         Kind::Started => {
             if !conn.detach(header.id) {
                 return Err(DecodeError::Invalid(format!("call {} started, but none was sent", header.id)));
@@ -177,7 +179,7 @@ fn route_reply<H: Hooks>(
             conn.pong();
             return Ok(());
         }
-        Kind::Output => return route_output(shared, conn, body),
+        Kind::Output => return route_output(shared, conn, body, courier),
         other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
     }
     if !conn.finish(header.id) {
@@ -194,6 +196,14 @@ fn route_reply<H: Hooks>(
     }
     if header.kind != Kind::Failure {
         shared.breaker.success();
+    }
+    let call = shared.table.get(header.id);
+    if let Some(call) = &call {
+        if call.written_to() != conn.incarnation {
+            return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
+        }
+        // The objects in the result are its caller's.
+        origin.owner = call.owner;
     }
     let outcome = match header.kind {
         Kind::Ok => Outcome::Ok(fields, &origin),
@@ -226,10 +236,7 @@ fn route_reply<H: Hooks>(
             _ => unreachable!("kind checked above"),
         },
     };
-    if let Some(call) = shared.table.get(header.id) {
-        if call.written_to() != conn.incarnation {
-            return Err(DecodeError::Invalid(format!("reply to call {} that was not sent to it", header.id)));
-        }
+    if let Some(call) = call {
         if call.claim_reply() {
             // Counted only once claimed: a caller's own timeout that won the
             // race was counted by its cancel.
@@ -252,19 +259,21 @@ fn route_reply<H: Hooks>(
 /// Delivers a stream's next items, unless it was cancelled.
 fn route_items<H: Hooks>(
     shared: &Shared<H>,
-    origin: &Origin<'_>,
+    origin: &mut Origin<'_>,
     id: u64,
     fields: &[u8],
     courier: &mut H::Courier,
 ) -> Result<(), DecodeError> {
     origin.conn.heard();
-    let outcome = Outcome::Items(fields, origin);
     let Some(call) = shared.table.get(id) else {
-        return release_unread(origin, &outcome);
+        return release_unread(origin, &Outcome::Items(fields, origin));
     };
     if call.written_to() != origin.conn.incarnation {
         return Err(DecodeError::Invalid(format!("items for call {id} that was not sent to it")));
     }
+    origin.owner = call.owner;
+    let origin = &*origin;
+    let outcome = Outcome::Items(fields, origin);
     if !call.claim_items() {
         return release_unread(origin, &outcome);
     }
@@ -278,9 +287,15 @@ fn route_items<H: Hooks>(
     delivered
 }
 
-/// Queues a line the worker's Python code wrote, with the call that wrote
-/// it if that call's caller still waits.
-fn route_output<H: Hooks>(shared: &Shared<H>, conn: &Connection, body: &[u8]) -> Result<(), DecodeError> {
+/// Sends a line the worker's Python code wrote during a call to that call's
+/// caller, if it asked for its output ([`Hooks::output`]); else queues it
+/// for the log, with the call if its caller still waits.
+fn route_output<H: Hooks>(
+    shared: &Shared<H>,
+    conn: &Connection,
+    body: &[u8],
+    courier: &mut H::Courier,
+) -> Result<(), DecodeError> {
     conn.heard();
     let Message::Output {
         id,
@@ -308,6 +323,17 @@ fn route_output<H: Hooks>(shared: &Shared<H>, conn: &Connection, body: &[u8]) ->
         .then(|| shared.table.get(id))
         .flatten()
         .filter(|call| call.written_to() == conn.incarnation);
+    if let (Some(call), Stream::Stdout | Stream::Stderr) = (&call, stream) {
+        // Claimed as a stream's items are, so that once a cancel returns
+        // no line of the call reaches its caller any more.
+        if call.claim_items() {
+            let sent = shared.hooks.output(courier, &call.caller, stream, text.as_bytes());
+            call.items_delivered();
+            if sent {
+                return Ok(());
+            }
+        }
+    }
     shared.logs.push(Entry {
         os_pid: conn.os_pid,
         stream,

@@ -577,12 +577,17 @@ fn fail_sent_calls<H: Hooks>(
 }
 
 /// Fails the calls pinned to this slot's worker that is gone: whatever
-/// replaces it does not have their objects.
+/// replaces it does not have their objects. Calls that only followed their
+/// caller's objects go back to the pool's queue.
 fn fail_pinned_calls<H: Hooks>(shared: &Shared<H>, slot: &Slot, courier: &mut H::Courier) {
     let pinned = &shared.pinned[slot.index()];
     for job in pinned.rx.try_iter() {
         pinned.pending.fetch_sub(1, Ordering::AcqRel);
-        shared.fail_job(courier, job, stale_failure());
+        if job.soft {
+            shared.requeue(courier, job);
+        } else {
+            shared.fail_job(courier, job, stale_failure());
+        }
     }
 }
 

@@ -164,7 +164,7 @@ fn write_batch<H: Hooks>(
     }
     let mut stale = Vec::new();
     batch.retain(|job| {
-        if job.pinned.is_some_and(|incarnation| incarnation != conn.incarnation) {
+        if !job.soft && job.pinned.is_some_and(|incarnation| incarnation != conn.incarnation) {
             stale.push(job.call.clone());
             return false;
         }

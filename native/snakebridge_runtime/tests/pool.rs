@@ -130,6 +130,10 @@ struct Send {
     objects: Vec<Arc<ObjectRef>>,
     /// A stream, with this window.
     stream: Option<u64>,
+    /// Who makes the call, for affinity (0: no one).
+    owner: u64,
+    /// Sent with `submit_spread`.
+    spread: bool,
 }
 
 fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
@@ -164,13 +168,14 @@ impl TestPool {
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let alive = Arc::new(());
-        let call = Call::new(
+        let call = Call::owned(
             id,
             Caller {
                 id,
                 replies: tx,
                 alive: Arc::downgrade(&alive),
             },
+            send.owner,
         );
         let rx = Waiter {
             replies: rx,
@@ -192,6 +197,7 @@ impl TestPool {
         .unwrap();
         let submitted = match send.objects.first() {
             Some(first) => self.pool.submit_pinned(call, frame, first.route(), send.objects),
+            None if send.spread => self.pool.submit_spread(call, frame),
             None => self.pool.submit(call, frame),
         };
         (id, rx, submitted)
@@ -206,7 +212,7 @@ impl TestPool {
     fn call_on(&self, objects: &[Arc<ObjectRef>], module: &str, function: &str, args: Vec<Value>) -> Reply {
         let send = Send {
             objects: objects.to_vec(),
-            stream: None,
+            ..Send::default()
         };
         let (_, rx, submitted) = self.submit_with(module, function, args, send);
         if let Err(f) = submitted {
@@ -618,8 +624,8 @@ fn a_dead_workers_objects_are_stale() {
 fn streams_send_no_more_items_than_granted() {
     let p = start(|c| c.size = 1);
     let send = Send {
-        objects: vec![],
         stream: Some(3),
+        ..Send::default()
     };
     let (id, rx, submitted) = p.submit_with("builtins", "range", vec![Value::Int(10)], send);
     submitted.unwrap();
@@ -663,8 +669,8 @@ fn tasks_and_streams_leave_the_window() {
         .collect();
     // ...and a stream paused for want of credit...
     let send = Send {
-        objects: vec![],
         stream: Some(1),
+        ..Send::default()
     };
     let (_, stream, s) = p.submit_with("itertools", "count", vec![], send);
     s.unwrap();
@@ -984,4 +990,112 @@ fn young_workers_killed_from_outside_do_not_make_python_unavailable() {
     }
     let next = p.call("operator", "add", vec![Value::Int(1), Value::Int(2)]);
     assert_eq!(next, Reply::Ok(Value::Int(3)), "{:?}", p.pool.stats());
+}
+
+/// The OS pid of the worker that runs a call of `owner`.
+fn pid_for(p: &TestPool, owner: u64) -> u32 {
+    let send = Send {
+        owner,
+        ..Send::default()
+    };
+    let (_, rx, submitted) = p.submit_with("os", "getpid", vec![], send);
+    submitted.unwrap();
+    match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+        Reply::Ok(Value::Int(pid)) => pid as u32,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_callers_calls_follow_its_live_objects() {
+    let p = start(|c| c.size = 2);
+    p.wait_ready(2);
+    let send = Send {
+        owner: 7,
+        ..Send::default()
+    };
+    let (_, rx, submitted) = p.submit_with("builtins", "object", vec![], send);
+    submitted.unwrap();
+    assert!(matches!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), Reply::Ok(Value::Handle { .. })));
+    let object = p.take_objects().pop().unwrap();
+    let home = object.os_pid().unwrap();
+    // The home worker is busy: a call routed by load goes to the other one,
+    // the owner's goes home and waits.
+    let busy = Send {
+        objects: vec![object.clone()],
+        ..Send::default()
+    };
+    let (_, sleeping, submitted) = p.submit_with("time", "sleep", vec![Value::Float(0.3)], busy);
+    submitted.unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_ne!(pid_for(&p, 0), home);
+    assert_eq!(pid_for(&p, 7), home);
+    sleeping.recv_timeout(Duration::from_secs(20)).unwrap();
+    // An object of no one's in the same worker, to keep it busy with later.
+    assert!(matches!(p.call_on(std::slice::from_ref(&object), "builtins", "object", vec![]), Reply::Ok(Value::Handle { .. })));
+    let anchor = p.take_objects().pop().unwrap();
+    assert_eq!(anchor.os_pid(), Some(home));
+    // With its objects gone, the owner is load-balanced again.
+    drop(object);
+    let busy = Send {
+        objects: vec![anchor.clone()],
+        ..Send::default()
+    };
+    let (_, sleeping, submitted) = p.submit_with("time", "sleep", vec![Value::Float(0.3)], busy);
+    submitted.unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_ne!(pid_for(&p, 7), home);
+    sleeping.recv_timeout(Duration::from_secs(20)).unwrap();
+}
+
+#[test]
+fn spread_calls_take_the_workers_in_turn() {
+    let p = start(|c| c.size = 3);
+    p.wait_ready(3);
+    let pids: std::collections::HashSet<u32> = (0..3)
+        .map(|_| {
+            let send = Send {
+                spread: true,
+                ..Send::default()
+            };
+            let (_, rx, submitted) = p.submit_with("os", "getpid", vec![], send);
+            submitted.unwrap();
+            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+                Reply::Ok(Value::Int(pid)) => pid as u32,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(pids.len(), 3);
+}
+
+#[test]
+fn restart_replaces_every_worker_without_failing_calls() {
+    let p = Arc::new(start(|c| c.size = 2));
+    let before = p.wait_ready(2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|i| {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut replies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    replies.push(p.call("operator", "add", vec![Value::Int(i), Value::Int(1)]));
+                }
+                (i, replies)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    p.pool.restart().unwrap();
+    let after = p.pool.os_pids();
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|pid| !before.contains(pid)), "{before:?} -> {after:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let (i, replies) = caller.join().unwrap();
+        assert!(!replies.is_empty());
+        assert!(replies.iter().all(|r| *r == Reply::Ok(Value::Int(i + 1))), "{replies:?}");
+    }
 }
