@@ -12,7 +12,7 @@ defmodule SnakeBridge.AccessTest do
     :ok
   end
 
-  defp date(y, m, d), do: SnakeBridge.call!("datetime", "date", [y, m, d], pool: @pool)
+  defp date(y, m, d), do: SnakeBridge.call!("datetime", "date", [y, m, d], pool: @pool, as: :handle)
   defp counter(start), do: SnakeBridge.call!("sbobjects", "Counter", [start], pool: @pool)
 
   describe "getattr/3" do
@@ -33,8 +33,10 @@ defmodule SnakeBridge.AccessTest do
       assert SnakeBridge.getattr!("os.path", :sep, pool: @pool) == "/"
       assert SnakeBridge.getattr!("datetime.date", "max.year", pool: @pool) == 9999
 
+      assert SnakeBridge.getattr!("datetime", "date.min", pool: @pool) == ~D[0001-01-01]
+
       assert %Object{type: "datetime.date"} =
-               SnakeBridge.getattr!("datetime", "date.min", pool: @pool)
+               SnakeBridge.getattr!("datetime", "date.min", pool: @pool, as: :handle)
 
       assert %Object{type: "list"} = SnakeBridge.getattr!("sys", "path", pool: @pool, as: :handle)
     end
