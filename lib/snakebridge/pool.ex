@@ -62,6 +62,23 @@ defmodule SnakeBridge.Pool do
       dies with calls (once per worker), a call that times out on a worker,
       a worker that fails to start. Python exceptions never count.
       `SnakeBridge.stats/1` shows the state under `:circuit`.
+    * `:init` — what each worker runs before it is marked ready:
+      `[imports: ["numpy", "my_model"], code: "import torch\ntorch.set_num_threads(1)", timeout: 30_000]`.
+      `:imports` (default `[]`) are imported in order, then `:code` (default
+      `nil`) runs in a fresh namespace; `:timeout` (default `30_000`) is how
+      many milliseconds a worker may take to start, init included. Restarted
+      and recycled workers run it too. Calls wait for a ready worker within
+      their own `:timeout`. An init that raises is a failed start: the
+      warning logged, and the `:python_unavailable` error calls get once the
+      worker slot gives up (3 failed starts in a row), carry its traceback.
+      Default `[]` (no init).
+    * `:python_env` — build a virtualenv from `:python` with these packages
+      and run the workers in it; see `SnakeBridge.PythonEnv` for the options
+      (`:requirements`, `:pyproject`, `:find_links`, `:offline`, ...). The
+      pool starts once the environment is ready (built, or found in the
+      cache); when it cannot be built, the pool starts anyway and its calls
+      return `:python_unavailable` with the installer's last lines.
+      Default `nil`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -118,12 +135,22 @@ defmodule SnakeBridge.Pool do
           | {:log_queue, pos_integer()}
           | {:log_rate, pos_integer()}
           | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
+          | {:init, [init_option()]}
+          | {:python_env, [SnakeBridge.PythonEnv.option()] | nil}
+
+  @typedoc "An option of `:init`; see the module documentation."
+  @type init_option ::
+          {:imports, [String.t()]} | {:code, String.t() | nil} | {:timeout, pos_integer()}
 
   @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
   @type circuit_breaker_option ::
           {:failures, pos_integer()} | {:window, pos_integer()} | {:cooldown, pos_integer()}
 
   @circuit_breaker_defaults [failures: 10, window: 10_000, cooldown: 5_000]
+  @init_defaults [imports: [], code: nil, timeout: 30_000]
+  # The worker gets its init on its command line, where one argument may
+  # hold at most 128 KiB.
+  @max_init_code 100_000
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -173,8 +200,12 @@ defmodule SnakeBridge.Pool do
         cancel_grace: 2_000,
         log_queue: 1_000,
         log_rate: 1_000,
-        circuit_breaker: false
+        circuit_breaker: false,
+        init: [],
+        python_env: nil
       )
+
+    {worker_args, start_timeout} = init!(opts[:init])
 
     %{
       name: check!(opts, :name, &is_atom/1, "an atom"),
@@ -194,7 +225,10 @@ defmodule SnakeBridge.Pool do
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
-      circuit_breaker: circuit_breaker!(opts[:circuit_breaker])
+      circuit_breaker: circuit_breaker!(opts[:circuit_breaker]),
+      worker_args: worker_args,
+      start_timeout: start_timeout,
+      python_env: opts[:python_env] && SnakeBridge.PythonEnv.options!(opts[:python_env])
     }
   end
 
@@ -208,12 +242,16 @@ defmodule SnakeBridge.Pool do
     Process.flag(:trap_exit, true)
 
     {name, native_config} = Map.pop(config, :name)
+    {python_env, native_config} = Map.pop(native_config, :python_env)
 
     native_config =
-      Map.merge(native_config, %{
+      native_config
+      |> Map.merge(%{
         worker_path: Application.app_dir(:snakebridge, "priv/python"),
-        owner: self()
+        owner: self(),
+        start_error: nil
       })
+      |> with_python_env(name, python_env)
 
     case NIF.pool_start(name, native_config) do
       {:ok, resource} ->
@@ -309,6 +347,18 @@ defmodule SnakeBridge.Pool do
 
   ## Helpers
 
+  # The pool runs in the environment once it is ready; when it cannot be
+  # built, every start fails with the installer's message, so calls get
+  # :python_unavailable saying why.
+  defp with_python_env(config, _name, nil), do: config
+
+  defp with_python_env(config, name, python_env) do
+    case SnakeBridge.PythonEnv.install(python_env, python: config.python, pool: name) do
+      {:ok, python} -> %{config | python: python}
+      {:error, %Error{message: message}} -> %{config | start_error: message}
+    end
+  end
+
   # Events from the runtime: {:started, python}, {:exited, %Error{}} (with
   # :exit_status or :signal in its details) and {:start_failed, message}.
   defp event_level({:started, _python}), do: :debug
@@ -373,6 +423,67 @@ defmodule SnakeBridge.Pool do
   defp env!(other) do
     raise ArgumentError,
           "expected :env to be a list of {\"NAME\", \"value\"}, got: #{inspect(other)}"
+  end
+
+  defp init!(opts) when is_list(opts) do
+    opts =
+      try do
+        Keyword.validate!(opts, @init_defaults)
+      rescue
+        error in ArgumentError ->
+          reraise ArgumentError, "invalid :init option: " <> Exception.message(error), __STACKTRACE__
+      end
+
+    imports =
+      case opts[:imports] do
+        list when is_list(list) -> Enum.map(list, &init_import!/1)
+        other -> raise ArgumentError, "expected :init's :imports to be a list of module names, got: #{inspect(other)}"
+      end
+
+    code =
+      case opts[:code] do
+        nil ->
+          []
+
+        code when is_binary(code) and byte_size(code) <= @max_init_code ->
+          if String.contains?(code, <<0>>) do
+            raise ArgumentError, "expected :init's :code to contain no NUL byte"
+          end
+
+          ["--init=" <> code]
+
+        other ->
+          raise ArgumentError,
+                "expected :init's :code to be a string of at most #{@max_init_code} bytes, got: #{inspect(other, limit: 5, printable_limit: 80)}"
+      end
+
+    timeout = opts[:timeout]
+
+    unless pos_integer?(timeout) do
+      raise ArgumentError, "expected :init's :timeout to be a positive integer, got: #{inspect(timeout)}"
+    end
+
+    {Enum.map(imports, &("--import=" <> &1)) ++ code, timeout}
+  end
+
+  defp init!(other) do
+    raise ArgumentError,
+          "expected :init to be a keyword list of :imports, :code and :timeout, got: #{inspect(other)}"
+  end
+
+  defp init_import!(name) when is_atom(name) and name not in [nil, true, false],
+    do: init_import!(Atom.to_string(name))
+
+  defp init_import!(name) when is_binary(name) do
+    if Regex.match?(~r/\A[\p{L}_][\p{L}\p{N}_]*(\.[\p{L}_][\p{L}\p{N}_]*)*\z/u, name) do
+      name
+    else
+      raise ArgumentError, "expected :init's :imports to be module names like \"numpy.linalg\", got: #{inspect(name)}"
+    end
+  end
+
+  defp init_import!(other) do
+    raise ArgumentError, "expected :init's :imports to be module names (strings), got: #{inspect(other)}"
   end
 
   defp circuit_breaker!(false), do: nil
