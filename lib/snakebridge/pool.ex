@@ -353,7 +353,7 @@ defmodule SnakeBridge.Pool do
   defp with_python_env(config, _name, nil), do: config
 
   defp with_python_env(config, name, python_env) do
-    case SnakeBridge.PythonEnv.install(python_env, python: config.python, pool: name) do
+    case SnakeBridge.PythonEnv.build(python_env, config.python, pool: name) do
       {:ok, python} -> %{config | python: python}
       {:error, %Error{message: message}} -> %{config | start_error: message}
     end
