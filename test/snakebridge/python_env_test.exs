@@ -1,7 +1,8 @@
 defmodule SnakeBridge.PythonEnvTest do
   # Each test builds real virtualenvs (python -m venv, then pip) from a wheel
-  # made in the test, offline.
-  use ExUnit.Case, async: true
+  # made in the test, offline. Not async: a build keeps a CPU busy for
+  # seconds, which would slow the timed tests of async modules.
+  use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
   import SnakeBridge.TestHelpers
