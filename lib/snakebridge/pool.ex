@@ -68,7 +68,8 @@ defmodule SnakeBridge.Pool do
       `nil`) runs in a fresh namespace; `:timeout` (default `30_000`) is how
       many milliseconds a worker may take to start, init included. Restarted
       and recycled workers run it too. Calls wait for a ready worker within
-      their own `:timeout`. An init that raises is a failed start: the
+      their own `:timeout`. The init reaches the worker on its command line,
+      where `ps` shows it: keep secrets in `:env`. An init that raises is a failed start: the
       warning logged, and the `:python_unavailable` error calls get once the
       worker slot gives up (3 failed starts in a row), carry its traceback.
       Default `[]` (no init).
