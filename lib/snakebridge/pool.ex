@@ -69,10 +69,10 @@ defmodule SnakeBridge.Pool do
       many milliseconds a worker may take to start, init included. Restarted
       and recycled workers run it too. Calls wait for a ready worker within
       their own `:timeout`. The init reaches the worker on its command line,
-      where `ps` shows it: keep secrets in `:env`. An init that raises is a failed start: the
-      warning logged, and the `:python_unavailable` error calls get once the
-      worker slot gives up (3 failed starts in a row), carry its traceback.
-      Default `[]` (no init).
+      where `ps` shows it: keep secrets in `:env`. An init that raises is a
+      failed start: the warning logged, and the `:python_unavailable` error
+      calls get once the worker slot gives up (3 failed starts in a row),
+      carry its traceback. Default `[]` (no init).
     * `:python_env` — build a virtualenv from `:python` with these packages
       and run the workers in it; see `SnakeBridge.PythonEnv` for the options
       (`:requirements`, `:pyproject`, `:find_links`, `:offline`, ...). The
@@ -148,10 +148,6 @@ defmodule SnakeBridge.Pool do
           {:failures, pos_integer()} | {:window, pos_integer()} | {:cooldown, pos_integer()}
 
   @circuit_breaker_defaults [failures: 10, window: 10_000, cooldown: 5_000]
-  @init_defaults [imports: [], code: nil, timeout: 30_000]
-  # The worker gets its init on its command line, where one argument may
-  # hold at most 128 KiB.
-  @max_init_code 100_000
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -206,7 +202,7 @@ defmodule SnakeBridge.Pool do
         python_env: nil
       )
 
-    {worker_args, start_timeout} = init!(opts[:init])
+    {worker_args, start_timeout} = SnakeBridge.WorkerInit.options!(opts[:init])
 
     %{
       name: check!(opts, :name, &is_atom/1, "an atom"),
@@ -424,67 +420,6 @@ defmodule SnakeBridge.Pool do
   defp env!(other) do
     raise ArgumentError,
           "expected :env to be a list of {\"NAME\", \"value\"}, got: #{inspect(other)}"
-  end
-
-  defp init!(opts) when is_list(opts) do
-    opts =
-      try do
-        Keyword.validate!(opts, @init_defaults)
-      rescue
-        error in ArgumentError ->
-          reraise ArgumentError, "invalid :init option: " <> Exception.message(error), __STACKTRACE__
-      end
-
-    imports =
-      case opts[:imports] do
-        list when is_list(list) -> Enum.map(list, &init_import!/1)
-        other -> raise ArgumentError, "expected :init's :imports to be a list of module names, got: #{inspect(other)}"
-      end
-
-    code =
-      case opts[:code] do
-        nil ->
-          []
-
-        code when is_binary(code) and byte_size(code) <= @max_init_code ->
-          if String.contains?(code, <<0>>) do
-            raise ArgumentError, "expected :init's :code to contain no NUL byte"
-          end
-
-          ["--init=" <> code]
-
-        other ->
-          raise ArgumentError,
-                "expected :init's :code to be a string of at most #{@max_init_code} bytes, got: #{inspect(other, limit: 5, printable_limit: 80)}"
-      end
-
-    timeout = opts[:timeout]
-
-    unless pos_integer?(timeout) do
-      raise ArgumentError, "expected :init's :timeout to be a positive integer, got: #{inspect(timeout)}"
-    end
-
-    {Enum.map(imports, &("--import=" <> &1)) ++ code, timeout}
-  end
-
-  defp init!(other) do
-    raise ArgumentError,
-          "expected :init to be a keyword list of :imports, :code and :timeout, got: #{inspect(other)}"
-  end
-
-  defp init_import!(name) when is_atom(name) and name not in [nil, true, false],
-    do: init_import!(Atom.to_string(name))
-
-  defp init_import!(name) when is_binary(name) do
-    if Regex.match?(~r/\A[\p{L}_][\p{L}\p{N}_]*(\.[\p{L}_][\p{L}\p{N}_]*)*\z/u, name) do
-      name
-    else
-      raise ArgumentError, "expected :init's :imports to be module names like \"numpy.linalg\", got: #{inspect(name)}"
-    end
-  end
-
-  defp init_import!(other) do
-    raise ArgumentError, "expected :init's :imports to be module names (strings), got: #{inspect(other)}"
   end
 
   defp circuit_breaker!(false), do: nil

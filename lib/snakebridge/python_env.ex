@@ -186,7 +186,9 @@ defmodule SnakeBridge.PythonEnv do
         Keyword.validate!(opts, @defaults)
       rescue
         error in ArgumentError ->
-          reraise ArgumentError, "invalid :python_env option: " <> Exception.message(error), __STACKTRACE__
+          reraise ArgumentError,
+                  "invalid :python_env option: " <> Exception.message(error),
+                  __STACKTRACE__
       end
 
     requirements = requirements!(opts[:requirements])
@@ -345,13 +347,15 @@ defmodule SnakeBridge.PythonEnv do
         path = Path.expand(path)
 
         unless File.dir?(path) do
-          raise ArgumentError, "expected :python_env's :find_links to be directories, got: #{inspect(path)}"
+          raise ArgumentError,
+                "expected :python_env's :find_links to be directories, got: #{inspect(path)}"
         end
 
         path
 
       other ->
-        raise ArgumentError, "expected :python_env's :find_links to be directories, got: #{inspect(other)}"
+        raise ArgumentError,
+              "expected :python_env's :find_links to be directories, got: #{inspect(other)}"
     end)
   end
 
@@ -363,7 +367,8 @@ defmodule SnakeBridge.PythonEnv do
   defp boolean!(value, _key) when is_boolean(value), do: value
 
   defp boolean!(value, key) do
-    raise ArgumentError, "expected :python_env's #{inspect(key)} to be a boolean, got: #{inspect(value)}"
+    raise ArgumentError,
+          "expected :python_env's #{inspect(key)} to be a boolean, got: #{inspect(value)}"
   end
 
   defp cache_dir!(nil) do
@@ -389,6 +394,7 @@ defmodule SnakeBridge.PythonEnv do
   defp installer!(installer) when installer in [:auto, :uv, :pip], do: installer
 
   defp installer!(other) do
-    raise ArgumentError, "expected :python_env's :installer to be :auto, :uv or :pip, got: #{inspect(other)}"
+    raise ArgumentError,
+          "expected :python_env's :installer to be :auto, :uv or :pip, got: #{inspect(other)}"
   end
 end

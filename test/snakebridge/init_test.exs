@@ -25,10 +25,21 @@ defmodule SnakeBridge.InitTest do
 
       start_supervised!(
         {Pool,
-         pool_opts(name, size: 2, init: [imports: ["sbinit", :json], code: code], env: [{"SBINIT_LOG", log}])}
+         pool_opts(name,
+           size: 2,
+           init: [imports: ["sbinit", :json], code: code],
+           env: [{"SBINIT_LOG", log}]
+         )}
       )
 
-      stats = wait_until(fn -> (s = SnakeBridge.stats(name)) && Enum.all?(s.workers, &(&1.state == :ready)) && s end, 30_000)
+      stats =
+        wait_until(
+          fn ->
+            (s = SnakeBridge.stats(name)) && Enum.all?(s.workers, &(&1.state == :ready)) && s
+          end,
+          30_000
+        )
+
       pids = Enum.map(stats.workers, & &1.os_pid)
 
       # Each worker ran the code once, after its imports, before it was ready.
@@ -43,7 +54,8 @@ defmodule SnakeBridge.InitTest do
       name = unique(:init_restart)
 
       start_supervised!(
-        {Pool, pool_opts(name, size: 1, max_calls: 2, init: [code: "import sbinit\nsbinit.mark('again')"])}
+        {Pool,
+         pool_opts(name, size: 1, max_calls: 2, init: [code: "import sbinit\nsbinit.mark('again')"])}
       )
 
       pids =
@@ -58,7 +70,10 @@ defmodule SnakeBridge.InitTest do
       # The seventh call is the fresh worker's first: it stays up to be killed.
       assert {:ok, [os_pid, os_pid, "again"]} = check(name)
       {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
-      wait_until(fn -> match?(%{workers: [%{os_pid: pid}]} when pid not in [nil, os_pid], SnakeBridge.stats(name)) end)
+
+      wait_until(fn ->
+        match?(%{workers: [%{os_pid: pid}]} when pid not in [nil, os_pid], SnakeBridge.stats(name))
+      end)
 
       assert {:ok, [pid, pid, "again"]} = check(name)
       assert pid != os_pid
@@ -71,7 +86,11 @@ defmodule SnakeBridge.InitTest do
 
       start_supervised!(
         {Pool,
-         pool_opts(name, size: 1, init: [imports: ["sbslowimport"]], env: [{"SBSLOWIMPORT_LOG", log}])}
+         pool_opts(name,
+           size: 1,
+           init: [imports: ["sbslowimport"]],
+           env: [{"SBSLOWIMPORT_LOG", log}]
+         )}
       )
 
       # The import sleeps 2 s, so no worker can be ready within 1 s: the
@@ -80,7 +99,10 @@ defmodule SnakeBridge.InitTest do
       assert {:error, %Error{reason: :timeout}} =
                SnakeBridge.call("sbslowimport", "pid", [], pool: name, timeout: 1_000)
 
-      pid = retry_until_ok(fn -> SnakeBridge.call("sbslowimport", "pid", [], pool: name, timeout: 1_000) end)
+      pid =
+        retry_until_ok(fn ->
+          SnakeBridge.call("sbslowimport", "pid", [], pool: name, timeout: 1_000)
+        end)
 
       for _ <- 1..5 do
         assert SnakeBridge.call("sbslowimport", "pid", [], pool: name, timeout: 1_000) == {:ok, pid}
@@ -108,7 +130,11 @@ defmodule SnakeBridge.InitTest do
       log =
         capture_log(fn ->
           start_supervised!(
-            {Pool, pool_opts(name, size: 1, init: [code: "import json\nraise ValueError('bad config: ' + json.dumps([1]))"])}
+            {Pool,
+             pool_opts(name,
+               size: 1,
+               init: [code: "import json\nraise ValueError('bad config: ' + json.dumps([1]))"]
+             )}
           )
 
           # The call waits while the slot retries, and fails once it gives up.
@@ -136,7 +162,9 @@ defmodule SnakeBridge.InitTest do
       name = unique(:init_import_fails)
 
       capture_log(fn ->
-        start_supervised!({Pool, pool_opts(name, size: 1, init: [imports: ["sbinit", "sb_no_such_module"]])})
+        start_supervised!(
+          {Pool, pool_opts(name, size: 1, init: [imports: ["sbinit", "sb_no_such_module"]])}
+        )
 
         assert {:error, %Error{reason: :python_unavailable, message: message}} =
                  SnakeBridge.call("sbhelpers", "identity", [1], pool: name, timeout: 30_000)
@@ -150,7 +178,8 @@ defmodule SnakeBridge.InitTest do
 
       capture_log(fn ->
         start_supervised!(
-          {Pool, pool_opts(name, size: 1, init: [code: "import time\ntime.sleep(60)", timeout: 300])}
+          {Pool,
+           pool_opts(name, size: 1, init: [code: "import time\ntime.sleep(60)", timeout: 300])}
         )
 
         assert {:error, %Error{reason: :python_unavailable, message: message}} =
@@ -167,14 +196,17 @@ defmodule SnakeBridge.InitTest do
             {:yes, "expected :init to be a keyword list"},
             {[import: ["x"]], "invalid :init option: unknown keys [:import]"},
             {[imports: "numpy"], "expected :init's :imports to be a list of module names"},
-            {[imports: ["numpy; import os"]], ~s(module names like "numpy.linalg", got: "numpy; import os")},
+            {[imports: ["numpy; import os"]],
+             ~s(module names like "numpy.linalg", got: "numpy; import os")},
             {[imports: [1]], "expected :init's :imports to be module names (strings), got: 1"},
             {[code: 1], "expected :init's :code to be a string"},
             {[code: String.duplicate("x", 100_001)], "at most 100000 bytes"},
             {[code: "a\0b"], "expected :init's :code to contain no NUL byte"},
             {[timeout: 0], "expected :init's :timeout to be a positive integer, got: 0"}
           ] do
-        error = assert_raise ArgumentError, fn -> Pool.start_link(pool_opts(:init_bad, init: init)) end
+        error =
+          assert_raise ArgumentError, fn -> Pool.start_link(pool_opts(:init_bad, init: init)) end
+
         assert Exception.message(error) =~ expected
       end
     end

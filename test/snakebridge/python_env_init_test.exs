@@ -25,7 +25,9 @@ defmodule SnakeBridge.PythonEnvInitTest do
       File.rm_rf!(root)
     end)
 
-    %{env: [find_links: wheels, offline: true, cache_dir: Path.join(root, "cache"), installer: :pip]}
+    %{
+      env: [find_links: wheels, offline: true, cache_dir: Path.join(root, "cache"), installer: :pip]
+    }
   end
 
   defp restart_default_pool do
@@ -33,7 +35,12 @@ defmodule SnakeBridge.PythonEnvInitTest do
     _ = Supervisor.terminate_child(SnakeBridge.Supervisor, id)
     _ = Supervisor.delete_child(SnakeBridge.Supervisor, id)
     opts = Application.get_env(:snakebridge, :default_pool, [])
-    {:ok, _} = Supervisor.start_child(SnakeBridge.Supervisor, {SnakeBridge.Pool, Keyword.put(opts, :name, :default)})
+
+    {:ok, _} =
+      Supervisor.start_child(
+        SnakeBridge.Supervisor,
+        {SnakeBridge.Pool, Keyword.put(opts, :name, :default)}
+      )
   end
 
   test "init/2 restarts the default pool in the environment", %{env: env} do
@@ -46,9 +53,15 @@ defmodule SnakeBridge.PythonEnvInitTest do
       end)
 
     assert log =~ "Successfully installed sbnotebook-0.3"
-    assert SnakeBridge.call("sbnotebook", "greet", ["elixir"], timeout: 30_000) == {:ok, "hello elixir"}
+
+    assert SnakeBridge.call("sbnotebook", "greet", ["elixir"], timeout: 30_000) ==
+             {:ok, "hello elixir"}
+
     assert %{size: 1} = SnakeBridge.stats()
-    assert Application.get_env(:snakebridge, :default_pool)[:python_env][:requirements] == ["sbnotebook==0.3"]
+
+    assert Application.get_env(:snakebridge, :default_pool)[:python_env][:requirements] == [
+             "sbnotebook==0.3"
+           ]
   end
 
   test "init/2 with a requirement that cannot be installed returns the error and keeps the pool",
@@ -69,9 +82,11 @@ defmodule SnakeBridge.PythonEnvInitTest do
   end
 
   test "init/2 validates its options before touching the pool" do
-    assert_raise ArgumentError, ~r/expected :python_env to have :requirements or a :pyproject/, fn ->
-      PythonEnv.init([])
-    end
+    assert_raise ArgumentError,
+                 ~r/expected :python_env to have :requirements or a :pyproject/,
+                 fn ->
+                   PythonEnv.init([])
+                 end
 
     assert_raise ArgumentError, ~r/expected pool_opts to be a keyword list/, fn ->
       PythonEnv.init([requirements: ["x"]], :bad)

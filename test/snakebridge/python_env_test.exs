@@ -27,7 +27,8 @@ defmodule SnakeBridge.PythonEnvTest do
     start_supervised!({Pool, pool_opts(name, [size: 1, python_env: env_opts] ++ opts)}, id: name)
   end
 
-  defp prefix(name), do: SnakeBridge.eval!("import sys\nsys.prefix", %{}, pool: name, timeout: 30_000)
+  defp prefix(name),
+    do: SnakeBridge.eval!("import sys\nsys.prefix", %{}, pool: name, timeout: 30_000)
 
   test "a pool runs in an environment installed offline from a wheel; the next start finds it cached",
        %{env: env} do
@@ -67,7 +68,9 @@ defmodule SnakeBridge.PythonEnvTest do
 
     name = unique(:env_pyproject)
     capture_log(fn -> start_pool!(name, [pyproject: pyproject] ++ env) end)
-    assert SnakeBridge.call("sbwheel", "VALUE.title", [], pool: name, timeout: 30_000) == {:ok, "From The Wheel"}
+
+    assert SnakeBridge.call("sbwheel", "VALUE.title", [], pool: name, timeout: 30_000) ==
+             {:ok, "From The Wheel"}
   end
 
   test "a requirement that cannot be installed: calls get :python_unavailable with pip's last lines",
@@ -119,7 +122,9 @@ defmodule SnakeBridge.PythonEnvTest do
         names
         |> Enum.zip(supervisors)
         |> Enum.map(fn {name, sup} ->
-          Task.async(fn -> DynamicSupervisor.start_child(sup, {Pool, pool_opts(name, size: 1, python_env: env)}) end)
+          Task.async(fn ->
+            DynamicSupervisor.start_child(sup, {Pool, pool_opts(name, size: 1, python_env: env)})
+          end)
         end)
         |> Task.await_many(240_000)
         |> Enum.each(&assert({:ok, _} = &1))
@@ -140,7 +145,9 @@ defmodule SnakeBridge.PythonEnvTest do
       log = capture_log([level: :info], fn -> start_pool!(name, env) end)
       assert log =~ "creating the Python environment #{env[:cache_dir]}/envs/py3."
       assert log =~ "installing 1 requirement(s) with uv: sbwheel==1.0"
-      assert SnakeBridge.call("sbwheel", "VALUE.upper", [], pool: name, timeout: 30_000) == {:ok, "FROM THE WHEEL"}
+
+      assert SnakeBridge.call("sbwheel", "VALUE.upper", [], pool: name, timeout: 30_000) ==
+               {:ok, "FROM THE WHEEL"}
     else
       IO.puts("\nuv is not installed: the uv installer is not tested (pip's is)")
     end
@@ -154,16 +161,23 @@ defmodule SnakeBridge.PythonEnvTest do
           {[requirements: "numpy"], "expected :python_env's :requirements to be a list of strings"},
           {[requirements: [""]], "expected :python_env's :requirements to be non-empty strings"},
           {[requirements: ["a\nb"]], "to be one line each"},
-          {[pyproject: "/nonexistent/pyproject.toml"], "expected :python_env's :pyproject to be a file"},
-          {[requirements: ["x"], find_links: "/nonexistent"], "expected :python_env's :find_links to be directories"},
-          {[requirements: ["x"], find_links: [wheels, 1]], "expected :python_env's :find_links to be directories, got: 1"},
+          {[pyproject: "/nonexistent/pyproject.toml"],
+           "expected :python_env's :pyproject to be a file"},
+          {[requirements: ["x"], find_links: "/nonexistent"],
+           "expected :python_env's :find_links to be directories"},
+          {[requirements: ["x"], find_links: [wheels, 1]],
+           "expected :python_env's :find_links to be directories, got: 1"},
           {[requirements: ["x"], offline: 1], "expected :python_env's :offline to be a boolean"},
-          {[requirements: ["x"], installer: :conda], "expected :python_env's :installer to be :auto, :uv or :pip"},
+          {[requirements: ["x"], installer: :conda],
+           "expected :python_env's :installer to be :auto, :uv or :pip"},
           {[requirements: ["x"], cache_dir: 1], "expected :python_env's :cache_dir to be a path"},
           {[requirements: ["x"], uv: 1], "expected :python_env's :uv to be a path"}
         ] do
-      error = assert_raise ArgumentError, fn -> Pool.start_link(pool_opts(:env_bad, python_env: env)) end
+      error =
+        assert_raise ArgumentError, fn -> Pool.start_link(pool_opts(:env_bad, python_env: env)) end
+
       assert Exception.message(error) =~ expected
+
       if is_list(env) do
         error = assert_raise ArgumentError, fn -> PythonEnv.install(env) end
         assert Exception.message(error) =~ expected
