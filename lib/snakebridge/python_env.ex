@@ -172,9 +172,22 @@ defmodule SnakeBridge.PythonEnv do
     Application.put_env(:snakebridge, :default_pool, Keyword.delete(pool_opts, :name))
 
     case Supervisor.start_child(supervisor, {SnakeBridge.Pool, pool_opts}) do
-      {:ok, _pid} -> :ok
-      {:error, {%Error{} = error, _child}} -> {:error, error}
-      {:error, %Error{} = error} -> {:error, error}
+      {:ok, _pid} ->
+        :ok
+
+      {:error, {%Error{} = error, _child}} ->
+        {:error, error}
+
+      {:error, %Error{} = error} ->
+        {:error, error}
+
+      {:error, reason} ->
+        {:error,
+         %Error{
+           reason: :python_unavailable,
+           message: "the default pool did not start: #{inspect(reason)}",
+           details: %{}
+         }}
     end
   end
 
