@@ -44,6 +44,8 @@ defmodule SnakeBridge.PythonEnv do
       `["numpy==2.1.3", "pandas>=2"]`. Default `[]`.
     * `:pyproject` — the path of a `pyproject.toml` whose `[project]
       dependencies` are installed, after `:requirements`. Default `nil`.
+    * `:pyproject_toml` — the same, given as the file's contents (as
+      Pythonx's `uv_init` takes it). Default `nil`.
     * `:find_links` — a directory (or a list of them) of wheels to install
       from, besides the package index (pip's and uv's `--find-links`).
       Default `[]`.
@@ -57,7 +59,8 @@ defmodule SnakeBridge.PythonEnv do
       Default `:auto`.
     * `:uv` — the uv executable. Default: `uv` looked up in `PATH`.
 
-  At least one of `:requirements` and `:pyproject` must be given. Invalid
+  At least one of `:requirements`, `:pyproject` and `:pyproject_toml` must
+  be given, and at most one of the last two. Invalid
   options raise `ArgumentError`.
 
   ## In a notebook
@@ -65,7 +68,16 @@ defmodule SnakeBridge.PythonEnv do
   `init/2` does the same for the default pool, like Pythonx's `uv_init`:
 
       Mix.install([{:snakebridge, path: "/path/to/snakebridge"}])
-      :ok = SnakeBridge.PythonEnv.init(requirements: ["numpy==2.1.3"])
+      :ok =
+        SnakeBridge.PythonEnv.init(
+          pyproject_toml: \"\"\"
+          [project]
+          name = "notebook"
+          version = "0.0.0"
+          dependencies = ["numpy==2.1.3"]
+          \"\"\"
+        )
+
       SnakeBridge.call!("numpy", "__version__.__str__")
   """
 
@@ -77,6 +89,7 @@ defmodule SnakeBridge.PythonEnv do
   @type option ::
           {:requirements, [String.t()]}
           | {:pyproject, Path.t() | nil}
+          | {:pyproject_toml, String.t() | nil}
           | {:find_links, Path.t() | [Path.t()]}
           | {:offline, boolean()}
           | {:cache_dir, Path.t() | nil}
@@ -86,6 +99,7 @@ defmodule SnakeBridge.PythonEnv do
   @defaults [
     requirements: [],
     pyproject: nil,
+    pyproject_toml: nil,
     find_links: [],
     offline: false,
     cache_dir: nil,
@@ -206,14 +220,22 @@ defmodule SnakeBridge.PythonEnv do
 
     requirements = requirements!(opts[:requirements])
     pyproject = pyproject!(opts[:pyproject])
+    pyproject_toml = pyproject_toml!(opts[:pyproject_toml])
 
-    if requirements == [] and pyproject == nil do
-      raise ArgumentError, "expected :python_env to have :requirements or a :pyproject"
+    if pyproject && pyproject_toml do
+      raise ArgumentError,
+            "expected :python_env to have one of :pyproject and :pyproject_toml, not both"
+    end
+
+    if requirements == [] and pyproject == nil and pyproject_toml == nil do
+      raise ArgumentError,
+            "expected :python_env to have :requirements, a :pyproject or a :pyproject_toml"
     end
 
     %{
       requirements: requirements,
       pyproject: pyproject,
+      pyproject_toml: pyproject_toml,
       find_links: find_links!(opts[:find_links]),
       offline: boolean!(opts[:offline], :offline),
       cache_dir: cache_dir!(opts[:cache_dir]),
@@ -231,7 +253,29 @@ defmodule SnakeBridge.PythonEnv do
   @spec build(map(), String.t(), keyword()) :: {:ok, String.t()} | {:error, Error.t()}
   def build(options, python, metadata) do
     script = Application.app_dir(:snakebridge, "priv/python/snakebridge_worker/envbuild.py")
+    with_pyproject_file(options, fn options -> run_builder(options, python, metadata, script) end)
+  end
 
+  # The builder reads a file: contents are written to a temporary one.
+  defp with_pyproject_file(%{pyproject_toml: nil} = options, fun), do: fun.(options)
+
+  defp with_pyproject_file(%{pyproject_toml: contents} = options, fun) do
+    path =
+      Path.join(
+        System.tmp_dir!(),
+        "snakebridge-pyproject-#{System.unique_integer([:positive])}.toml"
+      )
+
+    File.write!(path, contents)
+
+    try do
+      fun.(%{options | pyproject: path})
+    after
+      File.rm(path)
+    end
+  end
+
+  defp run_builder(options, python, metadata, script) do
     try do
       Port.open({:spawn_executable, python}, [
         :binary,
@@ -334,6 +378,14 @@ defmodule SnakeBridge.PythonEnv do
   defp requirements!(other) do
     raise ArgumentError,
           "expected :python_env's :requirements to be a list of strings, got: #{inspect(other)}"
+  end
+
+  defp pyproject_toml!(nil), do: nil
+  defp pyproject_toml!(contents) when is_binary(contents), do: contents
+
+  defp pyproject_toml!(other) do
+    raise ArgumentError,
+          "expected :python_env's :pyproject_toml to be the contents of a pyproject.toml, got: #{inspect(other)}"
   end
 
   defp pyproject!(nil), do: nil

@@ -49,7 +49,14 @@ defmodule SnakeBridge.PythonEnvInitTest do
 
     log =
       capture_log([level: :info], fn ->
-        assert PythonEnv.init([requirements: ["sbnotebook==0.3"]] ++ env, size: 1) == :ok
+        pyproject_toml = """
+        [project]
+        name = "notebook"
+        version = "0.0.0"
+        dependencies = ["sbnotebook==0.3"]
+        """
+
+        assert PythonEnv.init([pyproject_toml: pyproject_toml] ++ env, size: 1) == :ok
       end)
 
     assert log =~ "Successfully installed sbnotebook-0.3"
@@ -83,7 +90,7 @@ defmodule SnakeBridge.PythonEnvInitTest do
 
   test "init/2 validates its options before touching the pool" do
     assert_raise ArgumentError,
-                 ~r/expected :python_env to have :requirements or a :pyproject/,
+                 ~r/expected :python_env to have :requirements, a :pyproject or a :pyproject_toml/,
                  fn ->
                    PythonEnv.init([])
                  end

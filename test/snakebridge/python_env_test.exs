@@ -156,7 +156,7 @@ defmodule SnakeBridge.PythonEnvTest do
   test "invalid options raise ArgumentError naming them", %{wheels: wheels} do
     for {env, expected} <- [
           {:yes, "expected :python_env to be a keyword list"},
-          {[], "expected :python_env to have :requirements or a :pyproject"},
+          {[], "expected :python_env to have :requirements, a :pyproject or a :pyproject_toml"},
           {[requirement: ["x"]], "invalid :python_env option: unknown keys [:requirement]"},
           {[requirements: "numpy"], "expected :python_env's :requirements to be a list of strings"},
           {[requirements: [""]], "expected :python_env's :requirements to be non-empty strings"},
@@ -171,7 +171,11 @@ defmodule SnakeBridge.PythonEnvTest do
           {[requirements: ["x"], installer: :conda],
            "expected :python_env's :installer to be :auto, :uv or :pip"},
           {[requirements: ["x"], cache_dir: 1], "expected :python_env's :cache_dir to be a path"},
-          {[requirements: ["x"], uv: 1], "expected :python_env's :uv to be a path"}
+          {[requirements: ["x"], uv: 1], "expected :python_env's :uv to be a path"},
+          {[pyproject_toml: 1],
+           "expected :python_env's :pyproject_toml to be the contents of a pyproject.toml"},
+          {[pyproject: __ENV__.file, pyproject_toml: "[project]"],
+           "one of :pyproject and :pyproject_toml, not both"}
         ] do
       error =
         assert_raise ArgumentError, fn -> Pool.start_link(pool_opts(:env_bad, python_env: env)) end
