@@ -66,9 +66,11 @@ defmodule SnakeBridge.PythonEnvInitTest do
 
     assert %{size: 1} = SnakeBridge.stats()
 
-    assert Application.get_env(:snakebridge, :default_pool)[:python_env][:requirements] == [
+    assert Application.get_env(:snakebridge, :default_pool)[:python_env][:pyproject_toml] =~
              "sbnotebook==0.3"
-           ]
+
+    # The contents went to a temporary file, which is gone.
+    assert Path.wildcard(Path.join(System.tmp_dir!(), "snakebridge-pyproject-*.toml")) == []
   end
 
   test "init/2 with a requirement that cannot be installed returns the error and keeps the pool",
