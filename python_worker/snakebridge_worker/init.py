@@ -20,7 +20,7 @@ INIT_FAILED = "init_failed"
 #: Failure frame kind (see the protocol's message kinds).
 FAILURE_KIND = 4
 #: The host reads at most 64 KiB before hello; a longer traceback keeps its
-#: end, where the exception is.
+#: end, where the exception is (in bytes of UTF-8).
 MAX_TRACEBACK = 60_000
 
 
@@ -41,8 +41,10 @@ def run(fd: int, imports: list[str], code: str | None) -> bool:
 
 def report(fd: int, text: str) -> None:
     """Sends ``text`` to the host as the failure of this worker's init."""
-    if len(text) > MAX_TRACEBACK:
-        text = "...\n" + text[-MAX_TRACEBACK:]
+    data = text.encode("utf-8", "replace")
+    if len(data) > MAX_TRACEBACK:
+        # Cut in bytes (the limit is the frame's), at a character boundary.
+        text = "...\n" + data[-MAX_TRACEBACK:].decode("utf-8", "ignore")
     body = _native.dumps([FAILURE_KIND, 0, INIT_FAILED, text])
     frame = memoryview(struct.pack(">I", len(body)) + body)
     while frame:

@@ -9,6 +9,8 @@ import struct
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FAILURE, PRIV_PYTHON, TESTS_DIR, TIMEOUT, loads
 from snakebridge_worker import init
 
@@ -76,10 +78,11 @@ def test_a_failing_import_names_the_module() -> None:
     assert message[3].rstrip().endswith("ModuleNotFoundError: No module named 'sb_no_such_module'")
 
 
-def test_a_long_traceback_keeps_its_end_within_the_hello_limit() -> None:
+@pytest.mark.parametrize("filler", ["x", "é", "\U0001F40D"])
+def test_a_long_traceback_keeps_its_end_within_the_hello_limit(filler: str) -> None:
     read, write = os.pipe()
     try:
-        init.report(write, "x" * 200_000 + "\nValueError: the end")
+        init.report(write, filler * 200_000 + "\nValueError: the end")
         os.close(write)
         data = b""
         while chunk := os.read(read, 1 << 16):
