@@ -72,6 +72,24 @@ defmodule SnakeBridge.Pool do
       (any omitted key takes that default): the pool joins the cluster-wide
       group of its name, and every connected node can call it by name. See
       `SnakeBridge.Cluster`.
+    * `:init` — what each worker runs before it is marked ready:
+      `[imports: ["numpy", "my_model"], code: "import torch\ntorch.set_num_threads(1)", timeout: 30_000]`.
+      `:imports` (default `[]`) are imported in order, then `:code` (default
+      `nil`) runs in a fresh namespace; `:timeout` (default `30_000`) is how
+      many milliseconds a worker may take to start, init included. Restarted
+      and recycled workers run it too. Calls wait for a ready worker within
+      their own `:timeout`. The init reaches the worker on its command line,
+      where `ps` shows it: keep secrets in `:env`. An init that raises is a
+      failed start: the warning logged, and the `:python_unavailable` error
+      calls get once the worker slot gives up (3 failed starts in a row),
+      carry its traceback. Default `[]` (no init).
+    * `:python_env` — build a virtualenv from `:python` with these packages
+      and run the workers in it; see `SnakeBridge.PythonEnv` for the options
+      (`:requirements`, `:pyproject`, `:find_links`, `:offline`, ...). The
+      pool starts once the environment is ready (built, or found in the
+      cache); when it cannot be built, the pool starts anyway and its calls
+      return `:python_unavailable` with the installer's last lines.
+      Default `nil`.
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -130,6 +148,12 @@ defmodule SnakeBridge.Pool do
           | {:output, :log | :caller}
           | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
           | {:cluster, boolean() | [SnakeBridge.Cluster.option()]}
+          | {:init, [init_option()]}
+          | {:python_env, [SnakeBridge.PythonEnv.option()] | nil}
+
+  @typedoc "An option of `:init`; see the module documentation."
+  @type init_option ::
+          {:imports, [String.t()]} | {:code, String.t() | nil} | {:timeout, pos_integer()}
 
   @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
   @type circuit_breaker_option ::
@@ -187,8 +211,12 @@ defmodule SnakeBridge.Pool do
         log_rate: 1_000,
         output: :log,
         circuit_breaker: false,
-        cluster: false
+        cluster: false,
+        init: [],
+        python_env: nil
       )
+
+    {worker_args, start_timeout} = SnakeBridge.WorkerInit.options!(opts[:init])
 
     %{
       name: check!(opts, :name, &is_atom/1, "an atom"),
@@ -210,7 +238,10 @@ defmodule SnakeBridge.Pool do
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
       output: check!(opts, :output, &(&1 in [:log, :caller]), ":log or :caller"),
       circuit_breaker: circuit_breaker!(opts[:circuit_breaker]),
-      cluster: SnakeBridge.Cluster.options!(opts[:cluster])
+      cluster: SnakeBridge.Cluster.options!(opts[:cluster]),
+      worker_args: worker_args,
+      start_timeout: start_timeout,
+      python_env: opts[:python_env] && SnakeBridge.PythonEnv.options!(opts[:python_env])
     }
   end
 
@@ -250,12 +281,16 @@ defmodule SnakeBridge.Pool do
 
     {name, native_config} = Map.pop(config, :name)
     {cluster, native_config} = Map.pop(native_config, :cluster)
+    {python_env, native_config} = Map.pop(native_config, :python_env)
 
     native_config =
-      Map.merge(native_config, %{
+      native_config
+      |> Map.merge(%{
         worker_path: Application.app_dir(:snakebridge, "priv/python"),
-        owner: self()
+        owner: self(),
+        start_error: nil
       })
+      |> with_python_env(name, python_env)
 
     case NIF.pool_start(name, native_config) do
       {:ok, resource} ->
@@ -351,6 +386,18 @@ defmodule SnakeBridge.Pool do
   end
 
   ## Helpers
+
+  # The pool runs in the environment once it is ready; when it cannot be
+  # built, every start fails with the installer's message, so calls get
+  # :python_unavailable saying why.
+  defp with_python_env(config, _name, nil), do: config
+
+  defp with_python_env(config, name, python_env) do
+    case SnakeBridge.PythonEnv.build(python_env, config.python, pool: name) do
+      {:ok, python} -> %{config | python: python}
+      {:error, %Error{message: message}} -> %{config | start_error: message}
+    end
+  end
 
   # Events from the runtime: {:started, python}, {:exited, %Error{}} (with
   # :exit_status or :signal in its details) and {:start_failed, message}.

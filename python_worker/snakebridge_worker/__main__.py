@@ -1,6 +1,8 @@
 """``python -m snakebridge_worker --fd N``: serve calls on socket ``N``.
 
-Exits 0 when the host closes the socket, 2 when it sends a malformed frame.
+Exits 0 when the host closes the socket, 2 when it sends a malformed frame,
+3 when the per-worker init (``--import MODULE``, repeatable, then
+``--init CODE``) raises; the init runs before the worker says hello.
 The worker owns SIGUSR1: it is how a cancel from the host interrupts the
 running call or stream step (with ``snakebridge_worker.CallCancelled``), or
 wakes the asyncio event loop so that it sees the cancel of a task.
@@ -13,13 +15,15 @@ import os
 import signal
 import sys
 
-from snakebridge_worker import _native, output
+from snakebridge_worker import _native, init, output
 from snakebridge_worker.dispatch import describe, locate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m snakebridge_worker", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="the protocol socket's file descriptor")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="a module to import before serving")
+    parser.add_argument("--init", dest="init_code", metavar="CODE", help="Python code to run before serving")
     args = parser.parse_args(argv)
     # Subprocesses started by user code must not inherit the channel, or the
     # host would not see EOF when this process dies.
@@ -30,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     # CallCancelled only if the call running now is one of them (or wakes
     # the event loop, when tasks are pending: see snakebridge_worker.aio).
     signal.signal(signal.SIGUSR1, _native.cancel_signal)
+    # Before output.install(): until hello, the socket carries no output
+    # frames, so what the init prints goes to the pipes the host logs.
+    if not init.run(args.fd, args.imports, args.init_code):
+        return 3
     # print() and logging reach the host on the socket, with their call.
     output.install()
     try:

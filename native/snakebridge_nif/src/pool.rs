@@ -102,6 +102,9 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.log_queue = field::<usize>(config, atoms::log_queue())?.max(1);
     pool_config.log_rate = field::<u32>(config, atoms::log_rate())?.max(1);
     pool_config.breaker = breaker_config(config.map_get(atoms::circuit_breaker())?)?;
+    pool_config.worker_args = field(config, atoms::worker_args())?;
+    pool_config.start_timeout = Duration::from_millis(field(config, atoms::start_timeout())?);
+    pool_config.start_error = field(config, atoms::start_error())?;
     let owner: LocalPid = field(config, atoms::owner())?;
     let output_to_caller = config.map_get(atoms::output()).is_ok_and(|o| o == atoms::caller().to_term(env));
 

@@ -44,6 +44,12 @@ pub struct PoolConfig {
     pub log_rate: u32,
     /// When the pool's circuit opens (`None`: never).
     pub breaker: Option<BreakerConfig>,
+    /// Arguments given to each worker after `--fd 3`: its per-worker init
+    /// (`--import MODULE`, `--init CODE`), run before it says hello.
+    pub worker_args: Vec<String>,
+    /// Why the pool has no interpreter to start (its environment could not
+    /// be built): every start fails at once with this message.
+    pub start_error: Option<String>,
 }
 
 impl PoolConfig {
@@ -66,6 +72,8 @@ impl PoolConfig {
             log_queue: 1_000,
             log_rate: 1_000,
             breaker: None,
+            worker_args: Vec::new(),
+            start_error: None,
         }
     }
 }

@@ -31,8 +31,12 @@ const MAX_START_FAILURES: u32 = 3;
 const MIN_HEALTHY_LIFETIME: Duration = Duration::from_secs(1);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A hello is a few dozen bytes; a larger first frame is not one.
+/// A hello is a few dozen bytes; a larger first frame is not one, except
+/// the traceback of a failed init, which is cut to this size by the worker.
 const MAX_HELLO_LEN: usize = 64 * 1024;
+/// The reason of the failure a worker sends instead of hello when its
+/// per-worker init raised; the message is the traceback.
+const INIT_FAILED: &str = "init_failed";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -363,6 +367,13 @@ fn start<H: Hooks>(
 ) -> Result<(WorkerProcess, Arc<Connection>, Arc<ExitNotice>, String), StartFailure> {
     let config = &shared.config;
     slot.set_status(Status::Starting);
+    if let Some(message) = &config.start_error {
+        return Err(StartFailure {
+            message: message.clone(),
+            definitive: true,
+            interpreter: true,
+        });
+    }
     let mut process = spawn_worker(config, &shared.logs).map_err(|e| StartFailure {
         message: format!("could not start {:?}: {e}", config.python),
         definitive: matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied),
@@ -400,10 +411,14 @@ fn start<H: Hooks>(
             Ok((process, conn, notice, python))
         }
         Err((problem, cause)) => {
-            slot.kill_process();
+            // A worker whose init failed exits by itself: its own exit
+            // status says more than the kill would.
+            if !matches!(cause, Cause::Init(_)) {
+                slot.kill_process();
+            }
             let exit = reap(slot, &mut process.child, Duration::from_secs(1));
             let killed = matches!(cause, Cause::Exited) && !died_of_itself(exit);
-            let interpreter = matches!(cause, Cause::Interpreter) || (matches!(cause, Cause::Exited) && !killed);
+            let interpreter = matches!(cause, Cause::Interpreter | Cause::Init(_)) || (matches!(cause, Cause::Exited) && !killed);
             // Let the stderr forwarder catch the interpreter's last words.
             std::thread::sleep(Duration::from_millis(50));
             let tail: Vec<String> = process.stderr_tail.lock().iter().cloned().collect();
@@ -411,6 +426,10 @@ fn start<H: Hooks>(
                 "{} -m snakebridge_worker {problem} ({exit})",
                 config.python
             );
+            if let Cause::Init(traceback) = &cause {
+                message.push_str(":\n");
+                message.push_str(traceback.trim_end());
+            }
             if !tail.is_empty() {
                 message.push_str(": ");
                 message.push_str(&tail.join("\n"));
@@ -432,6 +451,8 @@ enum Cause {
     /// The process exited: its exit says whose doing that was.
     Exited,
     Interpreter,
+    /// The worker's init raised; it sent this traceback instead of hello.
+    Init(String),
     Host,
 }
 
@@ -450,6 +471,9 @@ fn handshake<H: Hooks>(shared: &Shared<H>, process: &WorkerProcess) -> Result<St
     let refused = match Message::decode(&body) {
         Ok(Message::Hello { version, python, .. }) if version == PROTOCOL_VERSION => return Ok(python),
         Ok(Message::Hello { version, .. }) => format!("speaks protocol version {version}, expected {PROTOCOL_VERSION}"),
+        Ok(Message::Failure { reason, message, .. }) if reason == INIT_FAILED => {
+            return Err(("failed its init".to_owned(), Cause::Init(message)))
+        }
         Ok(other) => format!("sent {:?} before hello", other.header().kind),
         Err(e) => format!("sent a malformed hello: {e}"),
     };

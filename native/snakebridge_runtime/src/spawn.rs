@@ -53,6 +53,7 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
         // killed together (see `Slot::kill_process`).
         .process_group(0)
         .args(["-m", "snakebridge_worker", "--fd", "3"])
+        .args(&config.worker_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -419,6 +419,40 @@ fn an_interpreter_that_exits_at_start_is_retried_then_reported() {
 }
 
 #[test]
+fn a_failing_init_is_a_failed_start_carrying_its_traceback() {
+    let p = start(|c| c.worker_args = vec!["--init=import json\nraise RuntimeError('no model')".into()]);
+    match p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]) {
+        Reply::Failed(f) => {
+            assert_eq!(f.reason, Reason::PythonUnavailable);
+            assert!(f.message.contains("-m snakebridge_worker failed its init (exit status 3):\nTraceback"), "{}", f.message);
+            assert!(f.message.ends_with("RuntimeError: no model"), "{}", f.message);
+        }
+        other => panic!("expected python_unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_init_runs_before_the_worker_takes_calls() {
+    let p = start(|c| c.worker_args = vec!["--import=operator".into(), "--init=import operator\noperator.sb_init = 41".into()]);
+    let reply = p.call("operator", "sb_init.__add__", vec![Value::Int(1)]);
+    assert!(matches!(reply, Reply::Ok(Value::Int(42))), "{reply:?}");
+}
+
+#[test]
+fn a_start_error_makes_the_pool_unavailable_at_once() {
+    let p = start(|c| c.start_error = Some("could not build the Python environment: no numpy".into()));
+    let started = Instant::now();
+    match p.call("operator", "add", vec![Value::Int(1), Value::Int(1)]) {
+        Reply::Failed(f) => {
+            assert_eq!(f.reason, Reason::PythonUnavailable);
+            assert!(f.message.ends_with(": could not build the Python environment: no numpy"), "{}", f.message);
+        }
+        other => panic!("expected python_unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn stopping_the_pool_reaps_its_workers_and_fails_queued_calls() {
     let p = start(|c| {
         c.size = 2;
