@@ -27,7 +27,8 @@ defmodule SnakeBridge.MixProject do
   # compiles a fresh project against exactly these files.
   defp package do
     [
-      files: ~w(lib mix_build native python_worker/snakebridge_worker/*.{py,pyi} Cargo.toml Cargo.lock
+      files:
+        ~w(lib mix_build native python_worker/snakebridge_worker/*.{py,pyi} Cargo.toml Cargo.lock
                 mix.exs .formatter.exs README.md LICENSE),
       licenses: ["Apache-2.0"],
       links: %{"Apache License 2.0" => "https://www.apache.org/licenses/LICENSE-2.0"}

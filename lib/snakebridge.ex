@@ -157,9 +157,13 @@ defmodule SnakeBridge do
   def call(%Object{} = object, args, opts, []) when is_list(args), do: call(object, nil, args, opts)
 
   def call(module, function, args, []) when is_binary(module) do
-    case Native.start_call(module, function, args, [], @default_timeout) do
-      {:ok, ref} -> await(ref, @default_timeout)
-      {:error, _} = error -> error
+    if SnakeBridge.Telemetry.calls?() do
+      SnakeBridge.Telemetry.call(module, function, args, [], @default_timeout)
+    else
+      case Native.start_call(module, function, args, [], @default_timeout) do
+        {:ok, ref} -> await(ref, @default_timeout)
+        {:error, _} = error -> error
+      end
     end
   end
 
@@ -171,9 +175,13 @@ defmodule SnakeBridge do
 
     Args.timeout!(timeout)
 
-    case Native.start_call(module, function, args, opts, timeout) do
-      {:ok, ref} -> await(ref, timeout)
-      {:error, _} = error -> error
+    if SnakeBridge.Telemetry.calls?() do
+      SnakeBridge.Telemetry.call(module, function, args, opts, timeout)
+    else
+      case Native.start_call(module, function, args, opts, timeout) do
+        {:ok, ref} -> await(ref, timeout)
+        {:error, _} = error -> error
+      end
     end
   end
 

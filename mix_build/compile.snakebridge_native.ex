@@ -119,10 +119,22 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
 
     cargo =
       cond do
-        from_env -> from_env
-        path = System.find_executable("cargo") -> path
-        File.regular?(home_cargo) -> home_cargo
-        true -> Mix.raise(rust_message(minimum, "cargo was not found (looked at $CARGO, PATH and ~/.cargo/bin/cargo)"))
+        from_env ->
+          from_env
+
+        path = System.find_executable("cargo") ->
+          path
+
+        File.regular?(home_cargo) ->
+          home_cargo
+
+        true ->
+          Mix.raise(
+            rust_message(
+              minimum,
+              "cargo was not found (looked at $CARGO, PATH and ~/.cargo/bin/cargo)"
+            )
+          )
       end
 
     found =
@@ -143,7 +155,9 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
             cargo
 
           nil ->
-            Mix.raise(rust_message(minimum, "#{cargo} --version printed #{inspect(String.trim(output))}"))
+            Mix.raise(
+              rust_message(minimum, "#{cargo} --version printed #{inspect(String.trim(output))}")
+            )
         end
 
       {output, _} ->
@@ -162,7 +176,11 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
   end
 
   defp version_list(version) do
-    version |> String.split(".") |> Enum.map(&String.to_integer/1) |> Kernel.++([0, 0, 0]) |> Enum.take(3)
+    version
+    |> String.split(".")
+    |> Enum.map(&String.to_integer/1)
+    |> Kernel.++([0, 0, 0])
+    |> Enum.take(3)
   end
 
   defp rust_message(minimum, problem) do
@@ -196,10 +214,19 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
 
   defp prebuilt_dir do
     case {System.get_env("SNAKEBRIDGE_PREBUILT"), Application.get_env(:snakebridge, :prebuilt)} do
-      {dir, _} when dir not in [nil, ""] -> {Path.expand(dir), "SNAKEBRIDGE_PREBUILT"}
-      {_, dir} when is_binary(dir) -> {Path.expand(dir), "config :snakebridge, :prebuilt"}
-      {_, nil} -> nil
-      {_, other} -> Mix.raise("snakebridge: config :snakebridge, :prebuilt must be a directory, got: #{inspect(other)}")
+      {dir, _} when dir not in [nil, ""] ->
+        {Path.expand(dir), "SNAKEBRIDGE_PREBUILT"}
+
+      {_, dir} when is_binary(dir) ->
+        {Path.expand(dir), "config :snakebridge, :prebuilt"}
+
+      {_, nil} ->
+        nil
+
+      {_, other} ->
+        Mix.raise(
+          "snakebridge: config :snakebridge, :prebuilt must be a directory, got: #{inspect(other)}"
+        )
     end
   end
 
@@ -355,8 +382,11 @@ defmodule Mix.Tasks.Compile.SnakebridgeNative do
 
     prebuilt_entries =
       case prebuilt do
-        nil -> [:cargo]
-        {dir, _} -> Enum.map(["VERSION", "SHA256SUMS" | prebuilt_files()], &stat(Path.join(dir, &1), &1))
+        nil ->
+          [:cargo]
+
+        {dir, _} ->
+          Enum.map(["VERSION", "SHA256SUMS" | prebuilt_files()], &stat(Path.join(dir, &1), &1))
       end
 
     {entries, prebuilt, prebuilt_entries}

@@ -20,6 +20,7 @@ defmodule SnakeBridge.Native do
   # The protocol's call flags (native/snakebridge_protocol/src/message.rs).
   @as_handle 1
   @stream 2
+  @timed 4
 
   @typedoc "Options of `call_async/4`."
   @type option ::
@@ -100,6 +101,14 @@ defmodule SnakeBridge.Native do
     target |> request!(function, args, opts) |> submit(timeout)
   end
 
+  # start_call/5 for SnakeBridge.Telemetry: the worker reports its timing
+  # with the reply.
+  @doc false
+  def start_timed_call(target, function, args, opts, timeout) do
+    {pool, target, function, args, kwargs, {flags, window}} = request!(target, function, args, opts)
+    submit({pool, target, function, args, kwargs, {flags ||| @timed, window}}, timeout)
+  end
+
   # Checks a call's arguments and options; raises ArgumentError on the
   # first bad one. `stream` asks for the result's items, `window` of them
   # before the consumer grants more (see SnakeBridge.stream/4).
@@ -125,10 +134,24 @@ defmodule SnakeBridge.Native do
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
     case NIF.submit(pool, target, function, args, kwargs, timeout, mode) do
-      :dirty -> NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode)
-      result -> result
+      {:ok, _} = queued ->
+        queued
+
+      :dirty ->
+        NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode)
+        |> refused(pool, target, function)
+
+      refusal ->
+        refused(refusal, pool, target, function)
     end
   end
+
+  defp refused({:error, %SnakeBridge.Error{reason: :overloaded}} = error, pool, target, function) do
+    SnakeBridge.Telemetry.overloaded(pool, target, function)
+    error
+  end
+
+  defp refused(result, _pool, _target, _function), do: result
 
   defp as_flag(:value), do: 0
   defp as_flag(:handle), do: @as_handle

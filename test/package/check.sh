@@ -119,7 +119,7 @@ grep -q "run mix compile again" "$work/err.log" && fail "the error suggests runn
 
 printf '#!/bin/sh\necho "cargo 1.80.0 (0000000 2024-07-01)"\n' >"$work/old-cargo"
 chmod +x "$work/old-cargo"
-expect_failure "$work/err.log" "needs Rust 1.91 or newer" "is 1.80.0" "rustup" -- \
+expect_failure "$work/err.log" "needs Rust 1.91 or newer" "is cargo 1.80.0" "rustup" -- \
   without_cargo env CARGO="$work/old-cargo" mix deps.compile snakebridge --force
 
 cp -r "$work/prebuilt" "$work/tampered"

@@ -89,4 +89,6 @@ rustler::atoms! {
     cooldown,
     opened,
     retry_in_ms,
+    recycling,
+    snakebridge_circuit,
 }
