@@ -101,12 +101,12 @@ defmodule SnakeBridge.Native do
     target |> request!(function, args, opts) |> submit(timeout)
   end
 
-  # start_call/5 for SnakeBridge.Telemetry: the worker reports its timing
+  # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
   # with the reply.
   @doc false
-  def start_timed_call(target, function, args, opts, timeout) do
+  def timed_request!(target, function, args, opts) do
     {pool, target, function, args, kwargs, {flags, window}} = request!(target, function, args, opts)
-    submit({pool, target, function, args, kwargs, {flags ||| @timed, window}}, timeout)
+    {pool, target, function, args, kwargs, {flags ||| @timed, window}}
   end
 
   # Checks a call's arguments and options; raises ArgumentError on the

@@ -89,11 +89,12 @@ defmodule SnakeBridge.Telemetry do
   @spec call(term(), term(), list(), keyword(), SnakeBridge.Types.timeout_ms()) ::
           SnakeBridge.Types.result()
   def call(target, function, args, opts, timeout) do
-    metadata = %{
-      pool: pool(target, opts),
-      module: module_name(target),
-      function: function_name(function)
-    }
+    # Checked before the start event: a bad argument raises, and no call
+    # starts.
+    {pool, target, function, _, _, _} =
+      request = Native.timed_request!(target, function, args, opts)
+
+    metadata = %{pool: pool, module: module_name(target), function: function}
 
     start = System.monotonic_time()
 
@@ -104,7 +105,7 @@ defmodule SnakeBridge.Telemetry do
     )
 
     {result, timing} =
-      case Native.start_timed_call(target, function, args, opts, timeout) do
+      case Native.submit(request, timeout) do
         {:ok, ref} -> await(ref, timeout)
         {:error, _} = error -> {error, nil}
       end
@@ -229,9 +230,6 @@ defmodule SnakeBridge.Telemetry do
 
   defp reason(%Error{reason: reason}), do: reason
   defp reason(%PythonError{type: type}), do: type
-
-  defp pool(%Object{pool: pool}, opts), do: Keyword.get(opts, :pool) || pool
-  defp pool(_module, opts), do: Keyword.get(opts, :pool, :default)
 
   defp module_name(%Object{type: type}), do: type
   defp module_name(module) when is_atom(module), do: Atom.to_string(module)

@@ -168,6 +168,18 @@ defmodule SnakeBridge.TelemetryTest do
                        %{module: "snakebridge_worker.evaluate", function: "evaluate"}}
     end
 
+    test "a bad argument raises before the start event" do
+      assert_raise ArgumentError, ~r/kwargs/, fn ->
+        SnakeBridge.call("operator", "add", [1, 2], kwargs: [{"not an atom", 1}, :bad])
+      end
+
+      assert_raise ArgumentError, ~r/args/, fn ->
+        SnakeBridge.call("operator", "add", :not_a_list)
+      end
+
+      refute_received {:event, [:snakebridge, :call, _], _, _}
+    end
+
     test "with no handler on call events, calls take the untimed path" do
       id = {__MODULE__, :workers_only}
       :ok = :telemetry.attach(id, [:snakebridge, :worker, :start], fn _, _, _, _ -> :ok end, nil)
