@@ -44,8 +44,8 @@ defmodule :telemetry do
     for %{event_name: ^event} = handler <- :persistent_term.get(@key, []) do
       try do
         handler.function.(event, measurements, metadata, handler.config)
-      rescue
-        _ -> detach(handler.id)
+      catch
+        _kind, _reason -> detach(handler.id)
       end
     end
 
