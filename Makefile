@@ -1,6 +1,8 @@
 # SnakeBridge: build, test, demo and benchmark.
 #
-#   make test   Rust tests, native build, pytest, ExUnit (what CI runs)
+#   make test   Rust tests, native build, pytest, ExUnit, package check (what CI runs)
+#   make package-check  the Hex package's files alone, compiled by fresh
+#               projects (with cargo, and from prebuilt libraries without it)
 #   make demo   a few calls from Elixir to Python
 #   make bench  the benchmark in bench/
 #   make soak   1,000,000 mixed calls; prints BEAM and worker memory growth
@@ -33,10 +35,11 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench soak soak-objects soak-cluster soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test clean
+.PHONY: test demo bench soak soak-objects soak-cluster soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test package-check clean
 
-# compile first: the runtime's Rust tests run real workers from priv/python.
-test: setup compile cargo-test pytest mix-test
+# compile first: the runtime's Rust tests and pytest run real workers from
+# _build/dev/lib/snakebridge/priv/python.
+test: setup compile cargo-test pytest mix-test package-check
 
 demo: setup compile
 	mix run demo/demo.exs
@@ -97,7 +100,9 @@ $(VENV)/.requirements-stamp: $(REQUIREMENTS)
 cargo-test:
 	cargo test --workspace
 
-# Builds the NIF and the worker's extension and installs them into priv/.
+# Builds the NIF and the worker's extension (cargo's target directory is
+# _build/snakebridge_native/target) and installs them into
+# _build/<env>/lib/snakebridge/priv.
 compile:
 	mix compile
 
@@ -108,6 +113,9 @@ pytest:
 mix-test:
 	epmd -daemon
 	mix test
+
+package-check:
+	test/package/check.sh
 
 clean:
 	mix clean

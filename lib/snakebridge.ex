@@ -182,9 +182,13 @@ defmodule SnakeBridge do
   def call(%Object{} = object, args, opts, []) when is_list(args), do: call(object, nil, args, opts)
 
   def call(module, function, args, []) when is_binary(module) do
-    case Native.start_call(module, function, args, [], @default_timeout) do
-      {:ok, ref} -> await(ref, @default_timeout)
-      {:error, _} = error -> error
+    if SnakeBridge.Telemetry.calls?() do
+      SnakeBridge.Telemetry.call(module, function, args, [], @default_timeout)
+    else
+      case Native.start_call(module, function, args, [], @default_timeout) do
+        {:ok, ref} -> await(ref, @default_timeout)
+        {:error, _} = error -> error
+      end
     end
   end
 
@@ -196,9 +200,13 @@ defmodule SnakeBridge do
 
     Args.timeout!(timeout)
 
-    case Native.start_call(module, function, args, opts, timeout) do
-      {:ok, ref} -> await(ref, timeout)
-      {:error, _} = error -> error
+    if SnakeBridge.Telemetry.calls?() do
+      SnakeBridge.Telemetry.call(module, function, args, opts, timeout)
+    else
+      case Native.start_call(module, function, args, opts, timeout) do
+        {:ok, ref} -> await(ref, timeout)
+        {:error, _} = error -> error
+      end
     end
   end
 
@@ -621,6 +629,11 @@ defmodule SnakeBridge do
     receive_reply(ref, timeout, timeout, nil)
   end
 
+  # For SnakeBridge.Telemetry, whose calls ask their worker for timing: the
+  # reply of such a call comes as {:timed, result, timing}.
+  @doc false
+  def await_reply(ref, timeout), do: receive_reply(ref, timeout, timeout, nil)
+
   # Output of the call (`output: :caller`) comes ahead of its reply and is
   # written as it comes. `wait` is what is left of `timeout`, counted from
   # the first line of output (`deadline`, nil before: a call that prints
@@ -629,6 +642,9 @@ defmodule SnakeBridge do
     receive do
       {:snakebridge, ^ref, result} ->
         result
+
+      {:snakebridge, ^ref, result, timing} ->
+        {:timed, result, timing}
 
       {:snakebridge_output, ^ref, _device, line} ->
         Output.write(line)
@@ -649,6 +665,7 @@ defmodule SnakeBridge do
         :replied ->
           receive do
             {:snakebridge, ^ref, result} -> result
+            {:snakebridge, ^ref, result, timing} -> {:timed, result, timing}
           after
             @reply_grace -> timeout_error(timeout)
           end
@@ -658,6 +675,7 @@ defmodule SnakeBridge do
           # the answer is already here.
           receive do
             {:snakebridge, ^ref, result} -> result
+            {:snakebridge, ^ref, result, timing} -> {:timed, result, timing}
           after
             0 -> timeout_error(timeout)
           end

@@ -21,6 +21,7 @@ defmodule SnakeBridge.Native do
   @as_handle 1
   @stream 2
   @as_arrow 4
+  @timed 8
   # The host's own flags, above the protocol's (native/snakebridge_nif/src/call.rs).
   @output_caller 0x10000
   @output_log 0x20000
@@ -120,6 +121,14 @@ defmodule SnakeBridge.Native do
     target |> request!(function, args, opts) |> submit(timeout)
   end
 
+  # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
+  # with the reply.
+  @doc false
+  def timed_request!(target, function, args, opts) do
+    {pool, target, function, args, kwargs, {flags, window}, near} = request!(target, function, args, opts)
+    {pool, target, function, args, kwargs, {flags ||| @timed, window}, near}
+  end
+
   # Checks a call's arguments and options; raises ArgumentError on the
   # first bad one. `stream` asks for the result's items, `window` of them
   # before the consumer grants more (see SnakeBridge.stream/4).
@@ -172,10 +181,13 @@ defmodule SnakeBridge.Native do
   end
 
   # Flags a call made on behalf of other processes (the cluster's relay):
-  # it follows no process's objects and spreads over the workers.
+  # it follows no process's objects and spreads over the workers. The relay
+  # passes plain replies on, so it asks for no timing.
   @doc false
-  def spread({pool, target, function, args, kwargs, {flags, window}, near}),
-    do: {pool, target, function, args, kwargs, {flags ||| @spread, window}, near}
+  def spread({pool, target, function, args, kwargs, {flags, window}, near}) do
+    flags = (flags ||| @spread) &&& bnot(@timed)
+    {pool, target, function, args, kwargs, {flags, window}, near}
+  end
 
   @doc false
   def pin_key, do: @pin
@@ -192,10 +204,24 @@ defmodule SnakeBridge.Native do
     # when the arguments are too big to encode within a scheduler time slice,
     # and the dirty-CPU variant does the same work off the normal schedulers.
     case NIF.submit(pool, target, function, args, kwargs, timeout, mode, near) do
-      :dirty -> NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode, near)
-      result -> result
+      {:ok, _} = queued ->
+        queued
+
+      :dirty ->
+        NIF.submit_dirty(pool, target, function, args, kwargs, timeout, mode, near)
+        |> refused(pool, target, function)
+
+      refusal ->
+        refused(refusal, pool, target, function)
     end
   end
+
+  defp refused({:error, %SnakeBridge.Error{reason: :overloaded}} = error, pool, target, function) do
+    SnakeBridge.Telemetry.overloaded(pool, target, function)
+    error
+  end
+
+  defp refused(result, _pool, _target, _function), do: result
 
   defp as_flag(:value), do: 0
   defp as_flag(:handle), do: @as_handle

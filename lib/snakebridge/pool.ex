@@ -331,7 +331,8 @@ defmodule SnakeBridge.Pool do
 
   # A slot that cannot start Python retries with backoff for as long as the
   # pool runs; the same failure is logged as a warning once, then at debug.
-  def handle_info({:snakebridge_worker, _os_pid, {:start_failed, message}}, state) do
+  def handle_info({:snakebridge_worker, os_pid, {:start_failed, message} = event}, state) do
+    SnakeBridge.Telemetry.worker_event(state.name, os_pid, event)
     level = if message == state.last_start_failure, do: :debug, else: :warning
 
     Logger.log(level, fn -> "Python worker failed to start: #{message}" end, pool: state.name)
@@ -340,6 +341,7 @@ defmodule SnakeBridge.Pool do
   end
 
   def handle_info({:snakebridge_worker, os_pid, event}, state) do
+    SnakeBridge.Telemetry.worker_event(state.name, os_pid, event)
     metadata = [python_worker: os_pid, pool: state.name]
 
     Logger.log(
@@ -354,6 +356,14 @@ defmodule SnakeBridge.Pool do
         _ -> state
       end
 
+    {:noreply, state}
+  end
+
+  def handle_info({:snakebridge_circuit, from, to, reason}, state) do
+    SnakeBridge.Telemetry.circuit_change(state.name, from, to, reason)
+    level = if to == :open, do: :warning, else: :info
+    why = if reason, do: ": #{reason}", else: ""
+    Logger.log(level, "circuit breaker #{from} -> #{to}#{why}", pool: state.name)
     {:noreply, state}
   end
 
@@ -400,7 +410,8 @@ defmodule SnakeBridge.Pool do
   end
 
   # Events from the runtime: {:started, python}, {:exited, %Error{}} (with
-  # :exit_status or :signal in its details) and {:start_failed, message}.
+  # :exit_status or :signal in its details), {:recycling, :max_calls |
+  # :max_memory} and {:start_failed, message}.
   defp event_level({:started, _python}), do: :debug
   defp event_level({:exited, %Error{details: %{exit_status: 0}}}), do: :debug
   defp event_level({:exited, _}), do: :warning
@@ -410,6 +421,7 @@ defmodule SnakeBridge.Pool do
   defp describe({:started, python}), do: "started (#{python})"
   defp describe({:exited, %Error{} = error}), do: "exited: #{Exception.message(error)}"
   defp describe({:start_failed, message}) when is_binary(message), do: "failed to start: #{message}"
+  defp describe({:recycling, reason}), do: "recycling (#{reason})"
   defp describe(event), do: inspect(event)
 
   defp default_python do

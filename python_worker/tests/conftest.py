@@ -1,7 +1,8 @@
 """Runs real workers (``python -m snakebridge_worker --fd N``) over real socketpairs.
 
-The worker under test is the installed one in ``<repo>/priv/python``, built
-and copied there by ``mix compile`` (or by hand, see INSTALL_HINT).
+The worker under test is the installed one: the directory named by
+``SNAKEBRIDGE_WORKER_PATH``, else ``<repo>/_build/dev/lib/snakebridge/priv/python``,
+where ``mix compile`` installs it (or by hand, see INSTALL_HINT).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parents[1]
-PRIV_PYTHON = REPO / "priv" / "python"
+PRIV_PYTHON = Path(
+    os.environ.get("SNAKEBRIDGE_WORKER_PATH") or REPO / "_build" / "dev" / "lib" / "snakebridge" / "priv" / "python"
+)
 
 INSTALL_HINT = f"""\
 snakebridge_worker._native is not installed in {PRIV_PYTHON}.
 Run `mix compile`, or install by hand from {REPO}:
     cargo build --release -p snakebridge_py
-    rm -rf priv/python && mkdir -p priv/python/snakebridge_worker
-    cp python_worker/snakebridge_worker/*.py priv/python/snakebridge_worker/
-    cp target/release/libsnakebridge_py.so priv/python/snakebridge_worker/_native.abi3.so"""
+    mkdir -p {PRIV_PYTHON}/snakebridge_worker
+    cp python_worker/snakebridge_worker/*.py {PRIV_PYTHON}/snakebridge_worker/
+    cp target/release/libsnakebridge_py.so {PRIV_PYTHON}/snakebridge_worker/_native.abi3.so"""
 
 if not list((PRIV_PYTHON / "snakebridge_worker").glob("_native*.so")):
     pytest.exit(INSTALL_HINT, returncode=1)

@@ -97,4 +97,6 @@ rustler::atoms! {
     stdout,
     stderr,
     output,
+    recycling,
+    snakebridge_circuit,
 }

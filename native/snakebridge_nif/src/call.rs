@@ -4,8 +4,8 @@ use std::hash::{DefaultHasher, Hasher};
 
 use rustler::{Atom, Binary, Encoder, Env, NifResult, ResourceArc, Term};
 use snakebridge_protocol::value as wire;
-use snakebridge_protocol::{FrameWriter, Kind, MAX_FRAME_LEN};
-use snakebridge_runtime::{Call, CancelOutcome, CancelReason};
+use snakebridge_protocol::{FrameWriter, Kind, CALL_TIMED, MAX_FRAME_LEN};
+use snakebridge_runtime::{monotonic_micros, Call, CancelOutcome, CancelReason};
 
 use crate::atoms;
 use crate::delivery::Caller;
@@ -177,7 +177,13 @@ fn submit_call<'a>(
         let reference = env.make_ref();
         let bytes = reference.encode(env).to_binary();
         let id = call_id(bytes.as_slice());
-        let call = Call::owned(id, Caller { pid: caller_pid, reference: bytes, output }, owner);
+        let caller = Caller {
+            pid: caller_pid,
+            reference: bytes,
+            output,
+            submitted_at: if mode.flags & CALL_TIMED != 0 { monotonic_micros() } else { 0 },
+        };
+        let call = Call::owned(id, caller, owner);
         // A hash collision with a pending call: take a fresh reference.
         if call_table().insert(call.clone()) {
             break (reference, call);

@@ -10,7 +10,7 @@
 use rustler::sys::{enif_send, ErlNifEnv};
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, WorkerEvent};
+use snakebridge_runtime::{CircuitChange, Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, Timing, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
@@ -71,6 +71,9 @@ pub struct Caller {
     /// Whether the call's `print` output goes to the caller (as
     /// `{:snakebridge_output, ref, device, line}`) rather than to the log.
     pub output: bool,
+    /// When a timed call (`CALL_TIMED`) was submitted, `CLOCK_MONOTONIC`
+    /// µs; 0 for the others.
+    pub submitted_at: u64,
 }
 
 /// Hooks for one pool; logs and events go to the pool's owner process.
@@ -131,6 +134,50 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// Sends a call's reply, or a stream's items, to its caller; a final
+    /// reply with `timing` carries it as a fourth element.
+    fn send_reply(&self, courier: &mut Courier, caller: &Caller, outcome: Outcome<'_>, timing: Option<Timing>) -> Result<(), DecodeError> {
+        let mut problem = None;
+        // A failed send means the caller is gone: nobody is waiting.
+        courier.send(&caller.pid, |env| {
+            let reference = env
+                .binary_to_term(caller.reference.as_slice())
+                .map(|(term, _)| term)
+                .expect("a reference encoded by term_to_binary decodes");
+            let (tag, result) = match outcome {
+                Outcome::Ok(bytes, origin) => {
+                    let result = match self.value(env, bytes, origin, &mut problem) {
+                        Ok(value) => (atoms::ok(), value).encode(env),
+                        Err(error) => error,
+                    };
+                    (atoms::snakebridge(), result)
+                }
+                // A stream's items, as a list; the stream still ends with a
+                // `:snakebridge` message. Items that do not decode end it.
+                Outcome::Items(bytes, origin) => match self.value(env, bytes, origin, &mut problem) {
+                    Ok(items) => (atoms::snakebridge_stream(), items),
+                    Err(error) => (atoms::snakebridge(), error),
+                },
+                Outcome::PythonError(e) => {
+                    let attributes = self.attributes(env, &e.attributes, &mut problem);
+                    let error = errors::python_error(env, &e, attributes);
+                    (atoms::snakebridge(), (atoms::error(), error).encode(env))
+                }
+                Outcome::Failed(f) => (atoms::snakebridge(), (atoms::error(), errors::failure(env, &f)).encode(env)),
+            };
+            match timing {
+                None => (tag, reference, result).encode(env),
+                Some(t) => {
+                    let queue_us = t.started_at.saturating_sub(caller.submitted_at);
+                    (tag, reference, result, (t.os_pid, queue_us, t.python_us)).encode(env)
+                }
+            }
+        });
+        problem.map_or(Ok(()), Err)
+    }
+}
+
 impl Hooks for Delivery {
     type Caller = Caller;
     type Courier = Courier;
@@ -140,36 +187,20 @@ impl Hooks for Delivery {
     }
 
     fn deliver(&self, courier: &mut Courier, caller: &Caller, outcome: Outcome<'_>) -> Result<(), DecodeError> {
-        let mut problem = None;
-        // A failed send means the caller is gone: nobody is waiting.
-        courier.send(&caller.pid, |env| {
-            let reference = env
-                .binary_to_term(caller.reference.as_slice())
-                .map(|(term, _)| term)
-                .expect("a reference encoded by term_to_binary decodes");
-            match outcome {
-                Outcome::Ok(bytes, origin) => {
-                    let result = match self.value(env, bytes, origin, &mut problem) {
-                        Ok(value) => (atoms::ok(), value).encode(env),
-                        Err(error) => error,
-                    };
-                    (atoms::snakebridge(), reference, result)
-                }
-                // A stream's items, as a list; the stream still ends with a
-                // `:snakebridge` message. Items that do not decode end it.
-                Outcome::Items(bytes, origin) => match self.value(env, bytes, origin, &mut problem) {
-                    Ok(items) => (atoms::snakebridge_stream(), reference, items),
-                    Err(error) => (atoms::snakebridge(), reference, error),
-                },
-                Outcome::PythonError(e) => {
-                    let attributes = self.attributes(env, &e.attributes, &mut problem);
-                    let error = errors::python_error(env, &e, attributes);
-                    (atoms::snakebridge(), reference, (atoms::error(), error).encode(env))
-                }
-                Outcome::Failed(f) => (atoms::snakebridge(), reference, (atoms::error(), errors::failure(env, &f)).encode(env)),
-            }
+        self.send_reply(courier, caller, outcome, None)
+    }
+
+    /// The final reply as `{:snakebridge, ref, result, {os_pid, queue_us,
+    /// python_us}}`: queued from submission until the worker started it.
+    fn deliver_timed(&self, courier: &mut Courier, caller: &Caller, outcome: Outcome<'_>, timing: Timing) -> Result<(), DecodeError> {
+        self.send_reply(courier, caller, outcome, Some(timing))
+    }
+
+    fn circuit(&self, courier: &mut Courier, change: CircuitChange) {
+        courier.send(&self.owner, |env| {
+            let atom = |name: &str| Atom::from_str(env, name).expect("state names are valid atoms");
+            (atoms::snakebridge_circuit(), atom(change.from), atom(change.to), change.reason)
         });
-        problem.map_or(Ok(()), Err)
     }
 
     /// `{:snakebridge_log, os_pid, level, line, metadata}`, where metadata
@@ -238,6 +269,10 @@ impl Hooks for Delivery {
                     (atoms::exited(), errors::failure(env, &failure)).encode(env)
                 }
                 WorkerEvent::StartFailed { message } => (atoms::start_failed(), message).encode(env),
+                WorkerEvent::Recycling { reason } => {
+                    let reason = Atom::from_str(env, reason.as_str()).expect("reasons are valid atoms");
+                    (atoms::recycling(), reason).encode(env)
+                }
             };
             (atoms::snakebridge_worker(), os_pid, event)
         });

@@ -67,6 +67,10 @@ pub const CALL_STREAM: u64 = 2;
 /// Call flag: send the result (a pandas DataFrame or pyarrow Table) as
 /// Arrow IPC stream bytes (ext 23).
 pub const CALL_AS_ARROW: u64 = 4;
+/// Call flag: a worker that answers the call itself (not through a stream
+/// or a task) sends a `timing` message for it just before the reply. Only
+/// set when someone measures calls, so the plain path writes no extra frame.
+pub const CALL_TIMED: u64 = 8;
 
 /// Output source: a line written to `sys.stdout`.
 pub const OUTPUT_STDOUT: u8 = 0;
@@ -91,6 +95,8 @@ pub enum Kind {
     Credit = 10,
     Started = 11,
     Output = 12,
+    /// Far from the others: kinds added alongside it keep their numbers.
+    Timing = 20,
 }
 
 impl Kind {
@@ -109,6 +115,7 @@ impl Kind {
             10 => Kind::Credit,
             11 => Kind::Started,
             12 => Kind::Output,
+            20 => Kind::Timing,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -123,6 +130,7 @@ impl Kind {
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
             Kind::Output => 7,
+            Kind::Timing => 4,
         }
     }
 }
@@ -235,6 +243,13 @@ pub enum Message {
         module: Option<String>,
         function: Option<String>,
     },
+    /// When the worker started a `CALL_TIMED` call (`CLOCK_MONOTONIC` µs,
+    /// the clock of call deadlines) and how long it ran in Python (µs).
+    Timing {
+        id: u64,
+        started_at: u64,
+        python_us: u64,
+    },
 }
 
 /// What a call calls into.
@@ -262,6 +277,7 @@ impl Message {
             Message::Credit { id, .. } => (Kind::Credit, *id),
             Message::Started { id } => (Kind::Started, *id),
             Message::Output { id, .. } => (Kind::Output, *id),
+            Message::Timing { id, .. } => (Kind::Timing, *id),
         };
         Header { kind, id }
     }
@@ -375,6 +391,10 @@ impl Message {
                         None => value::write_nil(out),
                     }
                 }
+            }
+            Message::Timing { started_at, python_us, .. } => {
+                value::write_u64(out, *started_at);
+                value::write_u64(out, *python_us);
             }
             Message::Cancel { .. } | Message::Ping { .. } | Message::Pong { .. } | Message::Started { .. } => {}
         }
@@ -494,6 +514,11 @@ impl Message {
                 module: read_optional_string(&mut input)?,
                 function: read_optional_string(&mut input)?,
             },
+            Kind::Timing => Message::Timing {
+                id,
+                started_at: read_uint(&mut input)?,
+                python_us: read_uint(&mut input)?,
+            },
         };
         if !input.is_empty() {
             return Err(DecodeError::TrailingBytes(input.len()));
@@ -599,6 +624,7 @@ mod tests {
             (id, any::<u8>(), any::<u32>(), text, proptest::option::of(text), proptest::option::of(text)).prop_map(
                 |(id, source, level, text, module, function)| Message::Output { id, source, level, text, module, function }
             ),
+            (id, any::<u64>(), any::<u64>()).prop_map(|(id, started_at, python_us)| Message::Timing { id, started_at, python_us }),
         ]
     }
 

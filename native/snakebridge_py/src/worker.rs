@@ -46,7 +46,8 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{
-    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, PROTOCOL_VERSION,
+    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, CALL_TIMED,
+    PROTOCOL_VERSION,
 };
 
 use crate::cancel::{self, frames, monotonic_micros, Polled, Running, Took};
@@ -433,6 +434,8 @@ impl<'py> Worker<'py> {
             },
         };
 
+        // Timed from here too: an import on a cache miss is Python's time.
+        let timed_since = (flags & CALL_TIMED != 0).then(monotonic_micros);
         // Running from here (a cache miss imports, which may be slow and is
         // worth interrupting) until the callable returns.
         let Some(running) = Running::begin(id) else {
@@ -462,6 +465,7 @@ impl<'py> Worker<'py> {
             Ok(resolved) => resolved,
             Err(err) => {
                 drop(running);
+                self.timing(id, timed_since);
                 return self.py_error(id, err);
             }
         };
@@ -489,9 +493,15 @@ impl<'py> Worker<'py> {
         drop(kwargs);
 
         match result {
-            Ok(Ok(value)) => self.result(id, value, flags, window)?,
-            Ok(Err(err)) => self.py_error(id, err)?,
-            Err(payload) => self.panicked(id, payload)?,
+            Ok(Ok(value)) => self.result(id, value, flags, window, timed_since)?,
+            Ok(Err(err)) => {
+                self.timing(id, timed_since);
+                self.py_error(id, err)?
+            }
+            Err(payload) => {
+                self.timing(id, timed_since);
+                self.panicked(id, payload)?
+            }
         }
         self.pending_since.get_or_insert(finished);
         if self.out.len() >= FLUSH_BYTES {
@@ -502,11 +512,14 @@ impl<'py> Worker<'py> {
 
     /// Replies with a call's result, or starts the work it stands for: a
     /// stream, or a task awaiting it.
-    fn result(&mut self, id: u64, value: Bound<'py, PyAny>, flags: u64, window: u64) -> Result<(), Stop> {
+    fn result(&mut self, id: u64, value: Bound<'py, PyAny>, flags: u64, window: u64, timed_since: Option<u64>) -> Result<(), Stop> {
         let as_handle = flags & CALL_AS_HANDLE != 0;
         if flags & CALL_AS_ARROW != 0 {
             return match crate::convert::to_arrow(&value) {
-                Ok(table) => self.ok(id, &table, false),
+                Ok(table) => {
+                    self.timing(id, timed_since);
+                    self.ok(id, &table, false)
+                }
                 Err(err) => self.py_error(id, err),
             };
         }
@@ -520,7 +533,22 @@ impl<'py> Worker<'py> {
                 Err(err) => self.py_error(id, err),
             };
         }
+        self.timing(id, timed_since);
         self.ok(id, &value, as_handle)
+    }
+
+    /// The `timing` message that goes just before the reply of a call that
+    /// asked for it (`CALL_TIMED`), measured since `since`.
+    fn timing(&mut self, id: u64, since: Option<u64>) {
+        if let Some(started_at) = since {
+            Message::Timing {
+                id,
+                started_at,
+                python_us: monotonic_micros().saturating_sub(started_at),
+            }
+            .write_frame(&mut self.out)
+            .expect("a timing frame is small");
+        }
     }
 
     /// `inspect.isawaitable(value)`, without calling it for the by-value

@@ -17,9 +17,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
+use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use crate::hooks::{Failure, Reason};
+use crate::hooks::{CircuitChange, Failure, Reason};
 use crate::monotonic_micros;
 
 const CLOSED: u8 = 0;
@@ -79,6 +80,9 @@ pub(crate) struct Breaker {
     state: AtomicU8,
     opened: AtomicU64,
     inner: Mutex<Inner>,
+    /// Where state changes are reported (the pool's log thread passes them
+    /// to `Hooks::circuit`): they happen on whichever thread saw the cause.
+    changes: Option<Sender<CircuitChange>>,
 }
 
 impl Breaker {
@@ -94,6 +98,23 @@ impl Breaker {
                 retry_at: 0,
                 why: String::new(),
             }),
+            changes: None,
+        }
+    }
+
+    /// Reports state changes to `changes`.
+    pub fn reporting_to(mut self, changes: Sender<CircuitChange>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    fn report(&self, from: u8, to: u8, reason: Option<String>) {
+        if let Some(changes) = &self.changes {
+            let _ = changes.send(CircuitChange {
+                from: state_name(from),
+                to: state_name(to),
+                reason,
+            });
         }
     }
 
@@ -122,6 +143,9 @@ impl Breaker {
             // cool-down the next call is a trial call too.
             inner.retry_at = now + micros(config.cooldown);
             self.state.store(HALF_OPEN, Ordering::Release);
+            if state == OPEN {
+                self.report(OPEN, HALF_OPEN, None);
+            }
             return Ok(());
         }
         let retry_in = Duration::from_micros(inner.retry_at - now);
@@ -184,6 +208,7 @@ impl Breaker {
         if self.state.load(Ordering::Acquire) == HALF_OPEN {
             inner.recent.clear();
             self.state.store(CLOSED, Ordering::Release);
+            self.report(HALF_OPEN, CLOSED, None);
         }
     }
 
@@ -192,7 +217,8 @@ impl Breaker {
         inner.retry_at = now + micros(config.cooldown);
         inner.why = why;
         self.opened.fetch_add(1, Ordering::Relaxed);
-        self.state.store(OPEN, Ordering::Release);
+        let from = self.state.swap(OPEN, Ordering::AcqRel);
+        self.report(from, OPEN, Some(inner.why.clone()));
     }
 
     pub fn stats(&self) -> BreakerStats {
@@ -211,11 +237,7 @@ impl Breaker {
         let inner = self.inner.lock();
         let state = self.state.load(Ordering::Acquire);
         BreakerStats {
-            state: match state {
-                CLOSED => "closed",
-                OPEN => "open",
-                _ => "half_open",
-            },
+            state: state_name(state),
             failures: inner.recent.iter().filter(|&&t| in_window(t, now, config)).count(),
             opened: self.opened.load(Ordering::Relaxed),
             retry_in_ms: if state == CLOSED { 0 } else { inner.retry_at.saturating_sub(now).div_ceil(1000) },
@@ -224,6 +246,14 @@ impl Breaker {
 }
 
 /// Whether a failure at `t` still counts at `now`.
+fn state_name(state: u8) -> &'static str {
+    match state {
+        CLOSED => "closed",
+        OPEN => "open",
+        _ => "half_open",
+    }
+}
+
 fn in_window(t: u64, now: u64, config: BreakerConfig) -> bool {
     now.saturating_sub(t) < micros(config.window)
 }

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use snakebridge_protocol::Message;
 
 use crate::breaker::Breaker;
+use crate::hooks::Timing;
 use crate::monotonic_micros;
 use crate::socket;
 
@@ -100,6 +101,10 @@ pub(crate) struct Connection {
     cancel_grace: Duration,
     /// The pool's, so a timed-out call found by incarnation is counted there.
     pub breaker: Arc<Breaker>,
+    /// The `timing` message just read, for the reply that follows it; the
+    /// flag spares untimed replies the lock.
+    timing: Mutex<Option<(u64, Timing)>>,
+    has_timing: AtomicBool,
 }
 
 impl Connection {
@@ -132,6 +137,8 @@ impl Connection {
             control,
             cancel_grace,
             breaker,
+            timing: Mutex::new(None),
+            has_timing: AtomicBool::new(false),
         });
         registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
         conn
@@ -253,13 +260,34 @@ impl Connection {
     }
 
     /// Stops sending calls to the worker and has the writer half-close its
-    /// socket once the write in progress, if any, is done.
-    pub fn drain(&self) {
-        if !self.draining.swap(true, Ordering::AcqRel) {
+    /// socket once the write in progress, if any, is done. True the first
+    /// time.
+    pub fn drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::AcqRel);
+        if first {
             let _ = self.control.send(Control {
                 incarnation: self.incarnation,
                 action: Action::Shutdown,
             });
+        }
+        first
+    }
+
+    /// Keeps the worker's timing of call `id` for its reply, which comes next.
+    pub fn stash_timing(&self, id: u64, timing: Timing) {
+        *self.timing.lock() = Some((id, timing));
+        self.has_timing.store(true, Ordering::Release);
+    }
+
+    /// The timing stashed for call `id`, if any.
+    pub fn take_timing(&self, id: u64) -> Option<Timing> {
+        if !self.has_timing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.has_timing.store(false, Ordering::Release);
+        match self.timing.lock().take() {
+            Some((stashed, timing)) if stashed == id => Some(timing),
+            _ => None,
         }
     }
 

@@ -202,6 +202,47 @@ pub enum WorkerEvent {
     Started { python: String },
     Exited(ExitInfo),
     StartFailed { message: String },
+    /// The worker takes no new calls and exits once it has answered its
+    /// calls: it reached `max_calls` or `max_memory`.
+    Recycling { reason: RecycleReason },
+}
+
+/// Why a worker is recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecycleReason {
+    MaxCalls,
+    MaxMemory,
+}
+
+impl RecycleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecycleReason::MaxCalls => "max_calls",
+            RecycleReason::MaxMemory => "max_memory",
+        }
+    }
+}
+
+/// How long a call waited and ran, as its worker reported it (the call
+/// was submitted with the protocol's `CALL_TIMED` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub os_pid: u32,
+    /// When the worker started the call (`CLOCK_MONOTONIC` µs, see
+    /// [`crate::monotonic_micros`]).
+    pub started_at: u64,
+    /// How long it ran in Python (µs).
+    pub python_us: u64,
+}
+
+/// A change of state of a pool's circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitChange {
+    /// `closed`, `open` or `half_open`, as in [`crate::BreakerStats`].
+    pub from: &'static str,
+    pub to: &'static str,
+    /// What opened the circuit (when `to` is `open`).
+    pub reason: Option<String>,
 }
 
 /// The embedder's side of the runtime.
@@ -220,6 +261,20 @@ pub trait Hooks: Send + Sync + 'static {
     /// protocol error), and reported back as `Err`, so the runtime replaces
     /// the worker that sent it.
     fn deliver(&self, courier: &mut Self::Courier, caller: &Self::Caller, outcome: Outcome<'_>) -> Result<(), DecodeError>;
+    /// Like [`Hooks::deliver`], for a final reply whose worker reported the
+    /// call's [`Timing`].
+    fn deliver_timed(
+        &self,
+        courier: &mut Self::Courier,
+        caller: &Self::Caller,
+        outcome: Outcome<'_>,
+        _timing: Timing,
+    ) -> Result<(), DecodeError> {
+        self.deliver(courier, caller, outcome)
+    }
+    /// The pool's circuit breaker changed state; called from the pool's log
+    /// thread.
+    fn circuit(&self, _courier: &mut Self::Courier, _change: CircuitChange) {}
     /// One line of worker output; called from one thread per pool, at most
     /// at the pool's `log_rate`.
     fn log(&self, courier: &mut Self::Courier, line: LogLine<'_, Self::Caller>);

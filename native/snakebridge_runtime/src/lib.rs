@@ -43,7 +43,10 @@ mod writer;
 pub use breaker::{BreakerConfig, BreakerStats};
 pub use call::{Call, CallTable, CancelOutcome, CancelReason};
 pub use config::PoolConfig;
-pub use hooks::{ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, Stream, WorkerEvent};
+pub use hooks::{
+    CircuitChange, ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, RecycleReason, Stream, Timing,
+    WorkerEvent,
+};
 pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
 pub use reader::Reader;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::call::Call;
-use crate::hooks::{Hooks, Level, LogLine, Stream};
+use crate::hooks::{CircuitChange, Hooks, Level, LogLine, Stream};
 
 /// How often drops are reported while lines keep coming.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -83,8 +83,14 @@ pub(crate) fn log_queue<C>(capacity: usize, rate: u32) -> (LogQueue<C>, LogDrain
     (queue, LogDrain { rx, dropped, bucket })
 }
 
-/// Hands queued lines to `hooks` until `stop` is disconnected.
-pub(crate) fn drain<H: Hooks>(hooks: &H, mut drain: LogDrain<H::Caller>, stop: &Receiver<()>) {
+/// Hands queued lines, and the circuit breaker's changes of state, to
+/// `hooks` until `stop` is disconnected.
+pub(crate) fn drain<H: Hooks>(
+    hooks: &H,
+    mut drain: LogDrain<H::Caller>,
+    mut circuit: Receiver<CircuitChange>,
+    stop: &Receiver<()>,
+) {
     let mut courier = hooks.courier();
     // When drops were first seen since the last report: they are reported
     // a second later, so a flood gets one warning per second it lasts.
@@ -97,6 +103,14 @@ pub(crate) fn drain<H: Hooks>(hooks: &H, mut drain: LogDrain<H::Caller>, stop: &
                 Ok(entry) => Some(entry),
                 Err(_) => break,
             },
+            recv(circuit) -> change => {
+                match change {
+                    Ok(change) => hooks.circuit(&mut courier, change),
+                    // The breaker is gone: nothing more will come.
+                    Err(_) => circuit = crossbeam_channel::never(),
+                }
+                None
+            }
             recv(stop) -> _ => break,
             default(wait) => None,
         };

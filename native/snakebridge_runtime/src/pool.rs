@@ -205,7 +205,8 @@ impl<H: Hooks> Pool<H> {
         let size = config.size.max(1);
         let (logs, log_drain) = log::log_queue(config.log_queue, config.log_rate);
         let name = name.into();
-        let breaker = Arc::new(Breaker::new(&name, config.breaker));
+        let (circuit_tx, circuit_rx) = crossbeam_channel::unbounded();
+        let breaker = Arc::new(Breaker::new(&name, config.breaker).reporting_to(circuit_tx));
         let shared = Arc::new(Shared {
             name,
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
@@ -241,7 +242,7 @@ impl<H: Hooks> Pool<H> {
         let logged = shared.clone();
         let logger = std::thread::Builder::new()
             .name(format!("sb-log-{}", shared.name))
-            .spawn(move || log::drain(&*logged.hooks, log_drain, &logged.stop_rx))?;
+            .spawn(move || log::drain(&*logged.hooks, log_drain, circuit_rx, &logged.stop_rx))?;
         pool.threads.lock().push(logger);
         Ok(pool)
     }

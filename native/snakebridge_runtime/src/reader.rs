@@ -23,7 +23,7 @@ use snakebridge_protocol::{
 
 use crate::connection::Connection;
 use crate::exit::ExitNotice;
-use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, Stream};
+use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, RecycleReason, Stream, Timing, WorkerEvent};
 use crate::log::Entry;
 use crate::object::Origin;
 use crate::pool::Shared;
@@ -180,15 +180,30 @@ fn route_reply<H: Hooks>(
             return Ok(());
         }
         Kind::Output => return route_output(shared, conn, body, courier),
+        Kind::Timing => {
+            conn.heard();
+            let Message::Timing { started_at, python_us, .. } = Message::decode(body)? else {
+                unreachable!("kind checked above")
+            };
+            let timing = Timing {
+                os_pid: conn.os_pid,
+                started_at,
+                python_us,
+            };
+            conn.stash_timing(header.id, timing);
+            return Ok(());
+        }
         other => return Err(DecodeError::Invalid(format!("unexpected {other:?} message"))),
     }
     if !conn.finish(header.id) {
         return Err(DecodeError::Invalid(format!("reply to call {} that was never sent", header.id)));
     }
     let replies = conn.replies.fetch_add(1, Ordering::Relaxed) + 1;
-    if shared.config.max_calls == Some(replies) {
-        conn.drain();
+    if shared.config.max_calls == Some(replies) && conn.drain() {
+        let reason = RecycleReason::MaxCalls;
+        shared.hooks.event(courier, conn.os_pid, WorkerEvent::Recycling { reason });
     }
+    let timing = conn.take_timing(header.id);
     conn.heard();
     slot.calls.fetch_add(1, Ordering::Relaxed);
     if header.kind != Kind::Ok {
@@ -245,7 +260,10 @@ fn route_reply<H: Hooks>(
                     .breaker
                     .failure(|| format!("call {} passed its deadline on Python worker {}", header.id, conn.os_pid));
             }
-            let delivered = shared.hooks.deliver(courier, &call.caller, outcome);
+            let delivered = match timing {
+                None => shared.hooks.deliver(courier, &call.caller, outcome),
+                Some(timing) => shared.hooks.deliver_timed(courier, &call.caller, outcome, timing),
+            };
             shared.table.remove(header.id);
             return delivered;
         }

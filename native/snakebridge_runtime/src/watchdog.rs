@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, RecycleReason, WorkerEvent};
 use crate::pool::Shared;
 use crate::stats::rss_bytes;
 
@@ -48,8 +48,9 @@ pub(crate) fn watch<H: Hooks>(shared: &Shared<H>) {
                 kill(slot, &conn, reason);
                 continue;
             }
-            if slow && config.max_memory.is_some_and(|max| rss_bytes(conn.os_pid) > max) {
-                conn.drain();
+            if slow && config.max_memory.is_some_and(|max| rss_bytes(conn.os_pid) > max) && conn.drain() {
+                let reason = RecycleReason::MaxMemory;
+                shared.hooks.event(&mut courier, conn.os_pid, WorkerEvent::Recycling { reason });
             }
         }
         if slow {

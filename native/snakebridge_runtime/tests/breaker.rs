@@ -1,7 +1,7 @@
 //! A pool's circuit breaker against real Python worker processes that crash,
 //! hang, raise and fail to start.
 //!
-//! Needs the installed worker package (`priv/python`, put there by
+//! Needs the installed worker package (`_build/dev/lib/snakebridge/priv/python`, put there by
 //! `mix compile`), or a directory named by `SNAKEBRIDGE_WORKER_PATH`.
 
 mod common;

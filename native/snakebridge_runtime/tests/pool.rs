@@ -1,6 +1,6 @@
 //! The runtime against real Python worker processes.
 //!
-//! Needs the installed worker package (`priv/python`, put there by
+//! Needs the installed worker package (`_build/dev/lib/snakebridge/priv/python`, put there by
 //! `mix compile`), or a directory named by `SNAKEBRIDGE_WORKER_PATH`.
 
 mod common;
