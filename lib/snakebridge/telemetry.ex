@@ -65,7 +65,7 @@ defmodule SnakeBridge.Telemetry do
       `:module`, `:function`.
   """
 
-  alias SnakeBridge.{Error, Native, NIF, Object, PythonError}
+  alias SnakeBridge.{Error, Native, Object, PythonError}
 
   # An optional library: called only once it is loaded.
   @compile {:no_warn_undefined, :telemetry}
