@@ -404,6 +404,8 @@ impl Message {
     /// Decodes a whole frame body.
     pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
         let mut input = body;
+        // The field count tells a py_error with attributes from one without.
+        let fields = read_array_len(&mut &body[..])?;
         let header = Header::read(&mut input)?;
         let id = header.id;
         let message = match header.kind {
@@ -478,7 +480,7 @@ impl Message {
                     return Err(DecodeError::Truncated);
                 }
                 let traceback = (0..lines).map(|_| read_string(&mut input)).collect::<Result<_, _>>()?;
-                let attributes = if input.is_empty() {
+                let attributes = if fields < Kind::PyError.arity() {
                     Vec::new()
                 } else {
                     match decode_value(&mut input, &mut ValueBuilder, 0)? {
