@@ -156,7 +156,7 @@ defmodule SnakeBridge.TelemetryTest do
 
     test "methods name the object's type; eval names the evaluator" do
       pool = start_pool!()
-      {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], pool: pool)
+      {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], pool: pool, as: :handle)
       assert {:ok, 3} = SnakeBridge.method(date, "weekday")
 
       assert_received {:event, [:snakebridge, :call, :stop], _,
