@@ -6,8 +6,8 @@ defmodule SnakeBridge.NotebookTest do
   # also records them for a new cell).
   #
   # Mix.install's cache lives in _build/notebook, and cargo builds into
-  # this checkout's target directory, so a run after `mix compile` reuses
-  # what is built; the cells themselves always run.
+  # the target directory of this checkout's own `mix compile`, so a run
+  # after it reuses what is built; the cells themselves always run.
   use ExUnit.Case, async: true
 
   import SnakeBridge.TestHelpers
@@ -105,7 +105,8 @@ defmodule SnakeBridge.NotebookTest do
 
     env = [
       {"MIX_INSTALL_DIR", Path.join(@root, "_build/notebook/mix_install")},
-      {"CARGO_TARGET_DIR", System.get_env("CARGO_TARGET_DIR") || Path.join(@root, "target")},
+      {"CARGO_TARGET_DIR",
+       System.get_env("CARGO_TARGET_DIR") || Path.join(@root, "_build/snakebridge_native/target")},
       {"MIX_ENV", nil}
     ]
 
