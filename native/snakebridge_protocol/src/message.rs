@@ -87,6 +87,8 @@ pub enum Kind {
     Credit = 10,
     Started = 11,
     Output = 12,
+    /// A frame body that lies in shared memory (see [`crate::shm`]).
+    Shared = 13,
 }
 
 impl Kind {
@@ -105,6 +107,7 @@ impl Kind {
             10 => Kind::Credit,
             11 => Kind::Started,
             12 => Kind::Output,
+            13 => Kind::Shared,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -119,6 +122,7 @@ impl Kind {
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
             Kind::Output => 7,
+            Kind::Shared => 4,
         }
     }
 }
@@ -463,6 +467,9 @@ impl Message {
                 module: read_optional_string(&mut input)?,
                 function: read_optional_string(&mut input)?,
             },
+            // Resolved by the transport (see `shm::described`) before any
+            // message is decoded.
+            Kind::Shared => return Err(DecodeError::Invalid("a shared-memory descriptor out of place".into())),
         };
         if !input.is_empty() {
             return Err(DecodeError::TrailingBytes(input.len()));
