@@ -62,6 +62,15 @@ defmodule SnakeBridge.Pool do
       dies with calls (once per worker), a call that times out on a worker,
       a worker that fails to start. Python exceptions never count.
       `SnakeBridge.stats/1` shows the state under `:circuit`.
+    * `:shared_memory` — whether large calls and results (32 KiB and more,
+      encoded) go through shared memory instead of the socket (see
+      "Large payloads" in the README). Default `true`.
+    * `:max_payload` — the largest encoded call or result, in bytes, from
+      `1_048_576` to `4_294_967_295`; larger ones fail with
+      `:payload_too_large`. Above 64 MiB (`67_108_864`, the default) only
+      with `shared_memory: true`. Each worker's shared memory is sized for
+      two payloads of this size in each direction (reserved address space;
+      memory is used only as payloads need it).
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -118,12 +127,17 @@ defmodule SnakeBridge.Pool do
           | {:log_queue, pos_integer()}
           | {:log_rate, pos_integer()}
           | {:circuit_breaker, boolean() | [circuit_breaker_option()]}
+          | {:shared_memory, boolean()}
+          | {:max_payload, pos_integer()}
 
   @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
   @type circuit_breaker_option ::
           {:failures, pos_integer()} | {:window, pos_integer()} | {:cooldown, pos_integer()}
 
   @circuit_breaker_defaults [failures: 10, window: 10_000, cooldown: 5_000]
+
+  # The largest frame the socket carries; larger payloads need shared memory.
+  @socket_frame_limit 64 * 1024 * 1024
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -173,8 +187,12 @@ defmodule SnakeBridge.Pool do
         cancel_grace: 2_000,
         log_queue: 1_000,
         log_rate: 1_000,
-        circuit_breaker: false
+        circuit_breaker: false,
+        shared_memory: true,
+        max_payload: @socket_frame_limit
       )
+
+    shared_memory = check!(opts, :shared_memory, &is_boolean/1, "a boolean")
 
     %{
       name: check!(opts, :name, &is_atom/1, "an atom"),
@@ -194,8 +212,23 @@ defmodule SnakeBridge.Pool do
       cancel_grace: check!(opts, :cancel_grace, &pos_integer?/1, "a positive integer"),
       log_queue: check!(opts, :log_queue, &pos_integer?/1, "a positive integer"),
       log_rate: check!(opts, :log_rate, &(pos_integer?(&1) and &1 < 2 ** 32), "a positive integer"),
-      circuit_breaker: circuit_breaker!(opts[:circuit_breaker])
+      circuit_breaker: circuit_breaker!(opts[:circuit_breaker]),
+      shared_memory: shared_memory,
+      max_payload: max_payload!(opts[:max_payload], shared_memory)
     }
+  end
+
+  defp max_payload!(bytes, shared_memory) do
+    limit = if shared_memory, do: 2 ** 32 - 1, else: @socket_frame_limit
+
+    unless is_integer(bytes) and bytes >= 1_048_576 and bytes <= limit do
+      also = if shared_memory, do: "", else: " (the socket's frame limit, without :shared_memory)"
+
+      raise ArgumentError,
+            "expected :max_payload to be an integer from 1048576 to #{limit}#{also}, got: #{inspect(bytes)}"
+    end
+
+    bytes
   end
 
   ## GenServer

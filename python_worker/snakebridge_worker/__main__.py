@@ -20,7 +20,18 @@ from snakebridge_worker.dispatch import describe, resolve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m snakebridge_worker", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="the protocol socket's file descriptor")
+    parser.add_argument(
+        "--shm",
+        metavar="CALLS,REPLIES",
+        help="memfds of the shared memory for large calls and large replies",
+    )
+    parser.add_argument("--max-payload", type=int, help="the largest result to send, in bytes")
     args = parser.parse_args(argv)
+    if args.max_payload is not None:
+        _native.set_max_payload(args.max_payload)
+    if args.shm:
+        calls, replies = (int(fd) for fd in args.shm.split(","))
+        _native.attach_shared(calls, replies)
     # Subprocesses started by user code must not inherit the channel, or the
     # host would not see EOF when this process dies.
     os.set_inheritable(args.fd, False)

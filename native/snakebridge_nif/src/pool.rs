@@ -102,6 +102,8 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.log_queue = field::<usize>(config, atoms::log_queue())?.max(1);
     pool_config.log_rate = field::<u32>(config, atoms::log_rate())?.max(1);
     pool_config.breaker = breaker_config(config.map_get(atoms::circuit_breaker())?)?;
+    pool_config.shared_memory = field(config, atoms::shared_memory())?;
+    pool_config.max_payload = field(config, atoms::max_payload())?;
     let owner: LocalPid = field(config, atoms::owner())?;
 
     let mut pools = registry().write();

@@ -204,18 +204,32 @@ impl Arena {
     /// The body a descriptor names, held until the returned value drops,
     /// which hands its blocks back to the sender.
     pub fn take(self: &Arc<Self>, offset: usize, len: usize) -> Result<Shared, DecodeError> {
-        let fits = offset % BLOCK == 0 && offset.checked_add(len).is_some_and(|end| end <= self.capacity());
-        if !fits {
-            return Err(DecodeError::Invalid(format!(
-                "shared region {offset}+{len} outside the {} byte arena",
-                self.capacity()
-            )));
-        }
+        self.check(offset, len)?;
         Ok(Shared {
             arena: self.clone(),
             offset,
             len,
         })
+    }
+
+    /// The body a descriptor names, to look at before taking it.
+    pub fn view(&self, offset: usize, len: usize) -> Result<&[u8], DecodeError> {
+        self.check(offset, len)?;
+        // SAFETY: within the data blocks (checked); the sender leaves the
+        // region alone until the receiver takes and drops it.
+        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(self.data + offset), len) })
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<(), DecodeError> {
+        let fits = offset % BLOCK == 0 && offset.checked_add(len).is_some_and(|end| end <= self.capacity());
+        if fits {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid(format!(
+                "shared region {offset}+{len} outside the {} byte arena",
+                self.capacity()
+            )))
+        }
     }
 
     fn release(&self, offset: usize, len: usize) {
@@ -227,11 +241,12 @@ impl Arena {
         let end = (first + count) * BLOCK;
         if end > cold_from {
             let start = cold_from.next_multiple_of(BLOCK);
-            if let Some(ptr) = NonNull::new(unsafe { self.base.as_ptr().add(self.data + start) }) {
-                // SAFETY: a range of this mapping that this side owns until
-                // the bits are cleared below; MADV_REMOVE frees the memfd's
-                // pages behind it.
-                let _ = unsafe { madvise(ptr.cast(), end - start, MmapAdvise::MADV_REMOVE) };
+            // SAFETY: `start..end` lies within the data blocks of this
+            // mapping, and this side owns that range until the bits are
+            // cleared below; MADV_REMOVE frees the memfd's pages behind it.
+            unsafe {
+                let ptr = NonNull::new_unchecked(self.base.as_ptr().add(self.data + start));
+                let _ = madvise(ptr.cast(), end - start, MmapAdvise::MADV_REMOVE);
             }
         }
         self.mark(first, count, false);
@@ -256,9 +271,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: bounds checked in `Arena::take`; the sender does not touch
-        // these blocks until this value drops and clears their bits.
-        unsafe { std::slice::from_raw_parts(self.arena.base.as_ptr().add(self.arena.data + self.offset), self.len) }
+        // The sender does not touch these blocks until this value drops and
+        // clears their bits.
+        self.arena.view(self.offset, self.len).expect("checked in Arena::take")
     }
 }
 

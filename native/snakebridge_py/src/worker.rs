@@ -55,6 +55,7 @@ use crate::encode::{EncodeFailure, Encoder, Handles};
 use crate::fd::host_gone;
 use crate::objects;
 use crate::output::{self, CallInfo, CallScope};
+use crate::shm;
 use crate::stream::{self, Batch, Refused, Stream};
 use crate::{CallCancelled, ProtocolError};
 
@@ -155,6 +156,8 @@ struct Worker<'py> {
     key: Vec<u8>,
     /// Encoded replies not yet written.
     out: Vec<u8>,
+    /// Where `out` is rebuilt when large replies move to shared memory.
+    scratch: Vec<u8>,
     /// When the oldest pending reply was finished.
     pending_since: Option<Instant>,
     /// Sync streams, served round-robin in this order.
@@ -183,6 +186,7 @@ pub(crate) fn serve(
         entries: Vec::new(),
         key: Vec::new(),
         out: Vec::with_capacity(64 * 1024),
+        scratch: Vec::new(),
         pending_since: None,
         streams: Vec::new(),
         next_stream: 0,
@@ -307,7 +311,10 @@ impl<'py> Worker<'py> {
 
     fn handle_all(&mut self, batch: &[u8]) -> Result<(), Stop> {
         for body in frames(batch) {
-            let mut input = body;
+            // A large call's body lies in shared memory, freed for the host
+            // once the call has read its arguments.
+            let shared = shm::incoming(body).transpose()?;
+            let mut input = shared.as_ref().map_or(body, |s| s.bytes());
             let header = Header::read(&mut input)?;
             match header.kind {
                 Kind::Call => self.call(header.id, input)?,
@@ -882,6 +889,7 @@ impl<'py> Worker<'py> {
         if self.out.is_empty() {
             return Ok(());
         }
+        shm::offload(&mut self.out, &mut self.scratch);
         let (fd, out) = (self.fd, &self.out);
         // Output first: a call's lines go before its reply.
         let written = self.py.detach(|| output::write_after_output(fd, out));

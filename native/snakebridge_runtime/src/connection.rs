@@ -17,6 +17,7 @@ use snakebridge_protocol::Message;
 use crate::breaker::Breaker;
 use crate::monotonic_micros;
 use crate::socket;
+use crate::transport::Arenas;
 
 /// Process-wide counter so a call can name the exact worker process it was
 /// written to, across slots, pools and restarts.
@@ -100,6 +101,8 @@ pub(crate) struct Connection {
     cancel_grace: Duration,
     /// The pool's, so a timed-out call found by incarnation is counted there.
     pub breaker: Arc<Breaker>,
+    /// The worker's shared memory, if it has any: set once, at its start.
+    arenas: OnceLock<Arenas>,
 }
 
 impl Connection {
@@ -132,9 +135,29 @@ impl Connection {
             control,
             cancel_grace,
             breaker,
+            arenas: OnceLock::new(),
         });
         registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
         conn
+    }
+
+    /// Gives the worker's shared memory to this connection, before its
+    /// first call.
+    pub fn share(&self, arenas: Arenas) {
+        let _ = self.arenas.set(arenas);
+    }
+
+    pub fn arenas(&self) -> Option<&Arenas> {
+        self.arenas.get()
+    }
+
+    /// The bytes that carry `frame`: a shared-memory descriptor for a large
+    /// one, when the worker has an arena with room.
+    pub fn wire<'a>(&self, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match self.arenas.get() {
+            Some(arenas) => arenas.wire(frame),
+            None => std::borrow::Cow::Borrowed(frame),
+        }
     }
 
     /// Sends `frame` without waiting: true when it is the socket's (written,
@@ -156,6 +179,7 @@ impl Connection {
         if !begin() {
             return Ok(false);
         }
+        let frame = &*self.wire(frame);
         // A large frame is written at once all the same: batching saves
         // little on it, and the copy into the outbox would cost more.
         if !outbox.is_empty() || (!idle && frame.len() < OUTBOX_FRAME_MAX) {

@@ -36,6 +36,7 @@ mod slot;
 mod socket;
 mod spawn;
 mod stats;
+mod transport;
 mod watchdog;
 mod writer;
 
@@ -46,7 +47,9 @@ pub use hooks::{ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, 
 pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
 pub use reader::Reader;
+pub use snakebridge_protocol::shm::Shared;
 pub use stats::{PoolStats, WorkerStats};
+pub use transport::Arenas;
 
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, ClockId};

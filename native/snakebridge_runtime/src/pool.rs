@@ -257,7 +257,10 @@ impl<H: Hooks> Pool<H> {
             shared.table.remove(call.id);
             return Err(failure);
         }
-        if frame.len() <= DIRECT_MAX && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
+        // With shared memory a large frame is a small descriptor on the
+        // socket: the caller writes it as well as a small one.
+        let direct = frame.len() <= DIRECT_MAX || shared.config.shared_memory;
+        if direct && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
             return Ok(());
         }
         if shared.queue_length() >= shared.config.max_queue {

@@ -397,6 +397,9 @@ fn start<H: Hooks>(
                 config.cancel_grace,
                 shared.breaker.clone(),
             );
+            if let Some(arenas) = &process.arenas {
+                conn.share(arenas.clone());
+            }
             Ok((process, conn, notice, python))
         }
         Err((problem, cause)) => {
