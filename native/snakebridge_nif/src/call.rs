@@ -4,7 +4,7 @@ use std::hash::{DefaultHasher, Hasher};
 
 use rustler::{Atom, Binary, Encoder, Env, NifResult, Term};
 use snakebridge_protocol::value as wire;
-use snakebridge_protocol::{FrameWriter, Kind, MAX_FRAME_LEN};
+use snakebridge_protocol::{FrameWriter, Kind};
 use snakebridge_runtime::{Call, CancelOutcome, CancelReason};
 
 use crate::atoms;
@@ -125,7 +125,8 @@ fn submit_call<'a>(
         Ok::<_, (EncodeError, &str)>(())
     })();
     let objects = std::mem::take(&mut encoder.objects);
-    let encoded = encoded.and_then(|()| FrameWriter::finish(&mut frame, start).map_err(|e| (e.into(), "")));
+    let limit = pool.payload_limit();
+    let encoded = encoded.and_then(|()| FrameWriter::finish_within(&mut frame, start, limit).map_err(|e| (e.into(), "")));
     if let Err((error, root)) = encoded {
         let reason = match error {
             EncodeError::NeedsDirty => return Ok(atoms::dirty().encode(env)),
@@ -134,7 +135,7 @@ fn submit_call<'a>(
             EncodeError::Released { .. } => atoms::stale_handle(),
             EncodeError::Conflict { .. } => atoms::handle_conflict(),
             EncodeError::TooLarge(_) => {
-                let message = format!("the call's arguments exceed the {MAX_FRAME_LEN} byte message limit");
+                let message = format!("the call's arguments exceed the pool's {limit} byte message limit (:max_payload)");
                 return Ok(errors::error_tuple(env, atoms::payload_too_large(), &message));
             }
         };

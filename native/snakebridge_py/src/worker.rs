@@ -805,7 +805,7 @@ impl<'py> Worker<'py> {
             }
         }));
         let encoded = match encoded {
-            Ok(encoded) => encoded.and_then(|()| Ok(FrameWriter::finish(&mut self.out, start)?)),
+            Ok(encoded) => encoded.and_then(|()| Ok(FrameWriter::finish_within(&mut self.out, start, shm::max_payload())?)),
             Err(payload) => {
                 FrameWriter::abandon(&mut self.out, start);
                 objects::release(registered);

@@ -160,6 +160,20 @@ impl Connection {
         }
     }
 
+    /// [`Connection::wire`] for the writer thread: a frame over the
+    /// socket's limit waits for room in shared memory (calls ahead of it in
+    /// the worker free theirs as they start), unless the worker is gone.
+    pub fn wire_waiting<'a>(&self, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        loop {
+            let wire = self.wire(frame);
+            let too_large = wire.len() > snakebridge_protocol::HEADER_LEN + snakebridge_protocol::MAX_FRAME_LEN;
+            if !too_large || self.arenas.get().is_none() || self.is_dead() {
+                return wire;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Sends `frame` without waiting: true when it is the socket's (written,
     /// or queued in the outbox behind what is), false when the lock is taken
     /// or `begin` refused (it runs under the lock, just before, and decides

@@ -17,6 +17,7 @@ use crate::log::{self, LogQueue};
 use crate::object::{ObjectRef, Route};
 use crate::slot::{self, Slot};
 use crate::watchdog;
+use snakebridge_protocol::{HEADER_LEN, MAX_FRAME_LEN};
 use crate::stats::PoolStats;
 
 /// Frames up to this size may be written by the caller itself. A larger one
@@ -235,6 +236,11 @@ impl<H: Hooks> Pool<H> {
         &self.shared.name
     }
 
+    /// The largest encoded call (or result) the pool's workers take.
+    pub fn payload_limit(&self) -> usize {
+        self.shared.config.payload_limit()
+    }
+
     /// Sends `call` (already in the call table) with its encoded `frame`.
     ///
     /// When nothing is queued, the frame is written to the least busy
@@ -259,7 +265,10 @@ impl<H: Hooks> Pool<H> {
         }
         // With shared memory a large frame is a small descriptor on the
         // socket: the caller writes it as well as a small one.
-        let direct = frame.len() <= DIRECT_MAX || shared.config.shared_memory;
+        // A frame over the socket's limit must wait for room in shared
+        // memory, which only the writer thread may do.
+        let direct = frame.len() <= DIRECT_MAX
+            || (shared.config.shared_memory && frame.len() <= HEADER_LEN + MAX_FRAME_LEN);
         if direct && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
             return Ok(());
         }

@@ -184,7 +184,7 @@ fn write_batch<H: Hooks>(
     conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
     // A large frame goes as a descriptor of its body in shared memory; the
     // job keeps the frame itself, should it be sent elsewhere.
-    let wire: Vec<_> = batch.iter().map(|j| conn.wire(&j.frame)).collect();
+    let wire: Vec<_> = batch.iter().map(|j| conn.wire_waiting(&j.frame)).collect();
     let mut slices: Vec<IoSlice<'_>> = wire.iter().map(|w| IoSlice::new(w)).collect();
     let result = socket::send_all(conn.fd(), &mut slices);
     drop(slices);
