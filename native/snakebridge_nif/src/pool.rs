@@ -162,6 +162,7 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
                     (atoms::restarts(), w.restarts.encode(env)),
                     (atoms::objects(), w.objects.encode(env)),
                     (atoms::rss(), w.rss.encode(env)),
+                    (atoms::shared_memory(), w.shared_memory.encode(env)),
                 ],
             )
         })

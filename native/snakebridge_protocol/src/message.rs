@@ -266,7 +266,9 @@ impl Message {
         }
     }
 
-    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// Writes the message's body alone, with no length header and no
+    /// frame limit.
+    pub fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         self.header().write(out);
         match self {
             Message::Hello { version, pid, python } => {

@@ -29,7 +29,7 @@
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -57,8 +57,6 @@ pub struct Arena {
     blocks: usize,
     /// Serialises senders; the bitmap's bits are only set under it.
     alloc: Mutex<()>,
-    /// Blocks in use, as last counted by this side (for stats and tests).
-    used: AtomicUsize,
 }
 
 // SAFETY: the mapping is shared memory reached only through atomics (the
@@ -112,7 +110,6 @@ impl Arena {
             data: bitmap_bytes(blocks),
             blocks,
             alloc: Mutex::new(()),
-            used: AtomicUsize::new(0),
         })
     }
 
@@ -121,8 +118,8 @@ impl Arena {
         self.blocks * BLOCK
     }
 
-    /// Blocks this side's regions hold now (senders count what they
-    /// allocate and what the receiver gave back).
+    /// Blocks in use: filled by the sender and not yet freed by the
+    /// receiver.
     pub fn used_blocks(&self) -> usize {
         let words = self.bitmap();
         words.iter().map(|w| w.load(Ordering::Acquire).count_ones() as usize).sum()
@@ -175,7 +172,6 @@ impl Arena {
                 run += 1;
                 if run == needed {
                     self.mark(run_start, needed, true);
-                    self.used.fetch_add(needed, Ordering::Relaxed);
                     return Some(run_start * BLOCK);
                 }
             }

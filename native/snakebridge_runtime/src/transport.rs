@@ -32,6 +32,11 @@ impl Arenas {
         ))
     }
 
+    /// Bytes of both arenas in use.
+    pub fn in_use(&self) -> u64 {
+        ((self.calls.used_blocks() + self.replies.used_blocks()) * shm::BLOCK) as u64
+    }
+
     /// The bytes to write for `frame` (header included): a descriptor when
     /// its body is large and fits in the calls arena, else the frame itself.
     pub fn wire<'a>(&self, frame: &'a [u8]) -> Cow<'a, [u8]> {
