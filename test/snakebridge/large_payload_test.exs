@@ -126,16 +126,16 @@ defmodule SnakeBridge.LargePayloadTest do
     theirs = arena_inodes(worker)
     parent = self()
 
-    callers =
-      for i <- 1..4 do
-        spawn_link(fn ->
-          payload = random_bytes(8 * @mib)
-          function = if i == 1, do: "sleep", else: "len"
-          args = if i == 1, do: [30], else: [payload]
-          module = if i == 1, do: "time", else: "builtins"
-          send(parent, {:outcome, SnakeBridge.call(module, function, args, pool: pool, timeout: 30_000)})
-        end)
-      end
+    call = fn module, function, args ->
+      spawn_link(fn ->
+        send(parent, {:outcome, SnakeBridge.call(module, function, args, pool: pool, timeout: 30_000)})
+      end)
+    end
+
+    # The worker sleeps; the large calls wait in its shared memory, unread.
+    sleeper = call.("time", "sleep", [30])
+    wait_until(fn -> hd(SnakeBridge.stats(pool).workers).in_flight == 1 end)
+    callers = [sleeper | for(_ <- 1..3, do: call.("builtins", "len", [random_bytes(8 * @mib)]))]
 
     wait_until(fn -> shared_memory(pool) != [0] end, 10_000)
     System.cmd("kill", ["-KILL", "#{worker}"])
