@@ -145,6 +145,16 @@ impl Arena {
         Some(descriptor(offset, body.len()))
     }
 
+    /// Frees the region of a descriptor frame from [`Arena::place`] that was
+    /// not sent after all (the receiver will never see it).
+    pub fn unplace(&self, frame: &[u8]) {
+        if let Some(Ok((offset, len))) = frame.get(crate::HEADER_LEN..).and_then(described) {
+            if self.check(offset, len).is_ok() {
+                self.release(offset, len);
+            }
+        }
+    }
+
     /// Reserves blocks for `len` bytes (first fit) and returns their offset.
     fn alloc(&self, len: usize) -> Option<usize> {
         let needed = len.div_ceil(BLOCK).max(1);
@@ -379,6 +389,18 @@ mod tests {
         assert_eq!(described(body_of(&c)).unwrap().unwrap().0, ao, "first fit reuses the freed run");
         assert!(host.take(bo, bl).unwrap().bytes().iter().all(|&x| x == 2), "b untouched");
         assert!(host.place(&[0; 5 * BLOCK]).is_none(), "larger than the arena");
+    }
+
+    #[test]
+    fn an_unsent_descriptor_is_unplaced() {
+        let host = arena(8 * BLOCK);
+        let frame = host.place(&[5; 3 * BLOCK]).unwrap();
+        assert_eq!(host.used_blocks(), 3);
+        host.unplace(&frame);
+        assert_eq!(host.used_blocks(), 0);
+        let mut ping = Vec::new();
+        crate::Message::Ping { id: 0 }.write_frame(&mut ping).unwrap();
+        host.unplace(&ping);
     }
 
     #[test]

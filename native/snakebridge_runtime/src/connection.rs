@@ -193,7 +193,8 @@ impl Connection {
         if !begin() {
             return Ok(false);
         }
-        let frame = &*self.wire(frame);
+        let wire = self.wire(frame);
+        let frame = &*wire;
         // A large frame is written at once all the same: batching saves
         // little on it, and the copy into the outbox would cost more.
         if !outbox.is_empty() || (!idle && frame.len() < OUTBOX_FRAME_MAX) {
@@ -203,14 +204,28 @@ impl Connection {
         }
         match socket::try_send(self.fd(), frame) {
             Ok(n) if n == frame.len() => Ok(true),
-            Ok(0) => Err(()),
+            Ok(0) => {
+                self.unsent(&wire);
+                Err(())
+            }
             Ok(n) => {
                 outbox.extend_from_slice(&frame[n..]);
                 self.outbox_len.store(outbox.len(), Ordering::Release);
                 self.flush_later();
                 Ok(true)
             }
-            Err(_) => Err(()),
+            Err(_) => {
+                self.unsent(&wire);
+                Err(())
+            }
+        }
+    }
+
+    /// Frees the shared memory of a frame from [`Connection::wire`] that
+    /// did not go out.
+    pub fn unsent(&self, wire: &std::borrow::Cow<'_, [u8]>) {
+        if let Some(arenas) = self.arenas.get() {
+            arenas.unsent(wire);
         }
     }
 
@@ -525,6 +540,30 @@ mod tests {
         });
         drop(conn.lock_for_writer());
         assert!(reader.join().unwrap(), "the frame arrived whole and in order");
+    }
+
+    #[test]
+    fn a_large_frame_goes_as_a_descriptor_and_one_the_socket_refuses_frees_its_memory() {
+        let (host, mut worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let (tx, _control) = crossbeam_channel::unbounded();
+        let conn = Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None)));
+        let (arenas, _fds) = Arenas::create(1 << 20).unwrap();
+        conn.share(arenas.clone());
+        let mut frame = Vec::new();
+        let start = snakebridge_protocol::FrameWriter::begin(&mut frame);
+        frame.resize(frame.len() + 100_000, 7);
+        snakebridge_protocol::FrameWriter::finish(&mut frame, start).unwrap();
+        assert_eq!(conn.try_write(&frame, || true), Ok(true));
+        let mut sent = [0u8; 64];
+        let n = worker.read(&mut sent).unwrap();
+        assert!(n < 32, "a descriptor, not the frame: {n} bytes");
+        assert_eq!(arenas.calls.used_blocks(), 100_000usize.div_ceil(4096));
+        // Fill the socket: the next frame is refused, and its region freed.
+        while socket::try_send(conn.fd(), &[0u8; 4096]).unwrap() > 0 {}
+        let before = arenas.calls.used_blocks();
+        assert_eq!(conn.try_write(&frame, || true), Err(()));
+        assert_eq!(arenas.calls.used_blocks(), before);
     }
 
     #[test]

@@ -49,6 +49,14 @@ impl Arenas {
         }
     }
 
+    /// Frees the shared region of `wire` (from [`Arenas::wire`]) when it
+    /// was not sent after all.
+    pub fn unsent(&self, wire: &Cow<'_, [u8]>) {
+        if let Cow::Owned(descriptor) = wire {
+            self.calls.unplace(descriptor);
+        }
+    }
+
     /// The reply body `body` names, if it is a descriptor, left in place.
     pub fn peek_reply<'a>(&'a self, body: &'a [u8]) -> Option<&'a [u8]> {
         match shm::described(body)? {

@@ -188,6 +188,16 @@ fn write_batch<H: Hooks>(
     let mut slices: Vec<IoSlice<'_>> = wire.iter().map(|w| IoSlice::new(w)).collect();
     let result = socket::send_all(conn.fd(), &mut slices);
     drop(slices);
+    if let Err((_, written)) = &result {
+        // Frames the worker never saw free their shared memory.
+        let mut offset = 0;
+        for w in &wire {
+            if offset >= *written {
+                conn.unsent(w);
+            }
+            offset += w.len();
+        }
+    }
     let wire_lens: Vec<usize> = wire.iter().map(|w| w.len()).collect();
     drop(wire);
     if let Err((_, written)) = result {
