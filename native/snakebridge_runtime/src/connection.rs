@@ -72,6 +72,8 @@ pub(crate) struct Connection {
     write_lock: Mutex<Vec<u8>>,
     /// The outbox's length, read without the lock.
     outbox_len: AtomicUsize,
+    /// Times the reader has looked at the outbox (see [`Connection::flush`]).
+    flush_checks: AtomicU64,
     pub in_flight: AtomicUsize,
     /// Replies received from this process, for `max_calls`.
     pub replies: AtomicU64,
@@ -119,6 +121,7 @@ impl Connection {
             socket,
             write_lock: Mutex::new(Vec::new()),
             outbox_len: AtomicUsize::new(0),
+            flush_checks: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             last_heard: AtomicU64::new(monotonic_micros()),
@@ -189,6 +192,9 @@ impl Connection {
         let Some(mut outbox) = self.write_lock.try_lock() else {
             return Ok(false);
         };
+        // Read before the window: a look of the reader's that this misses
+        // came after the replies it counted out of the window.
+        let checks = self.flush_checks.load(Ordering::SeqCst);
         let idle = self.in_flight.load(Ordering::Acquire) == 0;
         if !begin() {
             return Ok(false);
@@ -199,7 +205,15 @@ impl Connection {
         // little on it, and the copy into the outbox would cost more.
         if !outbox.is_empty() || (!idle && frame.len() < OUTBOX_FRAME_MAX) {
             outbox.extend_from_slice(frame);
-            self.outbox_len.store(outbox.len(), Ordering::Release);
+            self.outbox_len.store(outbox.len(), Ordering::SeqCst);
+            // The reader may have looked at the outbox since the worker was
+            // seen busy, before this frame was in it, and have no reply left
+            // to look again after: then the writer sends it. (Otherwise the
+            // reader's next look, after the reply it still has coming, sees
+            // the frame: both sides' orders are sequentially consistent.)
+            if self.flush_checks.load(Ordering::SeqCst) != checks {
+                self.flush_later();
+            }
             return Ok(true);
         }
         match socket::try_send(self.fd(), frame) {
@@ -233,7 +247,8 @@ impl Connection {
     /// waiting; the writer thread sends the rest. For the reader, after a
     /// batch of replies.
     pub fn flush(&self) {
-        if self.outbox_len.load(Ordering::Acquire) == 0 {
+        self.flush_checks.fetch_add(1, Ordering::SeqCst);
+        if self.outbox_len.load(Ordering::SeqCst) == 0 {
             return;
         }
         let Some(mut outbox) = self.write_lock.try_lock() else {
@@ -564,6 +579,27 @@ mod tests {
         let before = arenas.calls.used_blocks();
         assert_eq!(conn.try_write(&frame, || true), Err(()));
         assert_eq!(arenas.calls.used_blocks(), before);
+    }
+
+    #[test]
+    fn a_frame_queued_as_the_reader_looked_for_the_last_time_is_sent_by_the_writer() {
+        let (conn, control) = connection();
+        conn.in_flight.store(1, Ordering::Release);
+        // Between the caller's look at the window and its frame reaching the
+        // outbox, the reader routes the last reply and finds the outbox
+        // empty: no reply is left to make it look again.
+        let begin = || {
+            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            conn.flush();
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            true
+        };
+        assert_eq!(conn.try_write(b"call", begin), Ok(true));
+        assert_eq!(conn.outbox_len.load(Ordering::Acquire), 4, "queued behind the busy worker");
+        assert!(matches!(control.try_recv(), Ok(Control { action: Action::Flush, .. })), "the writer sends it");
+        // Without such a race, the reader's next look sends it: no hand-off.
+        assert_eq!(conn.try_write(b"next", || true), Ok(true));
+        assert!(control.try_recv().is_err());
     }
 
     #[test]
