@@ -17,6 +17,16 @@ use crate::pool::{call_table, lookup, not_found};
 /// well under a millisecond of work.
 const NORMAL_BUDGET: usize = 64 * 1024;
 
+/// Largest buffer a dirty scheduler keeps for its next large call.
+const KEEP_FRAME: usize = 16 * 1024 * 1024;
+
+thread_local! {
+    /// A dirty scheduler's buffer for large calls, kept between calls:
+    /// faulting in the pages of a fresh multi-megabyte buffer costs more
+    /// than encoding into it.
+    static SPARE_FRAME: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Offset of the 8 id bytes from the frame start: the length header, the
 /// array marker, the kind, and the `uint64` marker.
 const ID_OFFSET: usize = 4 + 1 + 1 + 1;
@@ -95,7 +105,9 @@ fn submit_call<'a>(
         }
     };
 
-    let mut frame = Vec::with_capacity(128);
+    let reuse = budget == usize::MAX;
+    let mut frame = if reuse { SPARE_FRAME.take() } else { Vec::with_capacity(128) };
+    frame.clear();
     let start = FrameWriter::begin(&mut frame);
     // [1, id, deadline, target, function, args, kwargs, flags, window], with
     // the id as a fixed-width uint64 so it can be filled in once the call
@@ -155,7 +167,14 @@ fn submit_call<'a>(
     frame[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&call.id.to_be_bytes());
     let submitted = match objects.first() {
         Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
-        None => pool.submit(call, frame),
+        None => {
+            let submitted = pool.submit_reusing(call, &mut frame);
+            // Left here when it was written at once.
+            if reuse && frame.capacity() <= KEEP_FRAME {
+                SPARE_FRAME.set(frame);
+            }
+            submitted
+        }
     };
     match submitted {
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),

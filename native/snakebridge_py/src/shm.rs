@@ -20,7 +20,7 @@ struct Arenas {
 }
 
 static ARENAS: OnceLock<Arenas> = OnceLock::new();
-/// `offload`'s scratch buffer shrinks back after a large reply.
+/// Buffers shrink back to this after a large reply.
 const KEEP_CAPACITY: usize = 1 << 20;
 
 static MAX_PAYLOAD: AtomicUsize = AtomicUsize::new(MAX_FRAME_LEN);
@@ -68,7 +68,8 @@ pub(crate) fn incoming(body: &[u8]) -> Option<Result<Shared, DecodeError>> {
 }
 
 /// Moves the large frame bodies in `out` (whole frames) into the replies
-/// arena, leaving descriptors in their place; `scratch` is reused. A body
+/// arena, leaving descriptors in their place; `scratch` is reused, and `out`
+/// keeps its buffer (see [`keep_capacity`]). A body
 /// that finds no room stays on the socket if the socket can carry it, and is
 /// otherwise answered with a `payload_too_large` failure.
 pub(crate) fn offload(out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
@@ -95,10 +96,21 @@ pub(crate) fn offload(out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
             no_room(scratch, body, arenas.replies.capacity());
         }
     }
-    std::mem::swap(out, scratch);
+    out.clear();
+    out.extend_from_slice(scratch);
     scratch.clear();
     if scratch.capacity() > KEEP_CAPACITY {
         *scratch = Vec::new();
+    }
+}
+
+/// The reply buffer capacity the worker keeps after a flush: with shared
+/// memory, large replies are common enough to keep the pages of one
+/// faulted in (up to the arena's warm part); otherwise 1 MiB.
+pub(crate) fn keep_capacity() -> usize {
+    match ARENAS.get() {
+        Some(_) => shm::WARM_BYTES,
+        None => KEEP_CAPACITY,
     }
 }
 

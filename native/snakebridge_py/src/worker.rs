@@ -894,7 +894,7 @@ impl<'py> Worker<'py> {
         // Output first: a call's lines go before its reply.
         let written = self.py.detach(|| output::write_after_output(fd, out));
         self.out.clear();
-        if self.out.capacity() > KEEP_CAPACITY {
+        if self.out.capacity() > shm::keep_capacity() {
             self.out.shrink_to(KEEP_CAPACITY);
         }
         match written {

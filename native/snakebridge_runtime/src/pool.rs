@@ -250,7 +250,15 @@ impl<H: Hooks> Pool<H> {
     /// (where writer threads take calls in batches) only when every worker's
     /// window is full, its socket busy, or the frame large. On error the
     /// call is removed from the table and no reply will come.
-    pub fn submit(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
+    pub fn submit(&self, call: Arc<Call<H::Caller>>, mut frame: Vec<u8>) -> Result<(), Failure> {
+        self.submit_reusing(call, &mut frame)
+    }
+
+    /// [`Pool::submit`] that leaves `frame`'s buffer to the caller when the
+    /// frame was written at once (it is taken when the call is queued or
+    /// refused): a caller that encodes large calls can reuse the buffer,
+    /// whose pages are then already faulted in.
+    pub fn submit_reusing(&self, call: Arc<Call<H::Caller>>, frame: &mut Vec<u8>) -> Result<(), Failure> {
         let shared = &self.shared;
         let refused = if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
@@ -269,9 +277,10 @@ impl<H: Hooks> Pool<H> {
         // memory, which only the writer thread may do.
         let direct = frame.len() <= DIRECT_MAX
             || (shared.config.shared_memory && frame.len() <= HEADER_LEN + MAX_FRAME_LEN);
-        if direct && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
+        if direct && shared.queue_rx.is_empty() && self.write_direct(&call, frame) {
             return Ok(());
         }
+        let frame = std::mem::take(frame);
         if shared.queue_length() >= shared.config.max_queue {
             shared.table.remove(call.id);
             return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));
