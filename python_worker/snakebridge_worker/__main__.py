@@ -1,4 +1,7 @@
-"""``python -m snakebridge_worker --fd N``: serve calls on socket ``N``.
+"""``python -m snakebridge_worker --fd N [--shm CALLS,REPLIES] [--max-payload BYTES]``: serve calls on socket ``N``.
+
+With ``--shm``, large call and reply bodies go through the two shared-memory
+arenas (memfds) the host passes; ``--max-payload`` bounds the results sent.
 
 Exits 0 when the host closes the socket, 2 when it sends a malformed frame.
 The worker owns SIGUSR1: it is how a cancel from the host interrupts the

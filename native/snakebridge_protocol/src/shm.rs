@@ -227,7 +227,7 @@ impl Arena {
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), DecodeError> {
-        let fits = offset % BLOCK == 0 && offset.checked_add(len).is_some_and(|end| end <= self.capacity());
+        let fits = offset.is_multiple_of(BLOCK) && offset.checked_add(len).is_some_and(|end| end <= self.capacity());
         if fits {
             Ok(())
         } else {

@@ -237,7 +237,7 @@ impl Connection {
 
     /// Frees the shared memory of a frame from [`Connection::wire`] that
     /// did not go out.
-    pub fn unsent(&self, wire: &std::borrow::Cow<'_, [u8]>) {
+    pub fn unsent(&self, wire: &[u8]) {
         if let Some(arenas) = self.arenas.get() {
             arenas.unsent(wire);
         }

@@ -50,11 +50,9 @@ impl Arenas {
     }
 
     /// Frees the shared region of `wire` (from [`Arenas::wire`]) when it
-    /// was not sent after all.
-    pub fn unsent(&self, wire: &Cow<'_, [u8]>) {
-        if let Cow::Owned(descriptor) = wire {
-            self.calls.unplace(descriptor);
-        }
+    /// was not sent after all; a frame that is no descriptor has none.
+    pub fn unsent(&self, wire: &[u8]) {
+        self.calls.unplace(wire);
     }
 
     /// The reply body `body` names, if it is a descriptor, left in place.
