@@ -7,8 +7,9 @@
 //! the socket, which the schedulers poll, so a reply wakes one scheduler
 //! instead of a reader thread and then a scheduler. An embedder that
 //! declines leaves the reading to the supervisor thread ([`Reader::run`]).
-//! Either way, every frame goes through [`Reader::route`], and the reader
-//! ends once, with [`Reader::finish`], which is what the supervisor waits
+//! Either way, every frame goes through [`Reader::route`] (a large one
+//! after [`Reader::shared`] has found its body in the worker's shared
+//! memory), and the reader ends once, with [`Reader::finish`], which is what the supervisor waits
 //! for before it fails what the worker left unanswered.
 
 use std::io;
