@@ -148,3 +148,20 @@ def test_without_shared_memory_a_descriptor_is_a_protocol_error(worker: Worker) 
     worker.send_raw(frame([SHARED, 0, 0, 10]))
     assert worker.wait() == 2
     assert "no shared memory" in "".join(worker.stderr)
+
+
+def test_a_result_over_the_socket_limit_with_no_room_fails_as_too_large() -> None:
+    calls, replies = Arena("calls", 1 << 20), Arena("replies", 1 << 20)
+    worker = Worker(
+        ("--shm", f"{calls.fd},{replies.fd}", "--max-payload", str(100 << 20)),
+        (calls.fd, replies.fd),
+    )
+    try:
+        reply = worker.call("sb_helpers", "blob", [65 << 20])
+        assert reply[0] == FAILURE and reply[2] == "payload_too_large", reply[:3]
+        assert "no room" in reply[3]
+        assert worker.ok("operator", "add", [1, 2]) == 3
+    finally:
+        worker.kill()
+        calls.close()
+        replies.close()
