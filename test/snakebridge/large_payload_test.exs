@@ -161,17 +161,19 @@ defmodule SnakeBridge.LargePayloadTest do
 
   for shared <- [true, false] do
     @tag shared_memory: shared
-    test "a 64 MiB reply holds no normal scheduler for more than 10 ms (shared_memory: #{shared})",
+    test "a 64 MiB call and reply hold no normal scheduler for more than 10 ms (shared_memory: #{shared})",
          %{shared_memory: shared} do
       # 64 MiB of bytes and its msgpack header: over the socket's frame
       # limit, so the socket-only pool returns just under it.
       size = if shared, do: 64 * @mib, else: 64 * @mib - 64
       pool = start_pool!(shared_memory: shared, max_payload: if(shared, do: 65 * @mib, else: 64 * @mib))
+      argument = random_bytes(size)
       :erlang.system_monitor(self(), long_schedule: 10)
 
       try do
         assert {:ok, reply} = SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
         assert byte_size(reply) == size
+        assert {:ok, ^size} = SnakeBridge.call("builtins", "len", [argument], pool: pool, timeout: 60_000)
       after
         :erlang.system_monitor(:undefined)
       end
