@@ -136,13 +136,25 @@ impl Arena {
     /// (length header included) to send in its place; None when no run of
     /// free blocks is long enough.
     pub fn place(&self, body: &[u8]) -> Option<Vec<u8>> {
-        let offset = self.alloc(body.len())?;
-        // SAFETY: `alloc` reserved these blocks for this side; the receiver
-        // reads them only after the descriptor, sent below, arrives.
-        unsafe {
-            std::ptr::copy_nonoverlapping(body.as_ptr(), self.base.as_ptr().add(self.data + offset), body.len());
+        self.place_parts(&[body])
+    }
+
+    /// [`Arena::place`] for a body made of `parts`, copied one after the
+    /// other: a body need not be gathered in one buffer first.
+    pub fn place_parts(&self, parts: &[&[u8]]) -> Option<Vec<u8>> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let offset = self.alloc(len)?;
+        let mut at = self.data + offset;
+        for part in parts {
+            // SAFETY: `alloc` reserved `len` bytes from `offset` for this
+            // side; the receiver reads them only after the descriptor,
+            // returned below, is sent.
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), self.base.as_ptr().add(at), part.len());
+            }
+            at += part.len();
         }
-        Some(descriptor(offset, body.len()))
+        Some(descriptor(offset, len))
     }
 
     /// Frees the region of a descriptor frame from [`Arena::place`] that was
@@ -389,6 +401,15 @@ mod tests {
         assert_eq!(described(body_of(&c)).unwrap().unwrap().0, ao, "first fit reuses the freed run");
         assert!(host.take(bo, bl).unwrap().bytes().iter().all(|&x| x == 2), "b untouched");
         assert!(host.place(&[0; 5 * BLOCK]).is_none(), "larger than the arena");
+    }
+
+    #[test]
+    fn a_body_in_parts_is_placed_whole() {
+        let host = arena(4 * BLOCK);
+        let frame = host.place_parts(&[b"head", &[9; BLOCK], b"tail"]).unwrap();
+        let (offset, len) = described(body_of(&frame)).unwrap().unwrap();
+        let body = host.take(offset, len).unwrap();
+        assert_eq!(body.bytes(), [&b"head"[..], &[9; BLOCK], b"tail"].concat());
     }
 
     #[test]

@@ -67,6 +67,33 @@ pub(crate) fn incoming(body: &[u8]) -> Option<Result<Shared, DecodeError>> {
     })
 }
 
+/// Writes the reply to call `id` whose result is the large `bytes` value
+/// `data` straight into the replies arena, with a descriptor in `out`: one
+/// copy of the bytes instead of two (into `out`, then into the arena). False
+/// when the reply should take the ordinary way (no shared memory, a small
+/// or over-limit value, no room).
+pub(crate) fn ok_bytes(out: &mut Vec<u8>, id: u64, data: &[u8]) -> bool {
+    let Some(arenas) = ARENAS.get() else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(24);
+    Header { kind: Kind::Ok, id }.write(&mut head);
+    let Ok(len) = u32::try_from(data.len()) else {
+        return false;
+    };
+    rmp::encode::write_bin_len(&mut head, len).expect("writing to a Vec cannot fail");
+    if data.len() < shm::SHARED_MIN || head.len() + data.len() > max_payload() {
+        return false;
+    }
+    match arenas.replies.place_parts(&[&head, data]) {
+        Some(descriptor) => {
+            out.extend_from_slice(&descriptor);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Moves the large frame bodies in `out` (whole frames) into the replies
 /// arena, leaving descriptors in their place; `scratch` is reused, and `out`
 /// keeps its buffer (see [`keep_capacity`]). A body

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{
@@ -789,6 +789,11 @@ impl<'py> Worker<'py> {
     /// An ok reply; handles it registers are released again if the reply
     /// cannot be sent after all.
     fn ok(&mut self, id: u64, value: &Bound<'py, PyAny>, as_handle: bool) -> Result<(), Stop> {
+        if let Ok(bytes) = value.cast_exact::<PyBytes>() {
+            if !as_handle && shm::ok_bytes(&mut self.out, id, bytes.as_bytes()) {
+                return Ok(());
+            }
+        }
         let start = FrameWriter::begin(&mut self.out);
         Header { kind: Kind::Ok, id }.write(&mut self.out);
         let mut registered = Vec::new();
