@@ -222,6 +222,27 @@ defmodule SnakeBridge.LargePayloadTest do
                SnakeBridge.call("builtins", "bytes", [101 * @mib], pool: pool, timeout: 60_000)
     end
 
+    @tag :slow
+    test "a result over 64 MiB finds no room while earlier ones are referenced" do
+      # Room for two results of the limit: two held fill it.
+      pool = start_pool!(max_payload: 66 * @mib)
+      size = 65 * @mib
+      held = for _ <- 1..2, do: SnakeBridge.call!("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
+      assert {:error, %Error{reason: :payload_too_large, message: message}} =
+               SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
+      assert message =~ "no room"
+      assert Enum.map(held, &byte_size/1) == [size, size]
+
+      held = nil
+      :erlang.garbage_collect()
+      assert held == nil
+      wait_until(fn -> shared_memory(pool) == [0] end, 5_000)
+      assert {:ok, reply} = SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+      assert byte_size(reply) == size
+    end
+
     test "without shared memory, 64 MiB is the most a payload may be" do
       pool = start_pool!(shared_memory: false)
 
