@@ -179,6 +179,7 @@ bytes4m = :binary.copy(bytes64k, 64)
 callers = config.callers
 mib = 1_048_576
 blob = :binary.copy(<<0xFF>>, mib)
+blob8m = :binary.copy(blob, 8)
 
 scenarios = [
   %{
@@ -197,6 +198,15 @@ scenarios = [
     expected: bytes4m,
     calls: config.big_calls,
     # A p99 of 20 calls would be their maximum.
+    percentiles: [:p50]
+  },
+  %{
+    id: :blob8m,
+    kind: :latency,
+    label: "latency blob(8 MiB) result, 1 caller",
+    mfa: {"bench_funcs", "blob", [8 * mib]},
+    expected: blob8m,
+    calls: config.big_calls,
     percentiles: [:p50]
   },
   %{

@@ -749,7 +749,9 @@ defmodule SnakeBridge do
   `:unavailable` or `:stopped`), `:in_flight`, `:cancelling` (cancelled
   calls the worker is still interrupting), `:calls`, `:errors`,
   `:restarts`, `:objects` (the `SnakeBridge.Object`s Elixir holds on objects
-  in that worker) and `:rss` (bytes, of the Python process).
+  in that worker), `:rss` (bytes, of the Python process) and
+  `:shared_memory` (bytes of the worker's shared memory in use: large
+  results Elixir still refers to, large calls not yet read).
 
   Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs,
   and `ArgumentError` when `pool` is not an atom.

@@ -90,6 +90,15 @@ defmodule SnakeBridge.Pool do
       cache); when it cannot be built, the pool starts anyway and its calls
       return `:python_unavailable` with the installer's last lines.
       Default `nil`.
+    * `:shared_memory` — whether large calls and results (32 KiB and more,
+      encoded) go through shared memory instead of the socket (see
+      "Large payloads" in the README). Default `true`.
+    * `:max_payload` — the largest encoded call or result, in bytes, from
+      `1_048_576` to `4_294_967_295`; larger ones fail with
+      `:payload_too_large`. Above 64 MiB (`67_108_864`, the default) only
+      with `shared_memory: true`. Each worker's shared memory is sized for
+      two payloads of this size in each direction (reserved address space;
+      memory is used only as payloads need it).
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
   is replaced.
@@ -154,12 +163,17 @@ defmodule SnakeBridge.Pool do
   @typedoc "An option of `:init`; see the module documentation."
   @type init_option ::
           {:imports, [String.t()]} | {:code, String.t() | nil} | {:timeout, pos_integer()}
+          | {:shared_memory, boolean()}
+          | {:max_payload, pos_integer()}
 
   @typedoc "An option of `:circuit_breaker`: milliseconds, or a count for `:failures`."
   @type circuit_breaker_option ::
           {:failures, pos_integer()} | {:window, pos_integer()} | {:cooldown, pos_integer()}
 
   @circuit_breaker_defaults [failures: 10, window: 10_000, cooldown: 5_000]
+
+  # The largest frame the socket carries; larger payloads need shared memory.
+  @socket_frame_limit 64 * 1024 * 1024
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -213,10 +227,13 @@ defmodule SnakeBridge.Pool do
         circuit_breaker: false,
         cluster: false,
         init: [],
-        python_env: nil
+        python_env: nil,
+        shared_memory: true,
+        max_payload: @socket_frame_limit
       )
 
     {worker_args, start_timeout} = SnakeBridge.WorkerInit.options!(opts[:init])
+    shared_memory = check!(opts, :shared_memory, &is_boolean/1, "a boolean")
 
     %{
       name: check!(opts, :name, &is_atom/1, "an atom"),
@@ -241,7 +258,9 @@ defmodule SnakeBridge.Pool do
       cluster: SnakeBridge.Cluster.options!(opts[:cluster]),
       worker_args: worker_args,
       start_timeout: start_timeout,
-      python_env: opts[:python_env] && SnakeBridge.PythonEnv.options!(opts[:python_env])
+      python_env: opts[:python_env] && SnakeBridge.PythonEnv.options!(opts[:python_env]),
+      shared_memory: shared_memory,
+      max_payload: max_payload!(opts[:max_payload], shared_memory)
     }
   end
 
@@ -269,6 +288,19 @@ defmodule SnakeBridge.Pool do
   """
   @spec restart(atom()) :: :ok | {:error, Error.t()}
   def restart(name \\ :default), do: NIF.pool_restart(SnakeBridge.Args.pool!(name))
+
+  defp max_payload!(bytes, shared_memory) do
+    limit = if shared_memory, do: 2 ** 32 - 1, else: @socket_frame_limit
+
+    unless is_integer(bytes) and bytes >= 1_048_576 and bytes <= limit do
+      also = if shared_memory, do: "", else: " (the socket's frame limit, without :shared_memory)"
+
+      raise ArgumentError,
+            "expected :max_payload to be an integer from 1048576 to #{limit}#{also}, got: #{inspect(bytes)}"
+    end
+
+    bytes
+  end
 
   ## GenServer
 

@@ -1,4 +1,7 @@
-"""``python -m snakebridge_worker --fd N``: serve calls on socket ``N``.
+"""``python -m snakebridge_worker --fd N [--shm CALLS,REPLIES] [--max-payload BYTES]``: serve calls on socket ``N``.
+
+With ``--shm``, large call and reply bodies go through the two shared-memory
+arenas (memfds) the host passes; ``--max-payload`` bounds the results sent.
 
 Exits 0 when the host closes the socket, 2 when it sends a malformed frame,
 3 when the per-worker init (``--import MODULE``, repeatable, then
@@ -24,7 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the protocol socket's file descriptor")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="a module to import before serving")
     parser.add_argument("--init", dest="init_code", metavar="CODE", help="Python code to run before serving")
+    parser.add_argument(
+        "--shm",
+        metavar="CALLS,REPLIES",
+        help="memfds of the shared memory for large calls and large replies",
+    )
+    parser.add_argument("--max-payload", type=int, help="the largest result to send, in bytes")
     args = parser.parse_args(argv)
+    if args.max_payload is not None:
+        _native.set_max_payload(args.max_payload)
+    if args.shm:
+        calls, replies = (int(fd) for fd in args.shm.split(","))
+        _native.attach_shared(calls, replies)
     # Subprocesses started by user code must not inherit the channel, or the
     # host would not see EOF when this process dies.
     os.set_inheritable(args.fd, False)

@@ -119,14 +119,14 @@ def monotonic_micros() -> int:
 class Worker:
     """One worker process, spoken to like the host does."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: tuple[str, ...] = (), pass_fds: tuple[int, ...] = ()) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PRIV_PYTHON), str(TESTS_DIR)])
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakebridge_worker", "--fd", str(child.fileno())],
-            pass_fds=[child.fileno()],
+            [sys.executable, "-m", "snakebridge_worker", "--fd", str(child.fileno()), *extra_args],
+            pass_fds=[child.fileno(), *pass_fds],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -88,6 +88,8 @@ rustler::atoms! {
     timeout,
     circuit,
     circuit_breaker,
+    shared_memory,
+    max_payload,
     failures,
     window,
     cooldown,

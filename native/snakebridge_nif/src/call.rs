@@ -4,7 +4,7 @@ use std::hash::{DefaultHasher, Hasher};
 
 use rustler::{Atom, Binary, Encoder, Env, NifResult, ResourceArc, Term};
 use snakebridge_protocol::value as wire;
-use snakebridge_protocol::{FrameWriter, Kind, CALL_TIMED, MAX_FRAME_LEN};
+use snakebridge_protocol::{FrameWriter, Kind, CALL_TIMED};
 use snakebridge_runtime::{monotonic_micros, Call, CancelOutcome, CancelReason};
 
 use crate::atoms;
@@ -17,6 +17,16 @@ use crate::pool::{call_table, lookup, not_found};
 /// Bytes a normal scheduler may encode before the call moves to a dirty one:
 /// well under a millisecond of work.
 const NORMAL_BUDGET: usize = 64 * 1024;
+
+/// Largest buffer a dirty scheduler keeps for its next large call.
+const KEEP_FRAME: usize = 16 * 1024 * 1024;
+
+thread_local! {
+    /// A dirty scheduler's buffer for large calls, kept between calls:
+    /// faulting in the pages of a fresh multi-megabyte buffer costs more
+    /// than encoding into it.
+    static SPARE_FRAME: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Offset of the 8 id bytes from the frame start: the length header, the
 /// array marker, the kind, and the `uint64` marker.
@@ -112,7 +122,9 @@ fn submit_call<'a>(
         }
     };
 
-    let mut frame = Vec::with_capacity(128);
+    let reuse = budget == usize::MAX;
+    let mut frame = if reuse { SPARE_FRAME.take() } else { Vec::with_capacity(128) };
+    frame.clear();
     let start = FrameWriter::begin(&mut frame);
     // [1, id, deadline, target, function, args, kwargs, flags, window], with
     // the id as a fixed-width uint64 so it can be filled in once the call
@@ -152,7 +164,8 @@ fn submit_call<'a>(
         Ok::<_, (EncodeError, &str)>(())
     })();
     let objects = std::mem::take(&mut encoder.objects);
-    let encoded = encoded.and_then(|()| FrameWriter::finish(&mut frame, start).map_err(|e| (e.into(), "")));
+    let limit = pool.payload_limit();
+    let encoded = encoded.and_then(|()| FrameWriter::finish_within(&mut frame, start, limit).map_err(|e| (e.into(), "")));
     if let Err((error, root)) = encoded {
         let reason = match error {
             EncodeError::NeedsDirty => return Ok(atoms::dirty().encode(env)),
@@ -161,7 +174,7 @@ fn submit_call<'a>(
             EncodeError::Released { .. } => atoms::stale_handle(),
             EncodeError::Conflict { .. } => atoms::handle_conflict(),
             EncodeError::TooLarge(_) => {
-                let message = format!("the call's arguments exceed the {MAX_FRAME_LEN} byte message limit");
+                let message = format!("the call's arguments exceed the pool's {limit} byte message limit (:max_payload)");
                 return Ok(errors::error_tuple(env, atoms::payload_too_large(), &message));
             }
         };
@@ -193,7 +206,14 @@ fn submit_call<'a>(
     let submitted = match objects.first() {
         Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
         None if mode.flags & SPREAD != 0 => pool.submit_spread(call, frame),
-        None => pool.submit(call, frame),
+        None => {
+            let submitted = pool.submit_reusing(call, &mut frame);
+            // Left here when it was written at once.
+            if reuse && frame.capacity() <= KEEP_FRAME {
+                SPARE_FRAME.set(frame);
+            }
+            submitted
+        }
     };
     match submitted {
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),

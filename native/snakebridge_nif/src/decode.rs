@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use rustler::types::tuple::make_tuple;
-use rustler::{Atom, Encoder, Env, NewBinary, Term};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 use snakebridge_protocol::{Builder, DecodeError, Dtype, MAX_BIGINT_BYTES};
 use snakebridge_runtime::Origin;
 
@@ -30,16 +30,31 @@ fn mapset_fields() -> &'static [(String, i64)] {
     MAPSET_FIELDS.get().map_or(&[], Vec::as_slice)
 }
 
+/// Binaries from this size on are made as sub-binaries of a frame in shared
+/// memory rather than copied; a smaller one would keep the whole frame's
+/// memory for little gain.
+const SUB_BINARY_MIN: usize = 16 * 1024;
+
 pub struct TermBuilder<'a, 'o> {
     pub env: Env<'a>,
     /// The worker and pool the value came from, for its handles; `None`
     /// where no handle may appear (an exception's attributes).
     pub origin: Option<&'o Origin<'o>>,
     pub pool: Atom,
+    /// The frame as a resource binary, when it lies in shared memory.
+    pub backing: Option<Binary<'a>>,
 }
 
 impl<'a> TermBuilder<'a, '_> {
-    fn binary(&self, bytes: &[u8]) -> Term<'a> {
+    /// A binary with `bytes`: a sub-binary of the frame in shared memory
+    /// when they lie there and are large, else a copy.
+    pub fn binary(&self, bytes: &[u8]) -> Term<'a> {
+        if let Some(frame) = self.backing.filter(|_| bytes.len() >= SUB_BINARY_MIN) {
+            let offset = (bytes.as_ptr() as usize).wrapping_sub(frame.as_slice().as_ptr() as usize);
+            if let Ok(sub) = frame.make_subbinary(offset, bytes.len()) {
+                return sub.to_term(self.env);
+            }
+        }
         let mut bin = NewBinary::new(self.env, bytes.len());
         bin.as_mut_slice().copy_from_slice(bytes);
         bin.into()

@@ -8,14 +8,14 @@
 //! only the environment `enif_send` is given differs (see [`Courier`]).
 
 use rustler::sys::{enif_send, ErlNifEnv};
-use rustler::{Atom, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, ResourceArc, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
 use snakebridge_runtime::{CircuitChange, Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, Timing, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
 use crate::errors;
-use crate::reader;
+use crate::reader::{self, SharedBody};
 
 /// Builds and sends the hooks' messages.
 pub struct Courier {
@@ -24,6 +24,9 @@ pub struct Courier {
     /// on a runtime thread: `enif_send` wants the one on a scheduler thread
     /// and null elsewhere.
     caller_env: *mut ErlNifEnv,
+    /// The shared memory the frame being routed lies in, if it does: the
+    /// message's binaries are made as sub-binaries of it.
+    pub backing: Option<ResourceArc<SharedBody>>,
 }
 
 // SAFETY: `caller_env` is only non-null during one NIF call (see
@@ -36,6 +39,7 @@ impl Courier {
         Courier {
             env: OwnedEnv::new(),
             caller_env: std::ptr::null_mut(),
+            backing: None,
         }
     }
 
@@ -89,11 +93,19 @@ pub struct Delivery {
 impl Delivery {
     /// Decodes one value sent by a worker; a value that does not decode is
     /// answered as a protocol error and reported in `problem`.
-    fn value<'a>(&self, env: Env<'a>, mut bytes: &[u8], origin: &Origin<'_>, problem: &mut Option<DecodeError>) -> Result<Term<'a>, Term<'a>> {
+    fn value<'a>(
+        &self,
+        env: Env<'a>,
+        mut bytes: &[u8],
+        origin: &Origin<'_>,
+        backing: Option<Binary<'a>>,
+        problem: &mut Option<DecodeError>,
+    ) -> Result<Term<'a>, Term<'a>> {
         let mut builder = TermBuilder {
             env,
             origin: Some(origin),
             pool: self.pool,
+            backing,
         };
         let decoded = decode_value(&mut bytes, &mut builder, 0).and_then(|v| {
             if bytes.is_empty() {
@@ -119,6 +131,7 @@ impl Delivery {
             env,
             origin: None,
             pool: self.pool,
+            backing: None,
         };
         match decode_value(&mut bytes, &mut builder, 0) {
             Ok(map) if bytes.is_empty() => map,
@@ -139,15 +152,17 @@ impl Delivery {
     /// reply with `timing` carries it as a fourth element.
     fn send_reply(&self, courier: &mut Courier, caller: &Caller, outcome: Outcome<'_>, timing: Option<Timing>) -> Result<(), DecodeError> {
         let mut problem = None;
+        let backing = courier.backing.clone();
         // A failed send means the caller is gone: nobody is waiting.
         courier.send(&caller.pid, |env| {
+            let backing = backing.as_ref().map(|shared| shared.make_binary(env, |s| s.0.bytes()));
             let reference = env
                 .binary_to_term(caller.reference.as_slice())
                 .map(|(term, _)| term)
                 .expect("a reference encoded by term_to_binary decodes");
             let (tag, result) = match outcome {
                 Outcome::Ok(bytes, origin) => {
-                    let result = match self.value(env, bytes, origin, &mut problem) {
+                    let result = match self.value(env, bytes, origin, backing, &mut problem) {
                         Ok(value) => (atoms::ok(), value).encode(env),
                         Err(error) => error,
                     };
@@ -155,7 +170,7 @@ impl Delivery {
                 }
                 // A stream's items, as a list; the stream still ends with a
                 // `:snakebridge` message. Items that do not decode end it.
-                Outcome::Items(bytes, origin) => match self.value(env, bytes, origin, &mut problem) {
+                Outcome::Items(bytes, origin) => match self.value(env, bytes, origin, backing, &mut problem) {
                     Ok(items) => (atoms::snakebridge_stream(), items),
                     Err(error) => (atoms::snakebridge(), error),
                 },

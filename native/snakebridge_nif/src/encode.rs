@@ -258,6 +258,12 @@ impl TermEncoder<'_> {
             return Err(unsupported("a bitstring that is not a whole number of bytes", Vec::new()));
         };
         let bytes = bin.as_slice();
+        // Checked before the UTF-8 scan and the copy, which a binary over
+        // the budget would cost the normal scheduler only to be encoded
+        // again on a dirty one.
+        if self.out.len() - self.copied + (self.copied + bytes.len()) / 8 > self.budget {
+            return Err(EncodeError::NeedsDirty);
+        }
         match std::str::from_utf8(bytes) {
             Ok(s) => wire::write_str(self.out, s)?,
             Err(_) => wire::write_bin(self.out, bytes)?,

@@ -105,6 +105,8 @@ fn pool_start<'a>(env: Env<'a>, name: Atom, config: Term<'a>) -> NifResult<Term<
     pool_config.worker_args = field(config, atoms::worker_args())?;
     pool_config.start_timeout = Duration::from_millis(field(config, atoms::start_timeout())?);
     pool_config.start_error = field(config, atoms::start_error())?;
+    pool_config.shared_memory = field(config, atoms::shared_memory())?;
+    pool_config.max_payload = field(config, atoms::max_payload())?;
     let owner: LocalPid = field(config, atoms::owner())?;
     let output_to_caller = config.map_get(atoms::output()).is_ok_and(|o| o == atoms::caller().to_term(env));
 
@@ -177,6 +179,7 @@ fn stats<'a>(env: Env<'a>, name: Atom) -> Term<'a> {
                     (atoms::restarts(), w.restarts.encode(env)),
                     (atoms::objects(), w.objects.encode(env)),
                     (atoms::rss(), w.rss.encode(env)),
+                    (atoms::shared_memory(), w.shared_memory.encode(env)),
                 ],
             )
         })

@@ -20,7 +20,7 @@ use nix::sys::socket::{recv, MsgFlags};
 use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc};
 use snakebridge_protocol::{more_values_than, FrameDecoder};
-use snakebridge_runtime::Reader;
+use snakebridge_runtime::{Reader, Shared};
 
 use crate::atoms;
 use crate::delivery::{Courier, Delivery};
@@ -34,6 +34,17 @@ const NORMAL_BUDGET: usize = 256 * 1024;
 const SCAN_ABOVE: usize = 16 * 1024;
 /// Most values a frame may hold to be decoded on a normal scheduler.
 const NORMAL_VALUES: usize = 16 * 1024;
+/// Most values a frame in shared memory may hold to be decoded on a normal
+/// scheduler, whatever its size: its large binaries become sub-binaries of
+/// the mapping (no copy), and so few values leave little else to copy.
+const SHARED_NORMAL_VALUES: usize = 64;
+
+/// A reply body in the worker's shared memory, kept while any binary made
+/// from it lives; then the memory goes back to the worker.
+pub struct SharedBody(pub Shared);
+
+#[rustler::resource_impl]
+impl rustler::Resource for SharedBody {}
 
 pub struct ReaderResource {
     state: Mutex<State>,
@@ -132,11 +143,11 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     // work, whatever the frame it belongs to.
     decoder.push(bytes);
     let routed = courier.in_call(env, |courier| loop {
-        if decoder.peek_frame().is_some_and(|body| too_much_here(body, budget)) {
+        if decoder.peek_frame().is_some_and(|body| too_much_here(worker, body, budget)) {
             return Ok(false);
         }
         match decoder.next_frame() {
-            Ok(Some(body)) => worker.route(courier, body)?,
+            Ok(Some(body)) => route_frame(worker, courier, body)?,
             Ok(None) => return Ok(true),
             Err(e) => return Err(format!("worker sent a bad frame: {e}")),
         }
@@ -156,10 +167,33 @@ fn route(env: Env, resource: &ReaderResource, bytes: &[u8], budget: usize) -> At
     }
 }
 
-/// Whether decoding `body` could hold a scheduler with `budget` for longer
-/// than it should.
-fn too_much_here(body: &[u8], budget: usize) -> bool {
-    body.len() > budget || (budget == NORMAL_BUDGET && body.len() > SCAN_ABOVE && more_values_than(body, NORMAL_VALUES))
+/// Routes one frame; one in shared memory is routed where it lies, with
+/// the courier holding it so that the reply's binaries refer to it.
+fn route_frame(worker: &Reader<Delivery>, courier: &mut Courier, body: &[u8]) -> Result<(), String> {
+    match worker.shared(body) {
+        None => worker.route(courier, body),
+        Some(Err(problem)) => Err(problem),
+        Some(Ok(shared)) => {
+            let shared = ResourceArc::new(SharedBody(shared));
+            courier.backing = Some(shared.clone());
+            let routed = worker.route(courier, shared.0.bytes());
+            courier.backing = None;
+            routed
+        }
+    }
+}
+
+/// Whether decoding the frame `body` could hold a scheduler with `budget`
+/// for longer than it should.
+fn too_much_here(worker: &Reader<Delivery>, body: &[u8], budget: usize) -> bool {
+    if budget != NORMAL_BUDGET {
+        return false;
+    }
+    let carried = worker.peek(body);
+    if carried.as_ptr() != body.as_ptr() {
+        return more_values_than(carried, SHARED_NORMAL_VALUES);
+    }
+    body.len() > budget || (body.len() > SCAN_ABOVE && more_values_than(body, NORMAL_VALUES))
 }
 
 /// The port on the socket is closed (at the socket's end, or after the
@@ -199,7 +233,7 @@ fn drain(fd: &OwnedFd, decoder: &mut FrameDecoder, worker: &Reader<Delivery>, co
         };
         decoder.push(&chunk[..n]);
         while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
-            worker.route(courier, body)?;
+            route_frame(worker, courier, body)?;
         }
     }
 }

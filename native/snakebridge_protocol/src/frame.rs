@@ -30,8 +30,15 @@ impl FrameWriter {
     /// Finishes the frame started at `start`. On error the partial frame is
     /// removed, leaving `out` as it was before [`FrameWriter::begin`].
     pub fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), EncodeError> {
+        FrameWriter::finish_within(out, start, MAX_FRAME_LEN)
+    }
+
+    /// [`FrameWriter::finish`] for a frame that may be up to `limit` bytes
+    /// (at most `u32::MAX`): one that goes through shared memory (see
+    /// [`crate::shm`]), which is not bound by the socket's limit.
+    pub fn finish_within(out: &mut Vec<u8>, start: usize, limit: usize) -> Result<(), EncodeError> {
         let body = out.len() - start - HEADER_LEN;
-        if body > MAX_FRAME_LEN {
+        if body > limit.min(u32::MAX as usize) {
             out.truncate(start);
             return Err(EncodeError::FrameTooLarge(body));
         }
@@ -252,6 +259,19 @@ mod tests {
             Err(EncodeError::FrameTooLarge(MAX_FRAME_LEN + 1))
         );
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn finish_within_allows_frames_over_the_socket_limit_up_to_its_own() {
+        let mut out = Vec::new();
+        let start = FrameWriter::begin(&mut out);
+        out.resize(out.len() + 300, 0);
+        assert_eq!(FrameWriter::finish_within(&mut out, start, 299), Err(EncodeError::FrameTooLarge(300)));
+        assert!(out.is_empty());
+        let start = FrameWriter::begin(&mut out);
+        out.resize(out.len() + 300, 0);
+        assert_eq!(FrameWriter::finish_within(&mut out, start, 300), Ok(()));
+        assert_eq!(out[..HEADER_LEN], 300u32.to_be_bytes());
     }
 
     #[test]

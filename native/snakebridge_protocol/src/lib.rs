@@ -11,6 +11,7 @@
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod shm;
 pub mod value;
 
 pub use error::{DecodeError, EncodeError};

@@ -95,6 +95,8 @@ pub enum Kind {
     Credit = 10,
     Started = 11,
     Output = 12,
+    /// A frame body that lies in shared memory (see [`crate::shm`]).
+    Shared = 13,
     /// Far from the others: kinds added alongside it keep their numbers.
     Timing = 20,
 }
@@ -115,6 +117,7 @@ impl Kind {
             10 => Kind::Credit,
             11 => Kind::Started,
             12 => Kind::Output,
+            13 => Kind::Shared,
             20 => Kind::Timing,
             other => return Err(DecodeError::UnknownKind(other)),
         })
@@ -130,6 +133,7 @@ impl Kind {
             Kind::Failure => 4,
             Kind::Cancel | Kind::Ping | Kind::Pong | Kind::Started => 2,
             Kind::Output => 7,
+            Kind::Shared => 4,
             Kind::Timing => 4,
         }
     }
@@ -294,7 +298,9 @@ impl Message {
         }
     }
 
-    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// Writes the message's body alone, with no length header and no
+    /// frame limit.
+    pub fn write_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         self.header().write(out);
         match self {
             Message::Hello { version, pid, python } => {
@@ -516,6 +522,9 @@ impl Message {
                 module: read_optional_string(&mut input)?,
                 function: read_optional_string(&mut input)?,
             },
+            // Resolved by the transport (see `shm::described`) before any
+            // message is decoded.
+            Kind::Shared => return Err(DecodeError::Invalid("a shared-memory descriptor out of place".into())),
             Kind::Timing => Message::Timing {
                 id,
                 started_at: read_uint(&mut input)?,

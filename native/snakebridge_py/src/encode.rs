@@ -33,7 +33,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PyTuple};
 use snakebridge_protocol::value::{self as wire, tensor_len, Dtype};
-use snakebridge_protocol::{EncodeError, MAX_BIGINT_BYTES, MAX_DEPTH, MAX_FRAME_LEN};
+use snakebridge_protocol::{EncodeError, MAX_BIGINT_BYTES, MAX_DEPTH};
+
+use crate::shm::max_payload;
 
 use crate::convert::{self, Tagged};
 
@@ -122,7 +124,7 @@ impl EncodeFailure {
                 detail: Some(detail),
             } => format!("cannot convert {path} of Python type {type_name}: {detail}"),
             Problem::TooDeep => format!("cannot convert {path}: nested deeper than {MAX_DEPTH} levels"),
-            Problem::TooLarge => format!("cannot convert {root}: it encodes to more than {MAX_FRAME_LEN} bytes"),
+            Problem::TooLarge => format!("cannot convert {root}: it encodes to more than {} bytes", max_payload()),
             Problem::TooManyElements(n) => {
                 format!("cannot convert {path}: {n} elements are too many for one message")
             }
@@ -395,7 +397,7 @@ impl<'a, 'py> Encoder<'a, 'py> {
         };
         let out = &mut *self.out;
         let written = convert::with_buffer(buffer, |bytes| {
-            if bytes.len() > MAX_FRAME_LEN {
+            if bytes.len() > max_payload() {
                 return Err(EncodeFailure::new(Problem::TooLarge));
             }
             if tensor_len(parsed, &shape) != Some(bytes.len()) {
@@ -476,7 +478,7 @@ impl<'a, 'py> Encoder<'a, 'py> {
             }
             std::slice::from_raw_parts(data.cast::<u8>(), size as usize)
         };
-        if bytes.len() > MAX_FRAME_LEN {
+        if bytes.len() > max_payload() {
             return Err(EncodeFailure::new(Problem::TooLarge));
         }
         // SAFETY: CPython's UTF-8 form of a str is valid UTF-8.
@@ -485,7 +487,7 @@ impl<'a, 'py> Encoder<'a, 'py> {
     }
 
     fn bin(&mut self, bytes: &[u8]) -> Result<(), EncodeFailure> {
-        if bytes.len() > MAX_FRAME_LEN {
+        if bytes.len() > max_payload() {
             return Err(EncodeFailure::new(Problem::TooLarge));
         }
         wire::write_bin(self.out, bytes)?;
@@ -560,7 +562,7 @@ impl<'a, 'py> Encoder<'a, 'py> {
     /// huge value only to throw it away.
     #[inline]
     fn check_size(&self) -> Result<(), EncodeFailure> {
-        if self.out.len() - self.start > MAX_FRAME_LEN {
+        if self.out.len() - self.start > max_payload() {
             Err(EncodeFailure::new(Problem::TooLarge))
         } else {
             Ok(())

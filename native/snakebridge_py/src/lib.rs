@@ -25,6 +25,7 @@ mod encode;
 mod fd;
 mod objects;
 mod output;
+mod shm;
 mod stream;
 mod worker;
 
@@ -156,6 +157,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(output::flush, m)?)?;
     m.add_function(wrap_pyfunction!(output::current_call, m)?)?;
     m.add_class::<convert::Tagged>()?;
+    m.add_function(wrap_pyfunction!(shm::attach_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(shm::set_max_payload, m)?)?;
     m.add("CallCancelled", py.get_type::<CallCancelled>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;

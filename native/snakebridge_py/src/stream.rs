@@ -140,7 +140,7 @@ impl Batch {
         }
         out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_be_bytes());
         // Items are encoded against the frame limit as they are added.
-        FrameWriter::finish(out, self.start).expect("a batch stays within the frame limit");
+        FrameWriter::finish_within(out, self.start, crate::shm::max_payload()).expect("a batch stays within the frame limit");
     }
 
     pub(crate) fn id(&self) -> u64 {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{
@@ -56,6 +56,7 @@ use crate::encode::{EncodeFailure, Encoder, Handles};
 use crate::fd::host_gone;
 use crate::objects;
 use crate::output::{self, CallInfo, CallScope};
+use crate::shm;
 use crate::stream::{self, Batch, Refused, Stream};
 use crate::{CallCancelled, ProtocolError};
 
@@ -215,6 +216,8 @@ struct Worker<'py> {
     key: Vec<u8>,
     /// Encoded replies not yet written.
     out: Vec<u8>,
+    /// Where `out` is rebuilt when large replies move to shared memory.
+    scratch: Vec<u8>,
     /// When the oldest pending reply was finished.
     pending_since: Option<Instant>,
     /// Sync streams, served round-robin in this order.
@@ -243,6 +246,7 @@ pub(crate) fn serve(
         entries: Vec::new(),
         key: Vec::new(),
         out: Vec::with_capacity(64 * 1024),
+        scratch: Vec::new(),
         pending_since: None,
         streams: Vec::new(),
         next_stream: 0,
@@ -367,7 +371,10 @@ impl<'py> Worker<'py> {
 
     fn handle_all(&mut self, batch: &[u8]) -> Result<(), Stop> {
         for body in frames(batch) {
-            let mut input = body;
+            // A large call's body lies in shared memory, freed for the host
+            // once the call has read its arguments.
+            let shared = shm::incoming(body).transpose()?;
+            let mut input = shared.as_ref().map_or(body, |s| s.bytes());
             let header = Header::read(&mut input)?;
             match header.kind {
                 Kind::Call => self.call(header.id, input)?,
@@ -913,6 +920,11 @@ impl<'py> Worker<'py> {
     /// An ok reply; handles it registers are released again if the reply
     /// cannot be sent after all.
     fn ok(&mut self, id: u64, value: &Bound<'py, PyAny>, as_handle: bool) -> Result<(), Stop> {
+        if let Ok(bytes) = value.cast_exact::<PyBytes>() {
+            if !as_handle && shm::ok_bytes(&mut self.out, id, bytes.as_bytes()) {
+                return Ok(());
+            }
+        }
         let start = FrameWriter::begin(&mut self.out);
         Header { kind: Kind::Ok, id }.write(&mut self.out);
         let mut registered = Vec::new();
@@ -929,7 +941,7 @@ impl<'py> Worker<'py> {
             }
         }));
         let encoded = match encoded {
-            Ok(encoded) => encoded.and_then(|()| Ok(FrameWriter::finish(&mut self.out, start)?)),
+            Ok(encoded) => encoded.and_then(|()| Ok(FrameWriter::finish_within(&mut self.out, start, shm::max_payload())?)),
             Err(payload) => {
                 FrameWriter::abandon(&mut self.out, start);
                 objects::release(registered);
@@ -1021,11 +1033,12 @@ impl<'py> Worker<'py> {
         if self.out.is_empty() {
             return Ok(());
         }
+        shm::offload(&mut self.out, &mut self.scratch);
         let (fd, out) = (self.fd, &self.out);
         // Output first: a call's lines go before its reply.
         let written = self.py.detach(|| output::write_after_output(fd, out));
         self.out.clear();
-        if self.out.capacity() > KEEP_CAPACITY {
+        if self.out.capacity() > shm::keep_capacity() {
             self.out.shrink_to(KEEP_CAPACITY);
         }
         match written {

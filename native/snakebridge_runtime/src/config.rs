@@ -50,9 +50,30 @@ pub struct PoolConfig {
     /// Why the pool has no interpreter to start (its environment could not
     /// be built): every start fails at once with this message.
     pub start_error: Option<String>,
+    /// Large frame bodies go through shared memory (see
+    /// `snakebridge_protocol::shm`) instead of the socket.
+    pub shared_memory: bool,
+    /// Largest encoded call or result, in bytes. Above the socket's frame
+    /// limit only with `shared_memory`.
+    pub max_payload: usize,
 }
 
 impl PoolConfig {
+    /// The largest payload this pool's workers and callers may send.
+    pub fn payload_limit(&self) -> usize {
+        if self.shared_memory {
+            self.max_payload
+        } else {
+            self.max_payload.min(snakebridge_protocol::MAX_FRAME_LEN)
+        }
+    }
+
+    /// Bytes of frames each direction's arena holds: two of the largest,
+    /// so one may be in use while the next is sent.
+    pub fn arena_capacity(&self) -> usize {
+        self.payload_limit().saturating_mul(2)
+    }
+
     pub fn new(python: impl Into<String>, worker_path: impl Into<String>) -> Self {
         PoolConfig {
             size: 1,
@@ -74,6 +95,8 @@ impl PoolConfig {
             breaker: None,
             worker_args: Vec::new(),
             start_error: None,
+            shared_memory: true,
+            max_payload: snakebridge_protocol::MAX_FRAME_LEN,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::breaker::Breaker;
 use crate::hooks::Timing;
 use crate::monotonic_micros;
 use crate::socket;
+use crate::transport::Arenas;
 
 /// Process-wide counter so a call can name the exact worker process it was
 /// written to, across slots, pools and restarts.
@@ -72,6 +73,8 @@ pub(crate) struct Connection {
     write_lock: Mutex<Vec<u8>>,
     /// The outbox's length, read without the lock.
     outbox_len: AtomicUsize,
+    /// Times the reader has looked at the outbox (see [`Connection::flush`]).
+    flush_checks: AtomicU64,
     pub in_flight: AtomicUsize,
     /// Replies received from this process, for `max_calls`.
     pub replies: AtomicU64,
@@ -105,6 +108,8 @@ pub(crate) struct Connection {
     /// flag spares untimed replies the lock.
     timing: Mutex<Option<(u64, Timing)>>,
     has_timing: AtomicBool,
+    /// The worker's shared memory, if it has any: set once, at its start.
+    arenas: OnceLock<Arenas>,
 }
 
 impl Connection {
@@ -121,6 +126,7 @@ impl Connection {
             socket,
             write_lock: Mutex::new(Vec::new()),
             outbox_len: AtomicUsize::new(0),
+            flush_checks: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             last_heard: AtomicU64::new(monotonic_micros()),
@@ -139,9 +145,43 @@ impl Connection {
             breaker,
             timing: Mutex::new(None),
             has_timing: AtomicBool::new(false),
+            arenas: OnceLock::new(),
         });
         registry().write().insert(conn.incarnation, Arc::downgrade(&conn));
         conn
+    }
+
+    /// Gives the worker's shared memory to this connection, before its
+    /// first call.
+    pub fn share(&self, arenas: Arenas) {
+        let _ = self.arenas.set(arenas);
+    }
+
+    pub fn arenas(&self) -> Option<&Arenas> {
+        self.arenas.get()
+    }
+
+    /// The bytes that carry `frame`: a shared-memory descriptor for a large
+    /// one, when the worker has an arena with room.
+    pub fn wire<'a>(&self, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match self.arenas.get() {
+            Some(arenas) => arenas.wire(frame),
+            None => std::borrow::Cow::Borrowed(frame),
+        }
+    }
+
+    /// [`Connection::wire`] for the writer thread: a frame over the
+    /// socket's limit waits for room in shared memory (calls ahead of it in
+    /// the worker free theirs as they start), unless the worker is gone.
+    pub fn wire_waiting<'a>(&self, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        loop {
+            let wire = self.wire(frame);
+            let too_large = wire.len() > snakebridge_protocol::HEADER_LEN + snakebridge_protocol::MAX_FRAME_LEN;
+            if !too_large || self.arenas.get().is_none() || self.is_dead() {
+                return wire;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Sends `frame` without waiting: true when it is the socket's (written,
@@ -159,27 +199,54 @@ impl Connection {
         let Some(mut outbox) = self.write_lock.try_lock() else {
             return Ok(false);
         };
+        // Read before the window: a look of the reader's that this misses
+        // came after the replies it counted out of the window.
+        let checks = self.flush_checks.load(Ordering::SeqCst);
         let idle = self.in_flight.load(Ordering::Acquire) == 0;
         if !begin() {
             return Ok(false);
         }
+        let wire = self.wire(frame);
+        let frame = &*wire;
         // A large frame is written at once all the same: batching saves
         // little on it, and the copy into the outbox would cost more.
         if !outbox.is_empty() || (!idle && frame.len() < OUTBOX_FRAME_MAX) {
             outbox.extend_from_slice(frame);
-            self.outbox_len.store(outbox.len(), Ordering::Release);
+            self.outbox_len.store(outbox.len(), Ordering::SeqCst);
+            // The reader may have looked at the outbox since the worker was
+            // seen busy, before this frame was in it, and have no reply left
+            // to look again after: then the writer sends it. (Otherwise the
+            // reader's next look, after the reply it still has coming, sees
+            // the frame: both sides' orders are sequentially consistent.)
+            if self.flush_checks.load(Ordering::SeqCst) != checks {
+                self.flush_later();
+            }
             return Ok(true);
         }
         match socket::try_send(self.fd(), frame) {
             Ok(n) if n == frame.len() => Ok(true),
-            Ok(0) => Err(()),
+            Ok(0) => {
+                self.unsent(&wire);
+                Err(())
+            }
             Ok(n) => {
                 outbox.extend_from_slice(&frame[n..]);
                 self.outbox_len.store(outbox.len(), Ordering::Release);
                 self.flush_later();
                 Ok(true)
             }
-            Err(_) => Err(()),
+            Err(_) => {
+                self.unsent(&wire);
+                Err(())
+            }
+        }
+    }
+
+    /// Frees the shared memory of a frame from [`Connection::wire`] that
+    /// did not go out.
+    pub fn unsent(&self, wire: &[u8]) {
+        if let Some(arenas) = self.arenas.get() {
+            arenas.unsent(wire);
         }
     }
 
@@ -187,7 +254,8 @@ impl Connection {
     /// waiting; the writer thread sends the rest. For the reader, after a
     /// batch of replies.
     pub fn flush(&self) {
-        if self.outbox_len.load(Ordering::Acquire) == 0 {
+        self.flush_checks.fetch_add(1, Ordering::SeqCst);
+        if self.outbox_len.load(Ordering::SeqCst) == 0 {
             return;
         }
         let Some(mut outbox) = self.write_lock.try_lock() else {
@@ -515,6 +583,51 @@ mod tests {
         });
         drop(conn.lock_for_writer());
         assert!(reader.join().unwrap(), "the frame arrived whole and in order");
+    }
+
+    #[test]
+    fn a_large_frame_goes_as_a_descriptor_and_one_the_socket_refuses_frees_its_memory() {
+        let (host, mut worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let (tx, _control) = crossbeam_channel::unbounded();
+        let conn = Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None)));
+        let (arenas, _fds) = Arenas::create(1 << 20).unwrap();
+        conn.share(arenas.clone());
+        let mut frame = Vec::new();
+        let start = snakebridge_protocol::FrameWriter::begin(&mut frame);
+        frame.resize(frame.len() + 100_000, 7);
+        snakebridge_protocol::FrameWriter::finish(&mut frame, start).unwrap();
+        assert_eq!(conn.try_write(&frame, || true), Ok(true));
+        let mut sent = [0u8; 64];
+        let n = worker.read(&mut sent).unwrap();
+        assert!(n < 32, "a descriptor, not the frame: {n} bytes");
+        assert_eq!(arenas.calls.used_blocks(), 100_000usize.div_ceil(4096));
+        // Fill the socket: the next frame is refused, and its region freed.
+        while socket::try_send(conn.fd(), &[0u8; 4096]).unwrap() > 0 {}
+        let before = arenas.calls.used_blocks();
+        assert_eq!(conn.try_write(&frame, || true), Err(()));
+        assert_eq!(arenas.calls.used_blocks(), before);
+    }
+
+    #[test]
+    fn a_frame_queued_as_the_reader_looked_for_the_last_time_is_sent_by_the_writer() {
+        let (conn, control) = connection();
+        conn.in_flight.store(1, Ordering::Release);
+        // Between the caller's look at the window and its frame reaching the
+        // outbox, the reader routes the last reply and finds the outbox
+        // empty: no reply is left to make it look again.
+        let begin = || {
+            conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            conn.flush();
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            true
+        };
+        assert_eq!(conn.try_write(b"call", begin), Ok(true));
+        assert_eq!(conn.outbox_len.load(Ordering::Acquire), 4, "queued behind the busy worker");
+        assert!(matches!(control.try_recv(), Ok(Control { action: Action::Flush, .. })), "the writer sends it");
+        // Without such a race, the reader's next look sends it: no hand-off.
+        assert_eq!(conn.try_write(b"next", || true), Ok(true));
+        assert!(control.try_recv().is_err());
     }
 
     #[test]

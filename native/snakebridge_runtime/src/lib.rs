@@ -18,6 +18,10 @@
 //! Replies leave through [`Hooks`], which the NIF implements by sending BEAM
 //! messages and tests implement with channels.
 //!
+//! Large frame bodies go through two shared-memory arenas per worker
+//! ([`Arenas`], see `transport` and `snakebridge_protocol::shm`), with only
+//! a descriptor on the socket.
+//!
 //! Python objects that have no by-value form stay in their worker; the host
 //! refers to them through [`ObjectRef`]s, which route calls that use them to
 //! that worker and release them there when dropped (see `object`).
@@ -37,6 +41,7 @@ mod slot;
 mod socket;
 mod spawn;
 mod stats;
+mod transport;
 mod watchdog;
 mod writer;
 
@@ -50,7 +55,9 @@ pub use hooks::{
 pub use object::{ObjectRef, Origin, Route};
 pub use pool::Pool;
 pub use reader::Reader;
+pub use snakebridge_protocol::shm::Shared;
 pub use stats::{PoolStats, WorkerStats};
+pub use transport::Arenas;
 
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, ClockId};

@@ -18,6 +18,7 @@ use crate::log::{self, LogQueue};
 use crate::object::{ObjectRef, Route};
 use crate::slot::{self, Slot};
 use crate::watchdog;
+use snakebridge_protocol::{HEADER_LEN, MAX_FRAME_LEN};
 use crate::stats::PoolStats;
 
 /// Frames up to this size may be written by the caller itself. A larger one
@@ -256,6 +257,11 @@ impl<H: Hooks> Pool<H> {
         &self.shared.hooks
     }
 
+    /// The largest encoded call (or result) the pool's workers take.
+    pub fn payload_limit(&self) -> usize {
+        self.shared.config.payload_limit()
+    }
+
     /// Sends `call` (already in the call table) with its encoded `frame`.
     ///
     /// When nothing is queued, the frame is written to the least busy
@@ -265,7 +271,15 @@ impl<H: Hooks> Pool<H> {
     /// (where writer threads take calls in batches) only when every worker's
     /// window is full, its socket busy, or the frame large. On error the
     /// call is removed from the table and no reply will come.
-    pub fn submit(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
+    pub fn submit(&self, call: Arc<Call<H::Caller>>, mut frame: Vec<u8>) -> Result<(), Failure> {
+        self.submit_reusing(call, &mut frame)
+    }
+
+    /// [`Pool::submit`] that leaves `frame`'s buffer to the caller when the
+    /// frame was written at once (it is taken when the call is queued or
+    /// refused): a caller that encodes large calls can reuse the buffer,
+    /// whose pages are then already faulted in.
+    pub fn submit_reusing(&self, call: Arc<Call<H::Caller>>, frame: &mut Vec<u8>) -> Result<(), Failure> {
         let shared = &self.shared;
         let refused = if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
@@ -282,12 +296,19 @@ impl<H: Hooks> Pool<H> {
         // calls (see `affinity`).
         if let Some(route) = shared.affinity.route(call.owner) {
             if let Some(conn) = self.live(route) {
-                return self.send_to(call, frame, route, &conn, Vec::new(), true);
+                return self.send_to(call, std::mem::take(frame), route, &conn, Vec::new(), true);
             }
         }
-        if frame.len() <= DIRECT_MAX && shared.queue_rx.is_empty() && self.write_direct(&call, &frame) {
+        // With shared memory a large frame is a small descriptor on the
+        // socket: the caller writes it as well as a small one.
+        // A frame over the socket's limit must wait for room in shared
+        // memory, which only the writer thread may do.
+        let direct = frame.len() <= DIRECT_MAX
+            || (shared.config.shared_memory && frame.len() <= HEADER_LEN + MAX_FRAME_LEN);
+        if direct && shared.queue_rx.is_empty() && self.write_direct(&call, frame) {
             return Ok(());
         }
+        let frame = std::mem::take(frame);
         if shared.queue_length() >= shared.config.max_queue {
             shared.table.remove(call.id);
             return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));

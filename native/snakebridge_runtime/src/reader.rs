@@ -7,8 +7,9 @@
 //! the socket, which the schedulers poll, so a reply wakes one scheduler
 //! instead of a reader thread and then a scheduler. An embedder that
 //! declines leaves the reading to the supervisor thread ([`Reader::run`]).
-//! Either way, every frame goes through [`Reader::route`], and the reader
-//! ends once, with [`Reader::finish`], which is what the supervisor waits
+//! Either way, every frame goes through [`Reader::route`] (a large one
+//! after [`Reader::shared`] has found its body in the worker's shared
+//! memory), and the reader ends once, with [`Reader::finish`], which is what the supervisor waits
 //! for before it fails what the worker left unanswered.
 
 use std::io;
@@ -28,6 +29,7 @@ use crate::log::Entry;
 use crate::object::Origin;
 use crate::pool::Shared;
 use crate::slot::Slot;
+use snakebridge_protocol::shm::Shared as SharedBody;
 
 /// The read side of one worker process's socket, from its handshake to its
 /// end. Dropping a reader that was not finished ends it as broken (its
@@ -94,6 +96,19 @@ impl<H: Hooks> Reader<H> {
         self.conn.flush();
     }
 
+    /// The reply body `body` names in the worker's shared memory, or None
+    /// when it is an ordinary frame. Route the bytes of what it returns;
+    /// dropping that hands the memory back to the worker.
+    pub fn shared(&self, body: &[u8]) -> Option<Result<SharedBody, String>> {
+        self.conn.arenas().and_then(|arenas| arenas.reply(body))
+    }
+
+    /// What the frame `body` carries, left in place: the body itself, or
+    /// the shared memory it names (or the descriptor, if it names none).
+    pub fn peek<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
+        self.conn.arenas().and_then(|arenas| arenas.peek_reply(body)).unwrap_or(body)
+    }
+
     /// Routes one frame's body (without its 4-byte length). Err means the
     /// worker broke the protocol: finish the reader with it.
     pub fn route(&self, courier: &mut H::Courier, body: &[u8]) -> Result<(), String> {
@@ -125,6 +140,8 @@ impl<H: Hooks> Reader<H> {
         let mut socket = self.conn.socket();
         loop {
             while let Some(body) = decoder.next_frame().map_err(|e| format!("worker sent a bad frame: {e}"))? {
+                let shared = self.shared(body).transpose()?;
+                let body = shared.as_ref().map_or(body, SharedBody::bytes);
                 route_reply(&self.shared, &self.slot, &self.conn, body, courier)
                     .map_err(|e| format!("worker sent a bad message: {e}"))?;
             }

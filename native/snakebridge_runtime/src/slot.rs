@@ -23,6 +23,7 @@ use crate::socket;
 use crate::reader::{Ended, Reader};
 use crate::writer;
 use crate::spawn::{spawn_worker, WorkerProcess};
+use crate::transport::Arenas;
 use crate::stats::{rss_bytes, WorkerStats};
 
 /// Consecutive failed starts after which a slot reports Python unavailable.
@@ -189,6 +190,7 @@ impl Slot {
             restarts: self.restarts.load(Ordering::Relaxed),
             objects: self.connection().map_or(0, |c| c.objects.load(Ordering::Relaxed)),
             rss: os_pid.map_or(0, rss_bytes),
+            shared_memory: self.connection().and_then(|c| c.arenas().map(Arenas::in_use)).unwrap_or(0),
         }
     }
 
@@ -408,6 +410,9 @@ fn start<H: Hooks>(
                 config.cancel_grace,
                 shared.breaker.clone(),
             );
+            if let Some(arenas) = &process.arenas {
+                conn.share(arenas.clone());
+            }
             Ok((process, conn, notice, python))
         }
         Err((problem, cause)) => {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::sys::prctl;
 use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 use nix::sys::signal::Signal;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::unistd::{self, getpid, getppid};
 use parking_lot::Mutex;
 
@@ -19,9 +19,15 @@ use crate::config::PoolConfig;
 use crate::hooks::Stream;
 use crate::log::{Entry, LogQueue};
 use crate::socket;
+use crate::transport::Arenas;
 
-/// The worker's end of the socketpair appears as this fd in the worker.
+/// The worker's end of the socketpair appears as this fd in the worker,
+/// followed by the memfds of its arenas (calls, then replies) when the pool
+/// uses shared memory.
 const WORKER_FD: libc::c_int = 3;
+/// Descriptors are moved at least this high before they are placed at
+/// `WORKER_FD` and after, so that placing one never closes another.
+const PLACING_FD: libc::c_int = 16;
 /// Lines of stderr kept to explain a worker that fails to start.
 const STDERR_TAIL_LINES: usize = 20;
 /// Longest line forwarded as one log message.
@@ -34,6 +40,8 @@ pub struct WorkerProcess {
     pub os_pid: u32,
     /// The last lines the worker wrote to stderr.
     pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The host's mappings of the worker's shared memory, if it has any.
+    pub arenas: Option<Arenas>,
 }
 
 /// Starts `python -m snakebridge_worker` with its socket on fd 3 and its
@@ -44,7 +52,23 @@ pub struct WorkerProcess {
 pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<LogQueue<C>>) -> io::Result<WorkerProcess> {
     let (host, worker) = UnixStream::pair()?;
     socket::set_buffer_sizes(&host);
-    let worker_fd = worker.as_raw_fd();
+    let (arenas, memfds) = match config.shared_memory {
+        true => {
+            let (arenas, memfds) = Arenas::create(config.arena_capacity())?;
+            (Some(arenas), Some(memfds))
+        }
+        false => (None, None),
+    };
+    let mut inherited: Vec<RawFd> = vec![worker.as_raw_fd()];
+    let mut args = vec!["-m".to_owned(), "snakebridge_worker".to_owned(), "--fd".to_owned(), WORKER_FD.to_string()];
+    if let Some((calls, replies)) = &memfds {
+        inherited.extend([calls.as_raw_fd(), replies.as_raw_fd()]);
+        args.extend([
+            "--shm".to_owned(),
+            format!("{},{}", WORKER_FD + 1, WORKER_FD + 2),
+        ]);
+    }
+    args.extend(["--max-payload".to_owned(), config.payload_limit().to_string()]);
     let parent = getpid();
 
     let mut command = Command::new(&config.python);
@@ -52,7 +76,7 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
         // Its own process group, so the worker and whatever it forks are
         // killed together (see `Slot::kill_process`).
         .process_group(0)
-        .args(["-m", "snakebridge_worker", "--fd", "3"])
+        .args(&args)
         .args(&config.worker_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -64,8 +88,10 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
     // async-signal-safe calls are allowed and nothing may allocate. Each nix
     // call here is one system call and an errno read (`Errno::result`), and
     // `io::Error::from(Errno)` keeps the code inline: no allocation.
-    // `worker_fd` is open in the child (a copy of the parent's table, where
-    // `worker` lives until `spawn` returns), so borrowing it is sound.
+    // The `inherited` descriptors are open in the child (a copy of the
+    // parent's table, where `worker` and the memfds live until `spawn`
+    // returns), so borrowing them is sound; the closure owns `inherited`,
+    // allocated before the fork, and only reads it.
     unsafe {
         command.pre_exec(move || {
             // The worker dies with the BEAM even after `kill -9`.
@@ -75,23 +101,27 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
             if getppid() != parent {
                 libc::_exit(1);
             }
-            // dup2 clears FD_CLOEXEC on the copy, so exec keeps fd 3 open;
-            // when the fd already is 3, clear the flag by hand.
-            let worker = BorrowedFd::borrow_raw(worker_fd);
-            if worker_fd == WORKER_FD {
-                fcntl(worker, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            } else {
-                // `dup2_raw` returns fd 3 as an `OwnedFd`, which would
-                // close it when dropped; giving it straight back up keeps
-                // fd 3 open, owned by no one, until exec.
-                let _ = unistd::dup2_raw(worker, WORKER_FD)?.into_raw_fd();
+            // Each descriptor is first copied above the places they go to
+            // (close-on-exec copies), then dup2'd into place, which clears
+            // FD_CLOEXEC on the placed copy: a descriptor that already sits
+            // at one of those numbers is never overwritten before it moves.
+            let mut high = [0; 3];
+            for (copy, fd) in high.iter_mut().zip(&inherited) {
+                *copy = fcntl(BorrowedFd::borrow_raw(*fd), FcntlArg::F_DUPFD_CLOEXEC(PLACING_FD))?;
             }
-            close_on_exec_above(WORKER_FD);
+            for (place, copy) in (WORKER_FD..).zip(&high[..inherited.len()]) {
+                // `dup2_raw` returns the placed fd as an `OwnedFd`, which
+                // would close it when dropped; giving it straight back up
+                // keeps it open, owned by no one, until exec.
+                let _ = unistd::dup2_raw(BorrowedFd::borrow_raw(*copy), place)?.into_raw_fd();
+            }
+            close_on_exec_above(WORKER_FD + inherited.len() as libc::c_int - 1);
             Ok(())
         });
     }
     let mut child = command.spawn()?;
     drop(worker);
+    drop(memfds);
     let os_pid = child.id();
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -106,6 +136,7 @@ pub fn spawn_worker<C: Send + Sync + 'static>(config: &PoolConfig, logs: &Arc<Lo
         socket: host,
         os_pid,
         stderr_tail,
+        arenas,
     })
 }
 

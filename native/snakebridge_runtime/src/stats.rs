@@ -24,6 +24,9 @@ pub struct WorkerStats {
     pub objects: usize,
     /// Resident memory of the Python process in bytes (0 when none runs).
     pub rss: u64,
+    /// Bytes of the worker's shared memory in use: large results the host
+    /// still refers to, large calls the worker has yet to read.
+    pub shared_memory: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -182,15 +182,31 @@ fn write_batch<H: Hooks>(
     let _guard = conn.lock_for_writer();
     batch.retain(|job| job.call.mark_sent(conn.incarnation));
     conn.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|j| IoSlice::new(&j.frame)).collect();
+    // A large frame goes as a descriptor of its body in shared memory; the
+    // job keeps the frame itself, should it be sent elsewhere.
+    let wire: Vec<_> = batch.iter().map(|j| conn.wire_waiting(&j.frame)).collect();
+    let mut slices: Vec<IoSlice<'_>> = wire.iter().map(|w| IoSlice::new(w)).collect();
     let result = socket::send_all(conn.fd(), &mut slices);
     drop(slices);
+    if let Err((_, written)) = &result {
+        // Frames the worker never saw free their shared memory.
+        let mut offset = 0;
+        for w in &wire {
+            if offset >= *written {
+                conn.unsent(w);
+            }
+            offset += w.len();
+        }
+    }
+    let wire_lens: Vec<usize> = wire.iter().map(|w| w.len()).collect();
+    drop(wire);
     if let Err((_, written)) = result {
         // Frames wholly written may have started: they fail with the
         // worker. The rest never reached it and go back to the queue.
+        // (Their shared regions go with the dying worker's arena.)
         let mut offset = 0;
-        for job in batch.drain(..) {
-            offset += job.frame.len();
+        for (job, len) in batch.drain(..).zip(wire_lens) {
+            offset += len;
             if offset <= written {
                 continue;
             }

@@ -193,8 +193,10 @@ impl TestPool {
             flags: if send.stream.is_some() { CALL_STREAM } else { 0 },
             window: send.stream.unwrap_or(0),
         }
-        .write_frame(&mut frame)
+        .write_body(&mut frame)
         .unwrap();
+        let len = (frame.len() as u32).to_be_bytes();
+        frame.splice(0..0, len);
         let submitted = match send.objects.first() {
             Some(first) => self.pool.submit_pinned(call, frame, first.route(), send.objects),
             None if send.spread => self.pool.submit_spread(call, frame),
@@ -1132,4 +1134,113 @@ fn restart_replaces_every_worker_without_failing_calls() {
         assert!(!replies.is_empty());
         assert!(replies.iter().all(|r| *r == Reply::Ok(Value::Int(i + 1))), "{replies:?}");
     }
+}
+
+
+/// The worker's mappings of its shared memory.
+fn arena_mappings(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().filter(|line| line.contains("memfd:snakebridge-")).count()
+}
+
+/// Waits for the pool's first worker to have no shared memory in use.
+fn shared_memory_freed(p: &TestPool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.pool.stats().workers[0].shared_memory != 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Inodes of the shared memory `pid` maps.
+fn arena_inodes(pid: &str) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|line| line.contains("memfd:snakebridge-"))
+        .filter_map(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn large_calls_and_results_cross_shared_memory_and_free_it() {
+    let p = start(|c| c.size = 1);
+    let worker = p.wait_ready(1)[0];
+    assert_eq!(arena_mappings(worker), 2, "the worker maps both arenas");
+    for len in [40 * 1024, 4 * 1024 * 1024] {
+        let data = pattern(len);
+        assert_eq!(p.call("builtins", "bytes", vec![Value::Bin(data.clone())]), Reply::Ok(Value::Bin(data)));
+    }
+    // Both sides are done with every region: the runtime's reader frees a
+    // result once routed, as the worker frees a call once read.
+    assert!(shared_memory_freed(&p));
+    let mixed = Value::List(vec![Value::Int(1), Value::Str("x".repeat(100_000)), Value::Bin(pattern(50_000))]);
+    assert_eq!(p.call("builtins", "list", vec![mixed.clone()]), Reply::Ok(mixed));
+    assert!(shared_memory_freed(&p));
+}
+
+#[test]
+fn without_shared_memory_large_payloads_take_the_socket() {
+    let p = start(|c| {
+        c.size = 1;
+        c.shared_memory = false;
+    });
+    let worker = p.wait_ready(1)[0];
+    let data = pattern(4 * 1024 * 1024);
+    assert_eq!(p.call("builtins", "bytes", vec![Value::Bin(data.clone())]), Reply::Ok(Value::Bin(data)));
+    assert_eq!(arena_mappings(worker), 0);
+}
+
+#[test]
+fn payloads_over_the_socket_limit_go_through_shared_memory_up_to_max_payload() {
+    let p = start(|c| {
+        c.size = 1;
+        c.max_payload = 80 * 1024 * 1024;
+    });
+    let len = 70 * 1024 * 1024;
+    let data = pattern(len);
+    assert_eq!(p.call("builtins", "bytes", vec![Value::Bin(data.clone())]), Reply::Ok(Value::Bin(data)));
+    match p.call("builtins", "bytes", vec![Value::Int(81 * 1024 * 1024)]) {
+        Reply::Failed(f) => {
+            assert_eq!(f.reason, Reason::PayloadTooLarge);
+            assert!(f.message.contains(&(80 * 1024 * 1024).to_string()), "{}", f.message);
+        }
+        other => panic!("expected payload_too_large, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_killed_with_a_large_call_unread_is_replaced_and_its_memory_unmapped() {
+    let p = start(|c| c.size = 1);
+    let worker = p.wait_ready(1)[0];
+    let inodes = arena_inodes(&worker.to_string());
+    assert_eq!(inodes.len(), 2);
+    let (_, rx, submitted) = p.submit("time", "sleep", vec![Value::Int(30)]);
+    submitted.unwrap();
+    let (_, big, submitted) = p.submit("builtins", "len", vec![Value::Bin(pattern(8 * 1024 * 1024))]);
+    submitted.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.pool.stats().workers[0].shared_memory == 0 {
+        assert!(Instant::now() < deadline, "the large call is in shared memory");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(worker, libc::SIGKILL);
+    for waiter in [rx, big] {
+        match waiter.recv_timeout(Duration::from_secs(20)).unwrap() {
+            Reply::Failed(f) => assert_eq!(f.reason, Reason::WorkerExited),
+            other => panic!("expected worker_exited, got {other:?}"),
+        }
+    }
+    let next = p.wait_ready(1)[0];
+    assert_ne!(next, worker);
+    assert_eq!(p.pool.stats().workers[0].shared_memory, 0, "the new worker's arenas are empty");
+    let own = arena_inodes("self");
+    assert!(inodes.iter().all(|inode| !own.contains(inode)), "the dead worker's arenas are unmapped");
+    assert!(arena_inodes(&next.to_string()).iter().all(|inode| own.contains(inode)));
 }
