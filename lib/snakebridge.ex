@@ -641,7 +641,6 @@ defmodule SnakeBridge do
   defp receive_reply(ref, timeout, wait, deadline) do
     receive do
       {:snakebridge, ^ref, result} ->
-        SnakeBridge.Cluster.awaited(ref)
         result
 
       {:snakebridge, ^ref, result, timing} ->
@@ -651,10 +650,6 @@ defmodule SnakeBridge do
         Output.write(line)
         deadline = deadline || Output.deadline(wait)
         receive_reply(ref, timeout, Output.left(deadline), deadline)
-
-      # The node of a call on the cluster's direct path went down.
-      {:DOWN, ^ref, :process, {_relay, node}, _reason} ->
-        SnakeBridge.Cluster.down(ref, node)
     after
       wait -> give_up(ref, timeout)
     end

@@ -26,7 +26,7 @@ defmodule SnakeBridge.Cluster do
   the failure cases and what an object's lifetime means across nodes.
   """
 
-  alias SnakeBridge.Cluster.{Client, Direct, Member, Router}
+  alias SnakeBridge.Cluster.{Client, Member, Router}
   alias SnakeBridge.{Error, Object}
 
   @scope __MODULE__
@@ -72,16 +72,13 @@ defmodule SnakeBridge.Cluster do
 
   # Routes a checked request: nil when it runs in a pool of this node (the
   # caller then submits it to the NIF), else the answer of a remote
-  # submission. A call SnakeBridge.await/2 waits for (`:await`) takes the
-  # direct path; one whose reply the caller receives itself (`:async`)
-  # goes through the Client, which turns a node going down into a reply.
+  # submission.
   @doc false
-  @spec submit(tuple(), SnakeBridge.Types.timeout_ms(), :async | :await) ::
+  @spec submit(tuple(), SnakeBridge.Types.timeout_ms()) ::
           nil | {:ok, reference()} | {:error, Error.t()}
-  def submit(request, timeout, mode \\ :async) do
+  def submit(request, timeout) do
     case Router.route(request) do
       :local -> nil
-      {:remote, node} when mode == :await -> Direct.call(node, request, timeout)
       {:remote, node} -> Client.call(node, request, timeout)
       {:error, _} = error -> error
     end
@@ -91,25 +88,7 @@ defmodule SnakeBridge.Cluster do
   # delivered to the caller's mailbox (or it never was a remote call).
   @doc false
   @spec cancel(reference(), :cancel | :timeout) :: :cancelled | :unknown
-  def cancel(ref, why) do
-    case Direct.cancel(ref, why) do
-      :not_direct -> Client.cancel(ref, why)
-      outcome -> outcome
-    end
-  end
-
-  # SnakeBridge.await/2 received the reply of `ref`.
-  @doc false
-  @spec awaited(reference()) :: :ok
-  def awaited(ref), do: Direct.done(ref)
-
-  # SnakeBridge.await/2 received the DOWN of `ref`, a direct call to `node`.
-  @doc false
-  @spec down(reference(), node()) :: {:error, Error.t()}
-  def down(ref, node) do
-    Direct.done(ref)
-    {:error, Client.node_down(node)}
-  end
+  def cancel(ref, why), do: Client.cancel(ref, why)
 
   @doc false
   @spec stream_credit(reference(), pos_integer()) :: :ok

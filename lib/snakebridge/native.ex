@@ -114,11 +114,11 @@ defmodule SnakeBridge.Native do
   @doc false
   def start_call(module, function, args, [], timeout) when is_binary(module) do
     request = {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}, nil}
-    submit(request, timeout, :await)
+    submit(request, timeout)
   end
 
   def start_call(target, function, args, opts, timeout) do
-    target |> request!(function, args, opts) |> submit(timeout, :await)
+    target |> request!(function, args, opts) |> submit(timeout)
   end
 
   # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
@@ -149,12 +149,10 @@ defmodule SnakeBridge.Native do
   end
 
   # Queues a call checked by request!/5, in a pool of this node or, for a
-  # clustered pool, of the node SnakeBridge.Cluster chooses. `:await` for a
-  # call whose reply SnakeBridge.await/2 receives (see
-  # SnakeBridge.Cluster.submit/3).
+  # clustered pool, of the node SnakeBridge.Cluster chooses.
   @doc false
-  def submit(request, timeout, mode \\ :async) do
-    SnakeBridge.Cluster.submit(request, timeout, mode) || submit_local(request, timeout)
+  def submit(request, timeout) do
+    SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
   end
 
   # Queues a call in a pool of this node. A call with no `:worker` of its

@@ -103,7 +103,7 @@ defmodule SnakeBridge.Telemetry do
     )
 
     {result, timing} =
-      case Native.submit(request, timeout, :await) do
+      case Native.submit(request, timeout) do
         {:ok, ref} -> await(ref, timeout)
         {:error, _} = error -> {error, nil}
       end

@@ -63,14 +63,11 @@ defmodule SnakeBridge.Cluster.Client do
   end
 
   # Through this process, so that the release reaches the object's node
-  # after the calls made before it; and sent by the time it returns, ahead
-  # of any direct call (SnakeBridge.Cluster.Direct) the caller makes next
-  # on the same connection.
+  # after the calls made before it.
   @doc false
   def release(handle) do
-    GenServer.call(__MODULE__, {:release, handle}, @cancel_timeout)
-  catch
-    :exit, _ -> :ok
+    send(__MODULE__, {:release, handle})
+    :ok
   end
 
   @doc false
@@ -110,19 +107,15 @@ defmodule SnakeBridge.Cluster.Client do
     noreply(Enum.reduce(ops, state, &receive_op/2))
   end
 
-  # A direct call (SnakeBridge.Cluster.Direct) its node could not run: it
-  # is this process's to route now, and its replies go to the call's alias,
-  # which the caller deactivates when it gives up on the call.
-  def handle_info({:snakebridge_adopt, ref, caller, request, timeout, node, error}, state) do
-    pending = Map.put(state.pending, ref, {{caller, ref}, node, request, timeout, [node]})
-    noreply(reroute(%{state | pending: pending}, ref, error))
-  end
-
   def handle_info({:credit, ref, n}, state) do
     case state.pending do
       %{^ref => {_caller, node, _, _, _}} -> noreply(queue(state, node, {:credit, ref, n}))
       _ -> noreply(state)
     end
+  end
+
+  def handle_info({:release, handle}, state) do
+    noreply(queue(state, node(handle), {:release, handle}))
   end
 
   def handle_info({:snakebridge_load, pool, node, load}, state) do
@@ -143,7 +136,7 @@ defmodule SnakeBridge.Cluster.Client do
       Enum.split_with(state.pending, fn {_ref, {_, call_node, _, _, _}} -> call_node == node end)
 
     for {ref, {caller, _, _, _, _}} <- down do
-      deliver(caller, {:snakebridge, ref, {:error, node_down(node)}})
+      send(caller, {:snakebridge, ref, {:error, node_down(node)}})
     end
 
     noreply(%{state | pending: Map.new(pending)})
@@ -152,10 +145,6 @@ defmodule SnakeBridge.Cluster.Client do
   def handle_info(:timeout, state), do: noreply(flush(state))
 
   @impl true
-  def handle_call({:release, handle}, _from, state) do
-    {:reply, :ok, state |> queue(node(handle), {:release, handle}) |> flush()}
-  end
-
   def handle_call({:cancel, ref, why}, _from, state) do
     case Map.pop(state.pending, ref) do
       {nil, _} ->
@@ -175,16 +164,9 @@ defmodule SnakeBridge.Cluster.Client do
         state
 
       {{caller, _, _, _, _}, pending} ->
-        deliver(caller, {:snakebridge, ref, result})
+        send(caller, {:snakebridge, ref, result})
         %{state | pending: pending}
     end
-  end
-
-  # A reply to a direct call, batched with others to this node: to the
-  # call's alias, which lets it through unless the caller gave up.
-  defp receive_op({:direct, ref, result}, state) do
-    send(ref, {:snakebridge, ref, result})
-    state
   end
 
   defp receive_op({:items, ref, items}, state) do
@@ -255,22 +237,14 @@ defmodule SnakeBridge.Cluster.Client do
 
     case Router.pick(pool, candidates) do
       nil ->
-        deliver(caller, {:snakebridge, ref, {:error, error}})
+        send(caller, {:snakebridge, ref, {:error, error}})
         %{state | pending: Map.delete(state.pending, ref)}
 
       node ->
         pending = Map.put(state.pending, ref, {caller, node, request, timeout, [node | tried]})
-        queue(%{state | pending: pending}, node, {:call, ref, holder(caller), request, timeout})
+        queue(%{state | pending: pending}, node, {:call, ref, caller, request, timeout})
     end
   end
-
-  # The caller of an adopted direct call is {pid, alias}: the pid holds the
-  # call's objects, the alias gets its reply.
-  defp deliver({_pid, alias}, message), do: send(alias, message)
-  defp deliver(pid, message), do: send(pid, message)
-
-  defp holder({pid, _alias}), do: pid
-  defp holder(pid), do: pid
 
   defp noreply(state), do: {:noreply, state, timeout(state)}
 
@@ -279,8 +253,7 @@ defmodule SnakeBridge.Cluster.Client do
   defp timeout(%__MODULE__{queued: 0}), do: :infinity
   defp timeout(_state), do: 0
 
-  @doc false
-  def node_down(node) do
+  defp node_down(node) do
     %Error{
       reason: :node_down,
       message: "node #{inspect(node)} went down or disconnected before the call answered",

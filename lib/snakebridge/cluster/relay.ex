@@ -1,12 +1,9 @@
 defmodule SnakeBridge.Cluster.Relay do
   # The pool side of remote calls, one per node: runs the calls other
-  # nodes' Clients, and callers on the direct path
-  # (SnakeBridge.Cluster.Direct), send it in the pools of this node, as
-  # their caller, and relays each reply (a NIF can only send to local
-  # processes) back, batched per node: everything that arrived while it was
-  # busy goes in one message to the Client of the caller's node. A lone
-  # reply to a direct call goes straight to the caller instead, which is
-  # what keeps a call one round trip when the cluster is not busy.
+  # nodes' Clients send it in the pools of this node, as their caller, and
+  # relays each reply (a NIF can only send to local processes) back to the
+  # Client of the caller's node, batched per node: everything that arrived
+  # while it was busy goes in one message.
   #
   # Objects in a reply are exported as handles (SnakeBridge.Cluster.Handles)
   # held for the process that made the call; handles in a request are
@@ -18,7 +15,7 @@ defmodule SnakeBridge.Cluster.Relay do
 
   use GenServer
 
-  alias SnakeBridge.Cluster.{Client, Handles}
+  alias SnakeBridge.Cluster.Handles
   alias SnakeBridge.{Error, Native, NIF}
 
   # Replies sent to one node in one message at most.
@@ -30,9 +27,7 @@ defmodule SnakeBridge.Cluster.Relay do
 
   # calls: local ref => {client, ref, caller, monitor of a stream's caller}
   # refs: {client, ref} => local ref
-  # (client is :direct for a direct call)
   # holders: holder pid => {monitor, objects held}
-  # out: node => replies to send there, last first
   defstruct calls: %{}, refs: %{}, holders: %{}, out: %{}, queued: 0
 
   @doc false
@@ -54,14 +49,6 @@ defmodule SnakeBridge.Cluster.Relay do
     noreply(Enum.reduce(ops, state, &run(client, &1, &2)))
   end
 
-  def handle_info({:snakebridge_call, ref, caller, request, timeout}, state) do
-    noreply(run(:direct, {:call, ref, caller, request, timeout}, state))
-  end
-
-  def handle_info({:snakebridge_cancel, ref, why}, state) do
-    noreply(run(:direct, {:cancel, ref, why}, state))
-  end
-
   def handle_info({:snakebridge, local_ref, result}, state) do
     case Map.pop(state.calls, local_ref) do
       {nil, _} ->
@@ -71,15 +58,15 @@ defmodule SnakeBridge.Cluster.Relay do
         if monitor, do: Process.demonitor(monitor, [:flush])
         {result, state} = export(result, caller, state)
         state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
-        noreply(queue(state, node(caller), reply_op(client, ref, result)))
+        noreply(queue(state, client, {:reply, ref, result}))
     end
   end
 
   def handle_info({:snakebridge_stream, local_ref, items}, state) do
     case state.calls do
-      %{^local_ref => {_client, ref, caller, _}} ->
+      %{^local_ref => {client, ref, caller, _}} ->
         {items, state} = export(items, caller, state)
-        noreply(queue(state, node(caller), {:items, ref, items}))
+        noreply(queue(state, client, {:items, ref, items}))
 
       _cancelled ->
         noreply(state)
@@ -105,10 +92,11 @@ defmodule SnakeBridge.Cluster.Relay do
   def handle_info({:nodeup, _node}, state), do: noreply(state)
 
   def handle_info({:nodedown, node}, state) do
-    orphans = for {local_ref, {_, _, caller, _}} <- state.calls, node(caller) == node, do: local_ref
+    orphans = for {local_ref, {client, _, _, _}} <- state.calls, node(client) == node, do: local_ref
     state = Enum.reduce(orphans, state, &cancel_local(&2, &1, :cancel))
-    {gone, out} = Map.pop(state.out, node, [])
-    noreply(%{state | out: out, queued: state.queued - length(gone)})
+    {gone, kept} = Enum.split_with(state.out, fn {client, _ops} -> node(client) == node end)
+    dropped = Enum.reduce(gone, 0, fn {_client, ops}, sum -> sum + length(ops) end)
+    noreply(%{state | out: Map.new(kept), queued: state.queued - dropped})
   end
 
   def handle_info(:timeout, state), do: noreply(flush(state))
@@ -137,16 +125,11 @@ defmodule SnakeBridge.Cluster.Relay do
           refs: Map.put(state.refs, {client, ref}, local_ref)
       }
     else
-      {:error, %Error{reason: reason} = error} when reason in @reroute and client == :direct ->
-        message = {:snakebridge_adopt, ref, caller, request, timeout, node(), error}
-        :erlang.send({Client, node(caller)}, message, [:noconnect])
-        state
-
       {:error, %Error{reason: reason} = error} when reason in @reroute ->
-        queue(state, node(caller), {:reroute, ref, error})
+        queue(state, client, {:reroute, ref, error})
 
       {:error, error} ->
-        queue(state, node(caller), reply_op(client, ref, {:error, error}))
+        queue(state, client, {:reply, ref, {:error, error}})
     end
   end
 
@@ -189,9 +172,6 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
-  defp reply_op(:direct, ref, result), do: {:direct, ref, result}
-  defp reply_op(_client, ref, result), do: {:reply, ref, result}
-
   defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
     do: Bitwise.band(flags, 2) != 0
 
@@ -229,26 +209,20 @@ defmodule SnakeBridge.Cluster.Relay do
 
   ## Sending
 
-  defp queue(state, node, op) do
+  defp queue(state, client, op) do
     state = %{
       state
-      | out: Map.update(state.out, node, [op], &[op | &1]),
+      | out: Map.update(state.out, client, [op], &[op | &1]),
         queued: state.queued + 1
     }
 
     if state.queued >= @max_batch, do: flush(state), else: state
   end
 
-  # A node that is gone drops its replies; its calls got :node_down.
+  # A client whose node is gone drops its replies; its calls got :node_down.
   defp flush(state) do
-    for {node, ops} <- state.out do
-      case ops do
-        [{:direct, ref, result}] ->
-          :erlang.send(ref, {:snakebridge, ref, result}, [:noconnect])
-
-        ops ->
-          :erlang.send({Client, node}, {:snakebridge_replies, Enum.reverse(ops)}, [:noconnect])
-      end
+    for {client, ops} <- state.out do
+      :erlang.send(client, {:snakebridge_replies, Enum.reverse(ops)}, [:noconnect])
     end
 
     %{state | out: %{}, queued: 0}
