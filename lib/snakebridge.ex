@@ -753,24 +753,68 @@ defmodule SnakeBridge do
   `:shared_memory` (bytes of the worker's shared memory in use: large
   results Elixir still refers to, large calls not yet read).
 
-  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs,
-  and `ArgumentError` when `pool` is not an atom.
+  With `cluster: true`, returns instead the cluster view of a pool started
+  with the `:cluster` option (see `SnakeBridge.Pool`), from this node or any
+  node connected to it: for each node that runs the pool, the load it last
+  published, a map with `:size`, `:queue_length`, `:in_flight` (calls
+  written to its workers and not answered) and `:age_ms` (how long ago it
+  was published). Counts are `nil` for a node that joined and has not
+  published yet. This is `SnakeBridge.Cluster.stats/1`, except that a pool
+  no node runs raises.
+
+  Raises `SnakeBridge.Error` (reason `:pool_not_found`) when no such pool runs
+  (on this node, or with `cluster: true`, clustered on any node), and
+  `ArgumentError` when `pool` is not an atom or an option is unknown or not
+  a boolean.
+
+  ## Options
+
+    * `:cluster` - `true` for the cluster view. Defaults to `false`.
 
   ## Examples
 
       SnakeBridge.stats()
       #=> %{queue_length: 0, size: 2, calls: 10, workers: [%{os_pid: 4242, state: :ready, in_flight: 0, ...}, ...], ...}
+
+      SnakeBridge.stats(:ml, cluster: true)
+      #=> %{:"a@host" => %{size: 8, queue_length: 0, in_flight: 3, age_ms: 40}, :"b@host" => %{...}}
   """
-  @spec stats(SnakeBridge.Types.pool()) :: %{
-          required(:queue_length) => non_neg_integer(),
-          required(:workers) => [map()],
-          optional(atom()) => term()
-        }
-  def stats(pool \\ :default) do
-    case NIF.stats(Args.pool!(pool)) do
+  @spec stats(SnakeBridge.Types.pool(), [{:cluster, boolean()}]) ::
+          %{
+            required(:queue_length) => non_neg_integer(),
+            required(:workers) => [map()],
+            optional(atom()) => term()
+          }
+          | %{optional(node()) => map()}
+  def stats(pool \\ :default, opts \\ []) do
+    pool = Args.pool!(pool)
+
+    case Args.opts!(opts, cluster: false)[:cluster] do
+      false -> local_stats(pool)
+      true -> cluster_stats(pool)
+      other -> raise ArgumentError, "expected :cluster to be a boolean, got: #{inspect(other)}"
+    end
+  end
+
+  defp local_stats(pool) do
+    case NIF.stats(pool) do
       {:ok, stats} -> stats
       {:error, error} -> raise error
     end
+  end
+
+  defp cluster_stats(pool) do
+    view = SnakeBridge.Cluster.stats(pool)
+
+    if view == %{} do
+      raise Error,
+        reason: :pool_not_found,
+        message:
+          "no node of the cluster runs a pool named #{inspect(pool)} with the :cluster option",
+        details: %{pool: pool}
+    end
+
+    view
   end
 
   # A ref the runtime of this node does not know may be a remote call's.

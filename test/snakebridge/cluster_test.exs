@@ -104,6 +104,50 @@ defmodule SnakeBridge.ClusterTest do
       assert SnakeBridge.Cluster.stats(:cluster_nowhere) == %{}
     end
 
+    test "stats(pool, cluster: true): the cluster view, from a node without the pool", %{
+      node: node
+    } do
+      assert %{^node => %{size: 2, queue_length: 0, in_flight: _, age_ms: _}} =
+               view = SnakeBridge.stats(@pool, cluster: true)
+
+      assert Map.keys(view) == [node]
+
+      assert_raise Error, ~r/no node of the cluster runs a pool named :cluster_nowhere/, fn ->
+        SnakeBridge.stats(:cluster_nowhere, cluster: true)
+      end
+
+      # This node's pool is not clustered: locally it has stats, not a view.
+      assert %{workers: [_ | _]} = SnakeBridge.stats(:default, cluster: false)
+      assert %{workers: [_ | _]} = SnakeBridge.stats(:default)
+      assert_raise Error, ~r/:default/, fn -> SnakeBridge.stats(:default, cluster: true) end
+
+      assert_raise ArgumentError, ~r/:cluster to be a boolean/, fn ->
+        SnakeBridge.stats(@pool, cluster: 1)
+      end
+
+      assert_raise ArgumentError, ~r/unknown keys/, fn -> SnakeBridge.stats(@pool, nodes: true) end
+      assert_raise ArgumentError, ~r/keyword list/, fn -> SnakeBridge.stats(@pool, :cluster) end
+    end
+
+    test "many callers at once: each gets its own reply, and nothing more" do
+      parent = self()
+
+      for i <- 1..40 do
+        spawn_link(fn ->
+          results =
+            for j <- 1..10, do: SnakeBridge.call("sbhelpers", "identity", [{i, j}], pool: @pool)
+
+          extra = receive do: (m -> m), after: (200 -> nil)
+          send(parent, {:done, i, results, extra})
+        end)
+      end
+
+      for i <- 1..40 do
+        assert_receive {:done, ^i, results, nil}, 30_000
+        assert results == for(j <- 1..10, do: {:ok, {i, j}})
+      end
+    end
+
     test "the :cluster option is checked" do
       assert_raise ArgumentError, ~r/:cluster/, fn -> SnakeBridge.Pool.config!(cluster: :yes) end
 
@@ -260,6 +304,29 @@ defmodule SnakeBridge.ClusterTest do
   end
 
   describe "failures" do
+    test "a call/4 its node cannot run is routed to another node and answered there", %{peer: peer} do
+      pool = unique(:cluster_adopt)
+      start_pool(peer, pool)
+      wait_for_member(pool, :peer.call(peer, Kernel, :node, []))
+
+      # A member of the group on a node that has no such pool: its relay
+      # answers :pool_not_found, and this node's client sends the call on.
+      {empty, empty_node} = start_peer("adopt")
+      on_exit(fn -> stop_peer(empty) end)
+      relay = :peer.call(empty, Process, :whereis, [SnakeBridge.Cluster.Relay])
+      :ok = :peer.call(empty, :pg, :join, [SnakeBridge.Cluster, pool, relay])
+      wait_until(fn -> empty_node in SnakeBridge.Cluster.Router.nodes(pool) end)
+
+      pids =
+        for _ <- 1..24 do
+          assert {:ok, pid} = SnakeBridge.call("os", "getpid", [], pool: pool)
+          pid
+        end
+
+      assert Enum.all?(pids, &(&1 in remote_pids(peer, pool)))
+      refute_messages()
+    end
+
     test "a node killed under load: every caller gets exactly one reply" do
       pool = unique(:cluster_kill)
       peers = for name <- ["kill_a", "kill_b"], do: start_peer(name)
@@ -339,6 +406,33 @@ defmodule SnakeBridge.ClusterTest do
       assert {:ok, recorded} = SnakeBridge.call("sbhelpers", "recorded", [], pool: pool)
       refute tag in recorded
       assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.method(counter, "add")
+
+      # A call/4, which waits for its reply, in the middle of a disconnect.
+      tag = "disconnect_call_#{System.unique_integer([:positive])}"
+      parent = self()
+
+      caller =
+        spawn_link(fn ->
+          result =
+            SnakeBridge.call("sbhelpers", "sleep_and_record", [2.0, tag],
+              pool: pool,
+              timeout: 30_000
+            )
+
+          extra = receive do: (m -> m), after: (2_500 -> nil)
+          send(parent, {:called, result, extra})
+        end)
+
+      Process.sleep(300)
+      true = Node.disconnect(node)
+
+      assert_receive {:called, {:error, %Error{reason: :node_down, details: %{node: ^node}}}, nil},
+                     10_000
+
+      true = Node.connect(node)
+      wait_for_member(pool, node)
+      assert {:ok, recorded} = SnakeBridge.call("sbhelpers", "recorded", [], pool: pool)
+      refute tag in recorded
       assert {:ok, pid} = SnakeBridge.call("sbhelpers", "pid", [], pool: pool)
       assert pid in remote_pids(peer, pool)
     end
