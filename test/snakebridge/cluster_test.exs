@@ -178,6 +178,11 @@ defmodule SnakeBridge.ClusterTest do
       )
 
       wait_for_member(pool, node())
+      # A worker shows in stats/1 before its process runs.
+      wait_until(fn ->
+        match?([%{os_pid: pid}] when is_integer(pid), SnakeBridge.stats(pool).workers)
+      end)
+
       [local] = for %{os_pid: pid} <- SnakeBridge.stats(pool).workers, do: pid
       wait_until(fn -> length(remote_pids(peer, pool)) == 2 end)
 
@@ -411,17 +416,16 @@ defmodule SnakeBridge.ClusterTest do
       tag = "disconnect_call_#{System.unique_integer([:positive])}"
       parent = self()
 
-      caller =
-        spawn_link(fn ->
-          result =
-            SnakeBridge.call("sbhelpers", "sleep_and_record", [2.0, tag],
-              pool: pool,
-              timeout: 30_000
-            )
+      spawn_link(fn ->
+        result =
+          SnakeBridge.call("sbhelpers", "sleep_and_record", [2.0, tag],
+            pool: pool,
+            timeout: 30_000
+          )
 
-          extra = receive do: (m -> m), after: (2_500 -> nil)
-          send(parent, {:called, result, extra})
-        end)
+        extra = receive do: (m -> m), after: (2_500 -> nil)
+        send(parent, {:called, result, extra})
+      end)
 
       Process.sleep(300)
       true = Node.disconnect(node)
