@@ -215,11 +215,14 @@ impl Connection {
             self.outbox_len.store(outbox.len(), Ordering::SeqCst);
             // The reader may have looked at the outbox since the worker was
             // seen busy, before this frame was in it, and have no reply left
-            // to look again after: then the writer sends it. (Otherwise the
-            // reader's next look, after the reply it still has coming, sees
-            // the frame: both sides' orders are sequentially consistent.)
+            // to look again after: then this caller sends the outbox, as
+            // that look would have. (Otherwise the reader's next look, after
+            // the reply it still has coming, sees the frame: both sides'
+            // orders are sequentially consistent.) Sending here rather than
+            // waking the writer thread keeps a busy pool's calls from
+            // costing a thread wake-up each time the reader looked.
             if self.flush_checks.load(Ordering::SeqCst) != checks {
-                self.flush_later();
+                self.send_outbox(&mut outbox);
             }
             return Ok(true);
         }
@@ -263,7 +266,13 @@ impl Connection {
             self.flush_later();
             return;
         };
-        match socket::try_send(self.fd(), &outbox) {
+        self.send_outbox(&mut outbox);
+    }
+
+    /// Sends the outbox (its lock held) as far as the socket takes it
+    /// without waiting; the writer thread sends the rest.
+    fn send_outbox(&self, outbox: &mut Vec<u8>) {
+        match socket::try_send(self.fd(), outbox) {
             Ok(n) if n == outbox.len() => outbox.clear(),
             Ok(n) => {
                 outbox.drain(..n);
@@ -610,8 +619,12 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_queued_as_the_reader_looked_for_the_last_time_is_sent_by_the_writer() {
-        let (conn, control) = connection();
+    fn a_frame_queued_as_the_reader_looked_for_the_last_time_is_sent_by_its_caller() {
+        let (host, mut worker) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        worker.set_nonblocking(true).unwrap();
+        let (tx, control) = crossbeam_channel::unbounded();
+        let conn = Connection::new(1, host, tx, Duration::from_secs(60), Arc::new(Breaker::new("test", None)));
         conn.in_flight.store(1, Ordering::Release);
         // Between the caller's look at the window and its frame reaching the
         // outbox, the reader routes the last reply and finds the outbox
@@ -623,11 +636,18 @@ mod tests {
             true
         };
         assert_eq!(conn.try_write(b"call", begin), Ok(true));
-        assert_eq!(conn.outbox_len.load(Ordering::Acquire), 4, "queued behind the busy worker");
-        assert!(matches!(control.try_recv(), Ok(Control { action: Action::Flush, .. })), "the writer sends it");
-        // Without such a race, the reader's next look sends it: no hand-off.
+        assert_eq!(conn.outbox_len.load(Ordering::Acquire), 0, "the caller sent the outbox");
+        let mut sent = [0u8; 16];
+        assert_eq!(worker.read(&mut sent).unwrap(), 4);
+        assert_eq!(&sent[..4], b"call");
+        assert!(control.try_recv().is_err(), "no writer wake-up");
+        // Without such a race, the frame waits for the reader's next look.
         assert_eq!(conn.try_write(b"next", || true), Ok(true));
+        assert_eq!(conn.outbox_len.load(Ordering::Acquire), 4, "queued behind the busy worker");
+        assert!(worker.read(&mut sent).is_err(), "nothing sent yet");
         assert!(control.try_recv().is_err());
+        conn.flush();
+        assert_eq!(worker.read(&mut sent).unwrap(), 4);
     }
 
     #[test]
