@@ -142,4 +142,16 @@ defmodule SnakeBridge.Args do
   defp keyword?([]), do: true
   defp keyword?([{key, _} | tail]) when is_atom(key), do: keyword?(tail)
   defp keyword?(_), do: false
+
+  # Keyword.validate!/2 for the keyword list a pool option takes
+  # (`:cluster`, `:init`, ...): the error names that option.
+  @doc false
+  def sub_opts!(opts, defaults, option) do
+    Keyword.validate!(opts, defaults)
+  rescue
+    error in ArgumentError ->
+      reraise ArgumentError,
+              "invalid #{inspect(option)} option: " <> Exception.message(error),
+              __STACKTRACE__
+  end
 end

@@ -117,15 +117,7 @@ defmodule SnakeBridge.Cluster do
   def options!(true), do: options!([])
 
   def options!(opts) when is_list(opts) do
-    opts =
-      try do
-        Keyword.validate!(opts, @defaults)
-      rescue
-        error in ArgumentError ->
-          reraise ArgumentError,
-                  "invalid :cluster option: " <> Exception.message(error),
-                  __STACKTRACE__
-      end
+    opts = SnakeBridge.Args.sub_opts!(opts, @defaults, :cluster)
 
     unless opts[:strategy] in [:local_first, :least_loaded] do
       raise ArgumentError,

@@ -513,15 +513,7 @@ defmodule SnakeBridge.Pool do
   defp circuit_breaker!(true), do: circuit_breaker!([])
 
   defp circuit_breaker!(opts) when is_list(opts) do
-    opts =
-      try do
-        Keyword.validate!(opts, @circuit_breaker_defaults)
-      rescue
-        error in ArgumentError ->
-          reraise ArgumentError,
-                  "invalid :circuit_breaker option: " <> Exception.message(error),
-                  __STACKTRACE__
-      end
+    opts = SnakeBridge.Args.sub_opts!(opts, @circuit_breaker_defaults, :circuit_breaker)
 
     for {key, value} <- opts, into: %{} do
       unless pos_integer?(value) do

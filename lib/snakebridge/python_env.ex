@@ -208,15 +208,7 @@ defmodule SnakeBridge.PythonEnv do
   @doc false
   @spec options!(term()) :: map()
   def options!(opts) when is_list(opts) do
-    opts =
-      try do
-        Keyword.validate!(opts, @defaults)
-      rescue
-        error in ArgumentError ->
-          reraise ArgumentError,
-                  "invalid :python_env option: " <> Exception.message(error),
-                  __STACKTRACE__
-      end
+    opts = SnakeBridge.Args.sub_opts!(opts, @defaults, :python_env)
 
     requirements = requirements!(opts[:requirements])
     pyproject = pyproject!(opts[:pyproject])

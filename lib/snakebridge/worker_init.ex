@@ -10,15 +10,7 @@ defmodule SnakeBridge.WorkerInit do
   @doc "Validates `:init`; returns the worker's extra arguments and its start timeout in ms."
   @spec options!(term()) :: {[String.t()], pos_integer()}
   def options!(opts) when is_list(opts) do
-    opts =
-      try do
-        Keyword.validate!(opts, @defaults)
-      rescue
-        error in ArgumentError ->
-          reraise ArgumentError,
-                  "invalid :init option: " <> Exception.message(error),
-                  __STACKTRACE__
-      end
+    opts = SnakeBridge.Args.sub_opts!(opts, @defaults, :init)
 
     imports =
       case opts[:imports] do
