@@ -37,6 +37,7 @@ mod log;
 mod object;
 mod pool;
 mod reader;
+mod shared;
 mod slot;
 mod socket;
 mod spawn;

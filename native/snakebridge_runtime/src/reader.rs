@@ -27,7 +27,7 @@ use crate::exit::ExitNotice;
 use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, RecycleReason, Stream, Timing, WorkerEvent};
 use crate::log::Entry;
 use crate::object::Origin;
-use crate::pool::Shared;
+use crate::shared::Shared;
 use crate::slot::Slot;
 use snakebridge_protocol::shm::Shared as SharedBody;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::hooks::{Hooks, RecycleReason, WorkerEvent};
-use crate::pool::Shared;
+use crate::shared::Shared;
 use crate::stats::rss_bytes;
 
 const TICK: Duration = Duration::from_millis(100);

@@ -12,7 +12,7 @@ use snakebridge_protocol::Message;
 
 use crate::connection::{Action, Connection, Control};
 use crate::hooks::Hooks;
-use crate::pool::{stale_failure, Job, Shared};
+use crate::shared::{stale_failure, Job, Shared};
 use crate::slot::Slot;
 use crate::socket;
 
