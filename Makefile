@@ -46,6 +46,7 @@ demo: setup compile
 
 bench: setup compile
 	mix run bench/run.exs
+	mix run bench/arrays.exs
 
 soak: setup compile
 	mix run soak/soak.exs

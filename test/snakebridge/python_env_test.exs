@@ -94,6 +94,8 @@ defmodule SnakeBridge.PythonEnvTest do
 
         assert message =~ "ERROR: No matching distribution found for sbwheel==2.0"
         assert message =~ "pip install exited with status 1"
+        # The slot may still be between two of its failed starts.
+        wait_until(fn -> match?(%{workers: [%{state: :unavailable}]}, SnakeBridge.stats(name)) end)
         assert %{workers: [%{state: :unavailable, os_pid: nil}]} = SnakeBridge.stats(name)
       end)
 
