@@ -203,7 +203,7 @@ defmodule SnakeBridge do
     if SnakeBridge.Telemetry.calls?() do
       SnakeBridge.Telemetry.call(module, function, args, opts, timeout)
     else
-      case Native.start_call(module, function, args, opts, timeout) do
+      case Native.start_checked(module, function, args, opts, timeout) do
         {:ok, ref} -> await(ref, timeout)
         {:error, _} = error -> error
       end

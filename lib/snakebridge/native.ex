@@ -121,6 +121,12 @@ defmodule SnakeBridge.Native do
     target |> request!(function, args, opts) |> submit(timeout)
   end
 
+  # start_call/5 for SnakeBridge.call/4, which checked the options' keys.
+  @doc false
+  def start_checked(target, function, args, opts, timeout) do
+    target |> checked_request!(function, args, opts) |> submit(timeout)
+  end
+
   # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
   # with the reply.
   @doc false
@@ -135,7 +141,14 @@ defmodule SnakeBridge.Native do
   @doc false
   def request!(target, function, args, opts, stream \\ nil) do
     opts = Args.opts!(opts, [:pool, :output, :worker, kwargs: [], as: :value])
-    flags = as_flag(opts[:as]) ||| output_flag(opts[:output])
+    checked_request!(target, function, args, opts, stream)
+  end
+
+  # request!/5 for options whose keys SnakeBridge.call/4 already checked:
+  # the call path validates a keyword list once, not twice.
+  @doc false
+  def checked_request!(target, function, args, opts, stream \\ nil) do
+    flags = as_flag(Keyword.get(opts, :as, :value)) ||| output_flag(opts[:output])
     worker = worker!(opts[:worker])
 
     mode =
@@ -145,7 +158,7 @@ defmodule SnakeBridge.Native do
       end
 
     {pool(target, worker, opts[:pool]), target!(target), function!(target, function),
-     Args.list!(args, :args), Args.kwargs!(opts[:kwargs]), mode, worker && worker.ref}
+     Args.list!(args, :args), Args.kwargs!(Keyword.get(opts, :kwargs, [])), mode, worker && worker.ref}
   end
 
   # Queues a call checked by request!/5, in a pool of this node or, for a
