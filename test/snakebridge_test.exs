@@ -9,6 +9,7 @@ defmodule SnakeBridgeTest do
   doctest SnakeBridge
   doctest SnakeBridge.PythonError
   doctest SnakeBridge.Bytes
+  doctest SnakeBridge.Object
 
   @pool :snakebridge_test
 

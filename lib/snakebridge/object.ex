@@ -42,7 +42,7 @@ defmodule SnakeBridge.Object do
       code with side effects. For the current repr, call
       `SnakeBridge.call!("builtins", "repr", [obj], pool: obj.pool)`.
 
-      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29])
+      iex> {:ok, date} = SnakeBridge.call("datetime", "date", [2024, 2, 29], as: :handle)
       iex> date.type
       "datetime.date"
       iex> SnakeBridge.method!(date, "isoformat")

@@ -30,11 +30,11 @@ defmodule SnakeBridge.Session do
       session = SnakeBridge.Session.new!()
 
       SnakeBridge.Session.run(session, fn ->
-        {:ok, d} = SnakeBridge.call("datetime", "date", [2024, 1, 1])
-        {:ok, dt} = SnakeBridge.call("datetime", "timedelta", [], kwargs: [days: 1])
+        {:ok, d} = SnakeBridge.call("datetime", "date", [2024, 1, 1], as: :handle)
+        {:ok, dt} = SnakeBridge.call("datetime", "timedelta", [], kwargs: [days: 1], as: :handle)
         SnakeBridge.call!("operator", "add", [d, dt])
       end)
-      #=> #SnakeBridge.Object<datetime.date(2024, 1, 2)>
+      #=> ~D[2024-01-02]
   """
 
   alias SnakeBridge.{Args, Native, Object}
