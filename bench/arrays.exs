@@ -36,6 +36,7 @@ ways = [
 ]
 
 IO.puts("8 MiB float64 array -> Elixir binary, #{rounds} rounds (includes making the array in Python)")
+IO.puts("target: tensor >= 2 GB/s (and, in bench/run.exs, a 4 MiB echo <= 2.8 ms: Pythonx in-process)")
 
 for {label, fun} <- ways do
   fun.() == expected || raise "#{label}: wrong data"
