@@ -7,7 +7,7 @@
 #            its memory into the reply frame, one into the binary)
 #   tobytes  arr.tobytes() returned as bytes (the way without tensors)
 # Each prints the median and best time per array and the GB/s of the median.
-# The target of issue 12 is >= 2 GB/s for the tensor row on the development
+# The target is >= 2 GB/s for the tensor row on the development
 # machine; a wrong value fails the run instead of being timed.
 
 rounds = String.to_integer(System.get_env("ARRAY_ROUNDS", "30"))
