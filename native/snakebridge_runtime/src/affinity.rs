@@ -14,33 +14,14 @@
 //! hash lookup. Nothing is allocated per call.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::hash::U64Map;
 use crate::object::Route;
 
 const SHARDS: usize = 16;
-
-/// Callers' keys are term values (pids): mixed once here, not hashed twice.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 /// The worker of one caller's latest objects, and how many are alive.
 struct Held {
@@ -48,7 +29,7 @@ struct Held {
     objects: usize,
 }
 
-type Shard = Mutex<HashMap<u64, Held, BuildHasherDefault<KeyHasher>>>;
+type Shard = Mutex<U64Map<Held>>;
 
 pub(crate) struct Affinity {
     shards: Box<[Shard]>,
@@ -59,7 +40,7 @@ pub(crate) struct Affinity {
 impl Default for Affinity {
     fn default() -> Self {
         Affinity {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(U64Map::default())).collect(),
             callers: AtomicUsize::new(0),
         }
     }

@@ -22,12 +22,12 @@
 //! leaves the table only *after* its reply was sent, so a cancel that does
 //! not find it knows the reply is already in the caller's mailbox.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::hash::U64Map;
 
 const QUEUED: u8 = 0;
 const SENT: u8 = 1;
@@ -165,25 +165,7 @@ pub enum CancelReason {
 
 const SHARDS: usize = 32;
 
-/// Ids are already well-mixed hashes; hashing them again is wasted work.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type Shard<C> = Mutex<HashMap<u64, Arc<Call<C>>, BuildHasherDefault<IdHasher>>>;
+type Shard<C> = Mutex<U64Map<Arc<Call<C>>>>;
 
 /// Every pending call, by id, sharded so callers on different schedulers
 /// rarely meet on a lock.
@@ -194,7 +176,7 @@ pub struct CallTable<C> {
 impl<C> Default for CallTable<C> {
     fn default() -> Self {
         CallTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(U64Map::default())).collect(),
         }
     }
 }

@@ -32,6 +32,7 @@ mod call;
 mod config;
 mod connection;
 mod exit;
+mod hash;
 mod hooks;
 mod log;
 mod object;
