@@ -64,8 +64,10 @@ use crate::CallCancelled;
 /// Room for at least this much is made before each read, so small frames
 /// arrive in batches.
 const MIN_READ: usize = 16 * 1024;
-/// How long the loop polls for input before it blocks in read(2).
-const SPIN_MICROS: u64 = 50;
+/// The least and the most time the loop polls for input before it blocks
+/// in read(2); see [`Inbox::read`].
+const MIN_SPIN_MICROS: u64 = 50;
+const MAX_SPIN_MICROS: u64 = 1000;
 /// A queue buffer bigger than this is freed rather than reused.
 const KEEP_CAPACITY: usize = 1 << 20;
 
@@ -98,6 +100,8 @@ pub(crate) struct Inbox {
     /// up until it returns); the only call the handler may interrupt.
     running: Option<u64>,
     recheck: Recheck,
+    /// How long the next read polls before it blocks.
+    spin_micros: u64,
 }
 
 /// Makes the loop's state reachable by the handler while `serve` runs;
@@ -114,6 +118,7 @@ pub(crate) fn install(fd: RawFd) -> Installed {
             cancelled: HashSet::new(),
             running: None,
             recheck: Recheck::new(),
+            spin_micros: MIN_SPIN_MICROS,
         })
     });
     Installed(())
@@ -129,6 +134,21 @@ impl Drop for Installed {
 /// Runs `f` on the loop's state. Never call Python from `f`.
 pub(crate) fn with<T>(f: impl FnOnce(&mut Inbox) -> T) -> T {
     INBOX.with_borrow_mut(|inbox| f(inbox.as_mut().expect("serve() is running")))
+}
+
+/// How long to poll next time, after input took `waited` µs to come and
+/// the poll missed it. Many callers at once keep a worker busy in bursts:
+/// the host routes a batch of replies, its callers send their next calls,
+/// and the next batch comes a few hundred microseconds later. Polling
+/// across that gap saves a wake-up per batch, which raised calls/s with 64
+/// callers by about 8%. A gap longer than the most it polls means the
+/// worker is idle between calls, and polling longer would only burn CPU.
+fn next_spin(waited: u64) -> u64 {
+    if waited < MAX_SPIN_MICROS {
+        (waited * 2).clamp(MIN_SPIN_MICROS, MAX_SPIN_MICROS)
+    } else {
+        MIN_SPIN_MICROS
+    }
 }
 
 /// What [`Inbox::poll`] found.
@@ -158,7 +178,8 @@ impl Inbox {
         // yields the CPU: on a busy machine the host's scheduler threads
         // (or anything else) run meanwhile instead of waiting for this
         // process's time slice to end; on an idle one it returns at once.
-        let spin_until = monotonic_micros() + SPIN_MICROS;
+        let started = monotonic_micros();
+        let spin_until = started + self.spin_micros;
         loop {
             match recv_nonblocking(self.fd, &mut self.pending) {
                 Ok(n) => {
@@ -173,6 +194,7 @@ impl Inbox {
             }
         }
         let n = read_appending(self.fd, &mut self.pending)?;
+        self.spin_micros = next_spin(monotonic_micros() - started);
         self.scan();
         Ok(n)
     }
@@ -428,4 +450,22 @@ pub(crate) fn monotonic_micros() -> u64 {
     // Cannot fail for CLOCK_MONOTONIC on Linux; were it to, 0 as before.
     let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or_else(|_| TimeSpec::new(0, 0));
     ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_the_poll_missed_is_polled_across_next_time() {
+        assert_eq!(next_spin(120), 240);
+        assert_eq!(next_spin(10), MIN_SPIN_MICROS);
+        assert_eq!(next_spin(MAX_SPIN_MICROS - 1), MAX_SPIN_MICROS);
+    }
+
+    #[test]
+    fn an_idle_worker_goes_back_to_the_shortest_poll() {
+        assert_eq!(next_spin(MAX_SPIN_MICROS), MIN_SPIN_MICROS);
+        assert_eq!(next_spin(5_000_000), MIN_SPIN_MICROS);
+    }
 }
