@@ -193,19 +193,17 @@ defmodule SnakeBridge do
   end
 
   def call(module, function, args, opts) do
-    {timeout, opts} =
-      opts
-      |> Args.opts!([:kwargs, :pool, :as, :output, :worker, timeout: @default_timeout])
-      |> Keyword.pop!(:timeout)
-
-    Args.timeout!(timeout)
-
     if SnakeBridge.Telemetry.calls?() do
-      SnakeBridge.Telemetry.call(module, function, args, opts, timeout)
+      {timeout, opts} =
+        opts
+        |> Args.opts!([:kwargs, :pool, :as, :output, :worker, timeout: @default_timeout])
+        |> Keyword.pop!(:timeout)
+
+      SnakeBridge.Telemetry.call(module, function, args, opts, Args.timeout!(timeout))
     else
-      case Native.start_checked(module, function, args, opts, timeout) do
-        {:ok, ref} -> await(ref, timeout)
-        {:error, _} = error -> error
+      case Native.start_timed(module, function, args, opts, @default_timeout) do
+        {{:ok, ref}, timeout} -> await(ref, timeout)
+        {{:error, _} = error, _timeout} -> error
       end
     end
   end

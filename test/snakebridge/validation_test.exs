@@ -156,6 +156,49 @@ defmodule SnakeBridge.ValidationTest do
   end
 
   describe "options lists" do
+    test "call/4 names an unknown option" do
+      error =
+        assert_raise ArgumentError, fn ->
+          SnakeBridge.call("sbhelpers", "echo", [1], pool: @pool, window: 3)
+        end
+
+      assert error.message =~ "unknown keys [:window]"
+    end
+
+    test "call/4 takes :timeout and call_async/4 does not" do
+      assert {:ok, [[1], %{}]} =
+               SnakeBridge.call("sbhelpers", "echo", [1], timeout: 2_000, pool: @pool)
+
+      error =
+        assert_raise ArgumentError, fn ->
+          Native.call_async("sbhelpers", "echo", [1], pool: @pool, timeout: 2_000)
+        end
+
+      assert error.message =~ "unknown keys [:timeout]"
+    end
+
+    test "call/4 checks the :timeout value" do
+      error =
+        assert_raise ArgumentError, fn ->
+          SnakeBridge.call("sbhelpers", "echo", [1], timeout: -1)
+        end
+
+      assert error.message =~ ":timeout"
+    end
+
+    test "the first of repeated options counts, as with Keyword.get/2" do
+      assert {:ok, [["x"], %{}]} =
+               SnakeBridge.call("sbhelpers", "echo", ["x"],
+                 pool: @pool,
+                 as: :value,
+                 as: :handle,
+                 pool: :nope
+               )
+
+      assert {:ok, ref} = Native.call_async("sbhelpers", "echo", ["y"], pool: @pool, pool: :nope)
+      assert {:ok, [["y"], %{}]} = SnakeBridge.await(ref, 2_000)
+    end
+
     test "call/4 with opts that are not a list" do
       error = assert_raise ArgumentError, fn -> SnakeBridge.call("sbhelpers", "echo", [], :fast) end
       assert error.message =~ "opts"
