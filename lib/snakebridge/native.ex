@@ -26,6 +26,7 @@ defmodule SnakeBridge.Native do
   @output_caller 0x10000
   @output_log 0x20000
   @spread 0x40000
+  @waiting 0x80000
 
   # What call_opts!/2 reads for an option that is absent.
   @unset :"$snakebridge_unset"
@@ -111,29 +112,33 @@ defmodule SnakeBridge.Native do
     module |> request!(function, args, opts) |> submit(:infinity)
   end
 
-  # call_async/4 with a deadline: the worker skips the call instead of
-  # starting it once `timeout` milliseconds have passed.
+  # call_async/4 for SnakeBridge.call/4, which waits for the reply at
+  # once, with a deadline: the worker skips the call instead of starting
+  # it once `timeout` milliseconds have passed. {:alone, ref} instead of
+  # {:ok, ref} means the call went to a worker that runs no other call, so
+  # its reply may come within microseconds.
   @doc false
-  def start_call(module, function, args, [], timeout) when is_binary(module) do
+  def start_call(module, function, args, timeout) when is_binary(module) do
     request =
-      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [], {0, 0}, nil}
+      {:default, module, Args.name!(function, :function), Args.list!(args, :args), [],
+       {@waiting, 0}, nil}
 
     submit(request, timeout)
   end
 
-  def start_call(target, function, args, opts, timeout) do
-    target |> request!(function, args, opts) |> submit(timeout)
-  end
-
-  # start_call/5 for SnakeBridge.call/4, whose options also hold its
-  # :timeout (`default_timeout` when absent): what start_call/5 returns,
-  # and the timeout.
+  # start_call/4 with options, which also hold the call's :timeout
+  # (`default_timeout` when absent): what start_call/4 returns, and the
+  # timeout.
   @doc false
-  def start_timed(target, function, args, opts, default_timeout) do
+  def start_call(target, function, args, opts, default_timeout) do
     {pool, as, output, worker, kwargs, timeout} = call_opts!(opts, true)
     timeout = Args.timeout!(default(timeout, default_timeout))
-    request = request_of(target, function, args, pool, as, output, worker, kwargs, nil)
-    {submit(request, timeout), timeout}
+
+    {pool, target, function, args, kwargs, {flags, window}, near} =
+      request_of(target, function, args, pool, as, output, worker, kwargs, nil)
+
+    {submit({pool, target, function, args, kwargs, {flags ||| @waiting, window}, near}, timeout),
+     timeout}
   end
 
   # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
@@ -216,7 +221,7 @@ defmodule SnakeBridge.Native do
   defp default(@unset, default), do: default
   defp default(value, _default), do: value
 
-  # Queues a call checked by request!/5 or start_timed/5, in a pool of this node or, for a
+  # Queues a call checked by request!/5 or start_call/5, in a pool of this node or, for a
   # clustered pool, of the node SnakeBridge.Cluster chooses.
   @doc false
   def submit(request, timeout) do
@@ -253,7 +258,7 @@ defmodule SnakeBridge.Native do
   # passes plain replies on, so it asks for no timing.
   @doc false
   def spread({pool, target, function, args, kwargs, {flags, window}, near}) do
-    flags = (flags ||| @spread) &&& bnot(@timed)
+    flags = (flags ||| @spread) &&& bnot(@timed ||| @waiting)
     {pool, target, function, args, kwargs, {flags, window}, near}
   end
 
@@ -273,6 +278,9 @@ defmodule SnakeBridge.Native do
     # and the dirty-CPU variant does the same work off the normal schedulers.
     case NIF.submit(pool, target, function, args, kwargs, timeout, mode, near) do
       {:ok, _} = queued ->
+        queued
+
+      {:alone, _} = queued ->
         queued
 
       :dirty ->

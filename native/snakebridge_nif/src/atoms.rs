@@ -1,5 +1,6 @@
 rustler::atoms! {
     ok,
+    alone,
     error,
     nil,
     true_ = "true",

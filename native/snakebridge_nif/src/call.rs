@@ -50,6 +50,11 @@ const OUTPUT_LOG: u64 = 1 << 17;
 /// The call goes to the workers in turn, not where its caller's objects
 /// are (`SnakeBridge.Session.new/1`).
 const SPREAD: u64 = 1 << 18;
+/// The caller waits for the reply at once (`SnakeBridge.call/4`): submit
+/// answers `{:alone, ref}` instead of `{:ok, ref}` when the worker was
+/// running no other call, and the caller polls briefly before it sleeps
+/// (see `Call::sent_alone`).
+const WAITING: u64 = 1 << 19;
 
 /// Encodes and queues a call on a normal scheduler; returns `:dirty` when
 /// the arguments are too big for that, and the caller retries with
@@ -203,6 +208,7 @@ fn submit_call<'a>(
         }
     };
     frame[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&call.id.to_be_bytes());
+    let waiting = (mode.flags & WAITING != 0).then(|| call.clone());
     let submitted = match objects.first() {
         Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
         None if mode.flags & SPREAD != 0 => pool.submit_spread(call, frame),
@@ -216,6 +222,7 @@ fn submit_call<'a>(
         }
     };
     match submitted {
+        Ok(()) if waiting.is_some_and(|call| call.sent_alone()) => Ok((atoms::alone(), reference).encode(env)),
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),
         Err(failure) => Ok((atoms::error(), errors::failure(env, &failure)).encode(env)),
     }

@@ -412,7 +412,9 @@ fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &
             cancelled = true;
             return false;
         }
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            call.mark_alone();
+        }
         true
     };
     match conn.try_write(frame, begin) {

@@ -1244,3 +1244,24 @@ fn a_worker_killed_with_a_large_call_unread_is_replaced_and_its_memory_unmapped(
     assert!(inodes.iter().all(|inode| !own.contains(inode)), "the dead worker's arenas are unmapped");
     assert!(arena_inodes(&next.to_string()).iter().all(|inode| own.contains(inode)));
 }
+
+#[test]
+fn a_call_written_to_a_worker_with_nothing_in_flight_is_sent_alone() {
+    let p = start(|c| {
+        c.size = 1;
+        c.window = 4;
+    });
+    p.wait_ready(1);
+    let (first, slow, s) = p.submit("time", "sleep", vec![Value::Float(0.3)]);
+    s.unwrap();
+    let (second, behind, s) = p.submit("operator", "add", vec![Value::Int(1), Value::Int(1)]);
+    s.unwrap();
+    assert!(p.table.get(first).expect("in flight").sent_alone());
+    assert!(!p.table.get(second).expect("in flight").sent_alone());
+    assert_eq!(slow.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Nil));
+    assert_eq!(behind.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Int(2)));
+    // Both answered: the worker is idle again.
+    let (third, _, s) = p.submit("time", "sleep", vec![Value::Float(0.2)]);
+    s.unwrap();
+    assert!(p.table.get(third).expect("in flight").sent_alone());
+}
