@@ -98,12 +98,9 @@ defmodule SnakeBridge do
   sent to Python.
   """
 
-  alias SnakeBridge.{Args, Error, NIF, Native, Object, Output}
+  alias SnakeBridge.{Args, Error, NIF, Native, Object, Output, Poll}
 
   @default_timeout 5_000
-  # How long SnakeBridge.call/4 polls for the reply of a call that went to
-  # an idle worker (see poll_reply/3).
-  @poll_micros 50
 
   # When cancel answers :replied, the reply is in or on its way to the
   # caller's mailbox (the runtime may still be decoding a large result). It
@@ -190,7 +187,7 @@ defmodule SnakeBridge do
     else
       case Native.start_call(module, function, args, @default_timeout) do
         {:ok, ref} -> await(ref, @default_timeout)
-        {:alone, ref} -> poll_reply(ref, @default_timeout)
+        {:alone, ref} -> Poll.reply(ref, @default_timeout, &await/2)
         {:error, _} = error -> error
       end
     end
@@ -207,7 +204,7 @@ defmodule SnakeBridge do
     else
       case Native.start_call(module, function, args, opts, @default_timeout) do
         {{:ok, ref}, timeout} -> await(ref, timeout)
-        {{:alone, ref}, timeout} -> poll_reply(ref, timeout)
+        {{:alone, ref}, timeout} -> Poll.reply(ref, timeout, &await/2)
         {{:error, _} = error, _timeout} -> error
       end
     end
@@ -636,38 +633,6 @@ defmodule SnakeBridge do
   # reply of such a call comes as {:timed, result, timing}.
   @doc false
   def await_reply(ref, timeout), do: receive_reply(ref, timeout, timeout, nil)
-
-  # The reply of a call that went to an idle worker can come within
-  # microseconds, sooner than a sleeping scheduler thread wakes up on a
-  # machine whose idle CPUs halt (tens of microseconds when the worker ran
-  # on another CPU). Polling for it with yields lets this scheduler see
-  # the worker's socket become readable itself, for up to @poll_micros;
-  # then the call waits as any other. A busy worker's callers never poll,
-  # so the schedulers keep their time for work when the pool is loaded.
-  defp poll_reply(ref, 0), do: receive_reply(ref, 0, 0, nil)
-
-  defp poll_reply(ref, timeout),
-    do: poll_reply(ref, timeout, System.monotonic_time(:microsecond) + @poll_micros)
-
-  defp poll_reply(ref, timeout, until) do
-    receive do
-      {:snakebridge, ^ref, result} ->
-        result
-
-      {:snakebridge_output, ^ref, _device, line} ->
-        Output.write(line)
-        deadline = Output.deadline(timeout)
-        receive_reply(ref, timeout, Output.left(deadline), deadline)
-    after
-      0 ->
-        if System.monotonic_time(:microsecond) < until do
-          :erlang.yield()
-          poll_reply(ref, timeout, until)
-        else
-          receive_reply(ref, timeout, timeout, nil)
-        end
-    end
-  end
 
   # Output of the call (`output: :caller`) comes ahead of its reply and is
   # written as it comes. `wait` is what is left of `timeout`, counted from

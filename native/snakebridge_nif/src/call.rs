@@ -52,8 +52,8 @@ const OUTPUT_LOG: u64 = 1 << 17;
 const SPREAD: u64 = 1 << 18;
 /// The caller waits for the reply at once (`SnakeBridge.call/4`): submit
 /// answers `{:alone, ref}` instead of `{:ok, ref}` when the worker was
-/// running no other call, and the caller polls briefly before it sleeps
-/// (see `Call::sent_alone`).
+/// running no other call, and the caller may poll for the reply before it
+/// sleeps (`SnakeBridge.Poll`).
 const WAITING: u64 = 1 << 19;
 
 /// Encodes and queues a call on a normal scheduler; returns `:dirty` when
@@ -222,7 +222,9 @@ fn submit_call<'a>(
         }
     };
     match submitted {
-        Ok(()) if waiting.is_some_and(|call| call.sent_alone()) => Ok((atoms::alone(), reference).encode(env)),
+        // Output lines come ahead of the reply as messages of their own,
+        // which only a caller that waits in `receive` handles.
+        Ok(()) if !output && waiting.is_some_and(|call| call.sent_alone()) => Ok((atoms::alone(), reference).encode(env)),
         Ok(()) => Ok((atoms::ok(), reference).encode(env)),
         Err(failure) => Ok((atoms::error(), errors::failure(env, &failure)).encode(env)),
     }
