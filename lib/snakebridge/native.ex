@@ -182,9 +182,9 @@ defmodule SnakeBridge.Native do
   defp call_opts!(opts, timeout?) do
     case scan_opts(opts, timeout?, @unset, @unset, @unset, @unset, @unset, @unset) do
       :invalid ->
+        # Raises: scan_opts/8 reads every list that Args.opts!/2 accepts.
         allowed = [:pool, :as, :output, :worker, :kwargs] ++ if(timeout?, do: [:timeout], else: [])
         Args.opts!(opts, allowed)
-        raise ArgumentError, "invalid options: #{inspect(opts)}"
 
       read ->
         read

@@ -24,9 +24,15 @@ defmodule SnakeBridge.AffinityTest do
         SnakeBridge.call("sbaffinity", "busy", [seconds, object], pool: object.pool, timeout: 30_000)
       end)
 
-    wait_until(fn ->
-      Enum.any?(SnakeBridge.stats(object.pool).workers, &(&1.os_pid == home and &1.in_flight > 0))
-    end)
+    # Checked often: on a loaded machine a check every 20 ms could miss a
+    # short busy spell altogether.
+    wait_until(
+      fn ->
+        Enum.any?(SnakeBridge.stats(object.pool).workers, &(&1.os_pid == home and &1.in_flight > 0))
+      end,
+      5_000,
+      2
+    )
 
     task
   end
@@ -51,7 +57,7 @@ defmodule SnakeBridge.AffinityTest do
               {:ok, date} =
                 SnakeBridge.call("datetime", "date", [2024, 2, 28], pool: pool, as: :handle)
 
-              busy = keep_busy(date, 0.05)
+              busy = keep_busy(date, 0.2)
 
               {:ok, delta} =
                 SnakeBridge.call("datetime", "timedelta", [],

@@ -22,18 +22,15 @@ defmodule SnakeBridge.Cluster.Client do
 
   use GenServer
 
-  alias SnakeBridge.Cluster.{Relay, Router}
+  alias SnakeBridge.Cluster.{Outbox, Relay, Router}
   alias SnakeBridge.Error
-
-  # Requests sent to one node in one message at most.
-  @max_batch 256
 
   # How long a cancel may wait for this process before giving up on it.
   @cancel_timeout 30_000
 
   @clients {__MODULE__, :clients}
 
-  defstruct pending: %{}, out: %{}, queued: 0
+  defstruct pending: %{}, out: Outbox.new()
 
   @doc false
   def start_link(_arg), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
@@ -127,8 +124,8 @@ defmodule SnakeBridge.Cluster.Client do
 
   def handle_info({:nodedown, node}, state) do
     Router.delete_node(node)
-    {unsent, out} = Map.pop(state.out, node, [])
-    state = %{state | out: out, queued: state.queued - length(unsent)}
+    {unsent, out} = Outbox.drop(state.out, &(&1 == node))
+    state = %{state | out: out}
     # What was never sent goes elsewhere; what was sent may have run.
     state = reroute_unsent(state, node, unsent)
 
@@ -148,11 +145,11 @@ defmodule SnakeBridge.Cluster.Client do
   def handle_call({:cancel, ref, why}, _from, state) do
     case Map.pop(state.pending, ref) do
       {nil, _} ->
-        {:reply, :unknown, state, timeout(state)}
+        {:reply, :unknown, state, Outbox.timeout(state.out)}
 
       {{_caller, node, _, _, _}, pending} ->
         state = queue(%{state | pending: pending}, node, {:cancel, ref, why})
-        {:reply, :cancelled, state, timeout(state)}
+        {:reply, :cancelled, state, Outbox.timeout(state.out)}
     end
   end
 
@@ -190,20 +187,14 @@ defmodule SnakeBridge.Cluster.Client do
   ## Sending
 
   defp queue(state, node, op) do
-    state = %{
-      state
-      | out: Map.update(state.out, node, [op], &[op | &1]),
-        queued: state.queued + 1
-    }
-
-    if state.queued >= @max_batch, do: flush(state), else: state
+    state = %{state | out: Outbox.put(state.out, node, op)}
+    if Outbox.full?(state.out), do: flush(state), else: state
   end
 
-  defp flush(%__MODULE__{out: out} = state) do
-    state = %{state | out: %{}, queued: 0}
+  defp flush(state) do
+    {batches, out} = Outbox.take(state.out)
 
-    Enum.reduce(out, state, fn {node, ops}, state ->
-      ops = Enum.reverse(ops)
+    Enum.reduce(batches, %{state | out: out}, fn {node, ops}, state ->
       message = {:snakebridge_requests, self(), ops}
 
       case :erlang.send({Relay, node}, message, [:noconnect]) do
@@ -246,12 +237,7 @@ defmodule SnakeBridge.Cluster.Client do
     end
   end
 
-  defp noreply(state), do: {:noreply, state, timeout(state)}
-
-  # While requests wait to be sent, they go out as soon as no message is
-  # left to handle: one message per node for everything that came meanwhile.
-  defp timeout(%__MODULE__{queued: 0}), do: :infinity
-  defp timeout(_state), do: 0
+  defp noreply(state), do: {:noreply, state, Outbox.timeout(state.out)}
 
   defp node_down(node) do
     %Error{

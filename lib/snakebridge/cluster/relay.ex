@@ -15,11 +15,8 @@ defmodule SnakeBridge.Cluster.Relay do
 
   use GenServer
 
-  alias SnakeBridge.Cluster.Handles
+  alias SnakeBridge.Cluster.{Handles, Outbox}
   alias SnakeBridge.{Error, Native, NIF}
-
-  # Replies sent to one node in one message at most.
-  @max_batch 256
 
   # Errors that mean the call never reached a worker: the caller's node may
   # send it elsewhere.
@@ -28,7 +25,7 @@ defmodule SnakeBridge.Cluster.Relay do
   # calls: local ref => {client, ref, caller, monitor of a stream's caller}
   # refs: {client, ref} => local ref
   # holders: holder pid => {monitor, objects held}
-  defstruct calls: %{}, refs: %{}, holders: %{}, out: %{}, queued: 0
+  defstruct calls: %{}, refs: %{}, holders: %{}, out: Outbox.new()
 
   @doc false
   def start_link(_arg), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
@@ -94,9 +91,8 @@ defmodule SnakeBridge.Cluster.Relay do
   def handle_info({:nodedown, node}, state) do
     orphans = for {local_ref, {client, _, _, _}} <- state.calls, node(client) == node, do: local_ref
     state = Enum.reduce(orphans, state, &cancel_local(&2, &1, :cancel))
-    {gone, kept} = Enum.split_with(state.out, fn {client, _ops} -> node(client) == node end)
-    dropped = Enum.reduce(gone, 0, fn {_client, ops}, sum -> sum + length(ops) end)
-    noreply(%{state | out: Map.new(kept), queued: state.queued - dropped})
+    {_dropped, out} = Outbox.drop(state.out, &(node(&1) == node))
+    noreply(%{state | out: out})
   end
 
   def handle_info(:timeout, state), do: noreply(flush(state))
@@ -109,7 +105,7 @@ defmodule SnakeBridge.Cluster.Relay do
         object -> NIF.object_os_pid(object.ref)
       end
 
-    {:reply, os_pid, state, timeout(state)}
+    {:reply, os_pid, state, Outbox.timeout(state.out)}
   end
 
   ## Requests
@@ -210,26 +206,20 @@ defmodule SnakeBridge.Cluster.Relay do
   ## Sending
 
   defp queue(state, client, op) do
-    state = %{
-      state
-      | out: Map.update(state.out, client, [op], &[op | &1]),
-        queued: state.queued + 1
-    }
-
-    if state.queued >= @max_batch, do: flush(state), else: state
+    state = %{state | out: Outbox.put(state.out, client, op)}
+    if Outbox.full?(state.out), do: flush(state), else: state
   end
 
   # A client whose node is gone drops its replies; its calls got :node_down.
   defp flush(state) do
-    for {client, ops} <- state.out do
-      :erlang.send(client, {:snakebridge_replies, Enum.reverse(ops)}, [:noconnect])
+    {batches, out} = Outbox.take(state.out)
+
+    for {client, ops} <- batches do
+      :erlang.send(client, {:snakebridge_replies, ops}, [:noconnect])
     end
 
-    %{state | out: %{}, queued: 0}
+    %{state | out: out}
   end
 
-  defp noreply(state), do: {:noreply, state, timeout(state)}
-
-  defp timeout(%__MODULE__{queued: 0}), do: :infinity
-  defp timeout(_state), do: 0
+  defp noreply(state), do: {:noreply, state, Outbox.timeout(state.out)}
 end

@@ -76,8 +76,8 @@ impl<C> Call<C> {
         self.alone.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn mark_alone(&self) {
-        self.alone.store(true, Ordering::Relaxed);
+    pub(crate) fn set_alone(&self, alone: bool) {
+        self.alone.store(alone, Ordering::Relaxed);
     }
 
     /// Claims a queued call for writing to worker `incarnation`. False if it

@@ -412,15 +412,14 @@ fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &
             cancelled = true;
             return false;
         }
-        if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            call.mark_alone();
-        }
+        call.set_alone(conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0);
         true
     };
     match conn.try_write(frame, begin) {
         Ok(written) => written || cancelled,
         Err(()) => {
             conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+            call.set_alone(false);
             if call.mark_unsent() {
                 return false;
             }
