@@ -178,7 +178,7 @@ impl<H: Hooks> Pool<H> {
         // keeps to one worker, whose process stays warm and, here, on the
         // same CPU, instead of waking a different one each call.
         let best = (0..slots.len())
-            .filter_map(|i| slots[i].connection().map(|c| (c.in_flight.load(Ordering::Acquire), i)))
+            .filter_map(|i| slots[i].in_flight().map(|n| (n, i)))
             .min()
             .map_or(0, |(_, i)| i);
         std::iter::once(best)

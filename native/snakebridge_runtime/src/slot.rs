@@ -125,6 +125,13 @@ impl Slot {
         self.connection.read().clone()
     }
 
+    /// The calls written to the ready worker and not yet answered, if
+    /// there is one. Every direct call compares its pool's workers this
+    /// way, without taking a reference to each connection.
+    pub fn in_flight(&self) -> Option<usize> {
+        self.connection.read().as_ref().map(|c| c.in_flight.load(Ordering::Acquire))
+    }
+
     /// True once the slot has given up starting Python, until a start
     /// succeeds again (retries go on meanwhile).
     pub fn is_unavailable(&self) -> bool {
