@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::hash::U64Map;
-use crate::object::Route;
+use crate::route::Route;
 
 const SHARDS: usize = 16;
 

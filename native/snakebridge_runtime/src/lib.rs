@@ -38,6 +38,7 @@ mod log;
 mod object;
 mod pool;
 mod reader;
+mod route;
 mod shared;
 mod slot;
 mod socket;
@@ -54,7 +55,8 @@ pub use hooks::{
     CircuitChange, ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, RecycleReason, Stream, Timing,
     WorkerEvent,
 };
-pub use object::{ObjectRef, Origin, Route};
+pub use object::{ObjectRef, Origin};
+pub use route::Route;
 pub use pool::Pool;
 pub use reader::Reader;
 pub use snakebridge_protocol::shm::Shared;

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use crate::affinity::Affinity;
+use crate::route::Route;
 use crate::connection::Connection;
 use crate::slot::Slot;
 
@@ -23,15 +24,6 @@ pub struct ObjectRef {
     slot: Weak<Slot>,
     /// The caller it was made for, whose calls follow it (see `affinity`).
     owner: Option<(Arc<Affinity>, u64)>,
-}
-
-/// Where a call that uses an object must run: one slot of one pool, and the
-/// exact worker process (incarnation) that holds the object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    pub pool: u64,
-    pub slot: usize,
-    pub incarnation: u64,
 }
 
 impl ObjectRef {
