@@ -50,10 +50,10 @@
 //! fields, `bin` for strings, trailing bytes). The README's "Dependencies"
 //! section has the details.
 
-use rmp::Marker;
 
 use crate::frame::FrameWriter;
-use crate::value::{self, decode_value, marker_name, read_array_len, take, take_u8, Value, ValueBuilder};
+pub use crate::value::read_uint;
+use crate::value::{self, decode_value, read_array_len, Value, ValueBuilder};
 use crate::{DecodeError, EncodeError};
 
 /// Bumped on any incompatible change; the host refuses a worker that speaks
@@ -535,25 +535,6 @@ impl Message {
             return Err(DecodeError::TrailingBytes(input.len()));
         }
         Ok(message)
-    }
-}
-
-/// Reads an unsigned integer field.
-pub fn read_uint(input: &mut &[u8]) -> Result<u64, DecodeError> {
-    let marker = Marker::from_u8(take_u8(input)?);
-    let bytes = |input: &mut &[u8], n: usize| -> Result<u64, DecodeError> {
-        Ok(take(input, n)?.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
-    };
-    match marker {
-        Marker::FixPos(v) => Ok(v as u64),
-        Marker::U8 => bytes(input, 1),
-        Marker::U16 => bytes(input, 2),
-        Marker::U32 => bytes(input, 4),
-        Marker::U64 => bytes(input, 8),
-        other => Err(DecodeError::UnexpectedType {
-            expected: "unsigned integer",
-            found: marker_name(other),
-        }),
     }
 }
 

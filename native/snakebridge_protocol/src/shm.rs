@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
 
-use crate::message::{read_uint, Header, Kind};
-use crate::value as wire;
+use crate::message::{Header, Kind};
+use crate::value::{self as wire, read_uint};
 use crate::DecodeError;
 
 /// Bytes per block: the unit of allocation, a page.

@@ -666,6 +666,25 @@ fn decode_str<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize) -> Res
     builder.str(s)
 }
 
+/// Reads an unsigned integer field.
+pub fn read_uint(input: &mut &[u8]) -> Result<u64, DecodeError> {
+    let marker = Marker::from_u8(take_u8(input)?);
+    let bytes = |input: &mut &[u8], n: usize| -> Result<u64, DecodeError> {
+        Ok(take(input, n)?.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
+    };
+    match marker {
+        Marker::FixPos(v) => Ok(v as u64),
+        Marker::U8 => bytes(input, 1),
+        Marker::U16 => bytes(input, 2),
+        Marker::U32 => bytes(input, 4),
+        Marker::U64 => bytes(input, 8),
+        other => Err(DecodeError::UnexpectedType {
+            expected: "unsigned integer",
+            found: marker_name(other),
+        }),
+    }
+}
+
 /// Reads the array header of a list, tuple or set body.
 pub fn read_array_len(input: &mut &[u8]) -> Result<usize, DecodeError> {
     match Marker::from_u8(take_u8(input)?) {
@@ -766,7 +785,7 @@ fn decode_ext<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize, depth:
         }
         EXT_HANDLE => {
             let count = read_array_len(&mut payload)?;
-            let id = crate::message::read_uint(&mut payload)?;
+            let id = read_uint(&mut payload)?;
             let info = match count {
                 1 => None,
                 3 => Some((read_str_field(&mut payload)?, read_str_field(&mut payload)?)),
@@ -809,7 +828,7 @@ fn read_tensor<'a>(payload: &mut &'a [u8]) -> Result<(Dtype, Vec<u64>, &'a [u8])
         return Err(DecodeError::Truncated);
     }
     let shape = (0..rank)
-        .map(|_| crate::message::read_uint(payload))
+        .map(|_| read_uint(payload))
         .collect::<Result<Vec<u64>, _>>()?;
     let len = match Marker::from_u8(take_u8(payload)?) {
         Marker::Bin8 => take_u8(payload)? as usize,
