@@ -20,7 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use crate::hooks::{CircuitChange, Failure, Reason};
+use crate::events::{CircuitChange, Failure, Reason};
 use crate::monotonic_micros;
 
 const CLOSED: u8 = 0;

@@ -15,7 +15,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use snakebridge_protocol::Message;
 
 use crate::breaker::Breaker;
-use crate::hooks::Timing;
+use crate::events::Timing;
 use crate::monotonic_micros;
 use crate::socket;
 use crate::transport::Arenas;

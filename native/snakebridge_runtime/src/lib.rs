@@ -31,6 +31,7 @@ mod breaker;
 mod call;
 mod config;
 mod connection;
+mod events;
 mod exit;
 mod hash;
 mod hooks;
@@ -51,10 +52,10 @@ mod writer;
 pub use breaker::{BreakerConfig, BreakerStats};
 pub use call::{Call, CallTable, CancelOutcome, CancelReason};
 pub use config::PoolConfig;
-pub use hooks::{
-    CircuitChange, ExitInfo, Failure, Hooks, Level, LogLine, Outcome, PythonError, Reason, RecycleReason, Stream, Timing,
-    WorkerEvent,
+pub use events::{
+    CircuitChange, ExitInfo, Failure, Level, LogLine, PythonError, Reason, RecycleReason, Stream, Timing, WorkerEvent,
 };
+pub use hooks::{Hooks, Outcome};
 pub use object::{ObjectRef, Origin};
 pub use route::Route;
 pub use pool::Pool;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::call::Call;
-use crate::hooks::{CircuitChange, Hooks, Level, LogLine, Stream};
+use crate::events::{CircuitChange, Level, LogLine, Stream};
+use crate::hooks::Hooks;
 
 /// How often drops are reported while lines keep coming.
 const REPORT_EVERY: Duration = Duration::from_secs(1);

@@ -24,7 +24,8 @@ use snakebridge_protocol::{
 
 use crate::connection::Connection;
 use crate::exit::ExitNotice;
-use crate::hooks::{Failure, Hooks, Level, Outcome, PythonError, Reason, RecycleReason, Stream, Timing, WorkerEvent};
+use crate::events::{Failure, Level, PythonError, Reason, RecycleReason, Stream, Timing, WorkerEvent};
+use crate::hooks::{Hooks, Outcome};
 use crate::log::Entry;
 use crate::object::Origin;
 use crate::shared::Shared;

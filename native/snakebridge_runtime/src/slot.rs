@@ -17,7 +17,8 @@ use snakebridge_protocol::{Message, HEADER_LEN, PROTOCOL_VERSION};
 
 use crate::connection::{Connection, Control};
 use crate::exit::{self, ExitNotice};
-use crate::hooks::{ExitInfo, Failure, Hooks, Outcome, Reason, WorkerEvent};
+use crate::events::{ExitInfo, Failure, Reason, WorkerEvent};
+use crate::hooks::{Hooks, Outcome};
 use crate::shared::{stale_failure, Shared};
 use crate::socket;
 use crate::reader::{Ended, Reader};

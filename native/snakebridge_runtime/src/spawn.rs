@@ -16,7 +16,7 @@ use nix::unistd::{self, getpid, getppid};
 use parking_lot::Mutex;
 
 use crate::config::PoolConfig;
-use crate::hooks::Stream;
+use crate::events::Stream;
 use crate::log::{Entry, LogQueue};
 use crate::socket;
 use crate::transport::Arenas;

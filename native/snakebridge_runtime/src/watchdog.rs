@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::hooks::{Hooks, RecycleReason, WorkerEvent};
+use crate::events::{RecycleReason, WorkerEvent};
+use crate::hooks::Hooks;
 use crate::shared::Shared;
 use crate::stats::rss_bytes;
 
