@@ -10,7 +10,7 @@
 use rustler::sys::{enif_send, ErlNifEnv};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, ResourceArc, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{CircuitChange, Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, Timing, WorkerEvent};
+use snakebridge_runtime::{Attach, CircuitChange, Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, Timing, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
@@ -293,6 +293,9 @@ impl Hooks for Delivery {
         });
     }
 
+}
+
+impl Attach for Delivery {
     /// Hands the worker's socket to a reader process of the pool's (see
     /// `reader`); if the socket cannot be shared, the runtime reads it.
     fn attach(&self, courier: &mut Courier, worker: Reader<Self>) -> Result<(), Reader<Self>> {

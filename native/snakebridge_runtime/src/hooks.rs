@@ -4,7 +4,6 @@ use snakebridge_protocol::DecodeError;
 
 use crate::events::{CircuitChange, Failure, LogLine, PythonError, Stream, Timing, WorkerEvent};
 use crate::object::Origin;
-use crate::reader::Reader;
 
 /// What a call's caller is sent: one final reply, after any number of
 /// `Items` for a stream.
@@ -71,14 +70,4 @@ pub trait Hooks: Send + Sync + 'static {
     /// died are dropped or cancelled.
     fn caller_alive(&self, courier: &mut Self::Courier, caller: &Self::Caller) -> bool;
     fn event(&self, courier: &mut Self::Courier, os_pid: u32, event: WorkerEvent);
-    /// Offers the reading of a new worker's socket (see [`Reader`]). An
-    /// embedder that takes it must route every frame and finish it; one
-    /// that hands it back leaves the reading to the runtime's own thread.
-    /// Called on that thread, right after the worker's handshake.
-    fn attach(&self, _courier: &mut Self::Courier, reader: Reader<Self>) -> Result<(), Reader<Self>>
-    where
-        Self: Sized,
-    {
-        Err(reader)
-    }
 }

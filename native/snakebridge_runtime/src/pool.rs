@@ -15,10 +15,12 @@ use crate::config::PoolConfig;
 use crate::connection::Connection;
 use crate::events::{Failure, Reason};
 use crate::hooks::Hooks;
+use crate::reader::Attach;
 use crate::log;
 use crate::object::ObjectRef;
 use crate::route::Route;
-use crate::slot::{self, Slot};
+use crate::slot::Slot;
+use crate::supervisor;
 use crate::shared::{stale_failure, Job, PinnedQueue, Shared};
 use crate::watchdog;
 use snakebridge_protocol::{HEADER_LEN, MAX_FRAME_LEN};
@@ -41,7 +43,7 @@ pub struct Pool<H: Hooks> {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl<H: Hooks> Pool<H> {
+impl<H: Attach> Pool<H> {
     /// Starts `config.size` workers. Returns at once: workers come up in the
     /// background, and calls queue until one is ready.
     pub fn start(
@@ -81,7 +83,7 @@ impl<H: Hooks> Pool<H> {
             threads: Mutex::new(Vec::new()),
         };
         for slot in &shared.slots {
-            let handles = slot::start_threads(shared.clone(), slot.clone())?;
+            let handles = supervisor::start_threads(shared.clone(), slot.clone())?;
             pool.threads.lock().extend(handles);
         }
         let watched = shared.clone();
@@ -96,7 +98,9 @@ impl<H: Hooks> Pool<H> {
         pool.threads.lock().push(logger);
         Ok(pool)
     }
+}
 
+impl<H: Hooks> Pool<H> {
     pub fn name(&self) -> &str {
         &self.shared.name
     }

@@ -32,6 +32,18 @@ use crate::shared::Shared;
 use crate::slot::Slot;
 use snakebridge_protocol::shm::Shared as SharedBody;
 
+/// The embedder's say in who reads a new worker's socket: it is offered
+/// each worker's [`Reader`], right after the handshake, on the thread that
+/// would otherwise read. An embedder that takes it must route every frame
+/// and finish it; one that hands it back (the default) leaves the reading
+/// to that thread. Starting a pool needs it; everything else needs only
+/// [`Hooks`].
+pub trait Attach: Hooks + Sized {
+    fn attach(&self, _courier: &mut Self::Courier, reader: Reader<Self>) -> Result<(), Reader<Self>> {
+        Err(reader)
+    }
+}
+
 /// The read side of one worker process's socket, from its handshake to its
 /// end. Dropping a reader that was not finished ends it as broken (its
 /// worker is then killed and replaced): so an embedder that loses it, for

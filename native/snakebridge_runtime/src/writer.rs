@@ -31,7 +31,7 @@ pub(crate) fn write_loop<H: Hooks>(shared: &Shared<H>, slot: &Slot) {
     let mut held: Option<Job<H::Caller>> = None;
     let pinned = &shared.pinned[slot.index()];
     loop {
-        let Some(conn) = slot.wait_ready(shared) else {
+        let Some(conn) = slot.wait_ready(&shared.stopping) else {
             break;
         };
         send_releases(&conn);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use snakebridge_protocol::{DecodeError, Message, Target, Value};
 use snakebridge_runtime::{
+    Attach,
     BreakerConfig, BreakerStats, Call, CallTable, CancelOutcome, CancelReason, Failure, Hooks, Outcome, Pool,
     LogLine, PoolConfig, Reason, WorkerEvent,
 };
@@ -54,6 +55,8 @@ impl Hooks for TestHooks {
 
     fn event(&self, _: &mut (), _: u32, _: WorkerEvent) {}
 }
+
+impl Attach for TestHooks {}
 
 struct TestPool {
     pool: Pool<TestHooks>,

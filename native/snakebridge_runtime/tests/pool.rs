@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use snakebridge_protocol::{handle_ids, DecodeError, Message, Target, Value, CALL_STREAM};
 use snakebridge_runtime::{
+    Attach,
     Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Level, LogLine, ObjectRef, Outcome, Pool, PoolConfig,
     Reason, Stream, WorkerEvent,
 };
@@ -114,6 +115,8 @@ impl Hooks for TestHooks {
 
     fn event(&self, _: &mut (), _os_pid: u32, _event: WorkerEvent) {}
 }
+
+impl Attach for TestHooks {}
 
 struct TestPool {
     pool: Pool<TestHooks>,
