@@ -10,12 +10,18 @@
 use rustler::sys::{enif_send, ErlNifEnv};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedBinary, OwnedEnv, ResourceArc, Term};
 use snakebridge_protocol::{decode_value, DecodeError};
-use snakebridge_runtime::{Attach, CircuitChange, Hooks, LogLine, Origin, Outcome, Reader, Reason, Stream, Timing, WorkerEvent};
+use snakebridge_runtime::{CircuitChange, Hooks, LogLine, Origin, Outcome, Reason, Shared, Stream, Timing, WorkerEvent};
 
 use crate::atoms;
 use crate::decode::TermBuilder;
 use crate::errors;
-use crate::reader::{self, SharedBody};
+
+/// A reply body in the worker's shared memory, kept while any binary made
+/// from it lives; then the memory goes back to the worker.
+pub struct SharedBody(pub Shared);
+
+#[rustler::resource_impl]
+impl rustler::Resource for SharedBody {}
 
 /// Builds and sends the hooks' messages.
 pub struct Courier {
@@ -293,12 +299,4 @@ impl Hooks for Delivery {
         });
     }
 
-}
-
-impl Attach for Delivery {
-    /// Hands the worker's socket to a reader process of the pool's (see
-    /// `reader`); if the socket cannot be shared, the runtime reads it.
-    fn attach(&self, courier: &mut Courier, worker: Reader<Self>) -> Result<(), Reader<Self>> {
-        reader::hand_over(courier, &self.owner, worker)
-    }
 }

@@ -20,10 +20,10 @@ use nix::sys::socket::{recv, MsgFlags};
 use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc};
 use snakebridge_protocol::{more_values_than, FrameDecoder};
-use snakebridge_runtime::{Reader, Shared};
+use snakebridge_runtime::{Attach, Reader};
 
 use crate::atoms;
-use crate::delivery::{Courier, Delivery};
+use crate::delivery::{Courier, Delivery, SharedBody};
 
 /// Frames larger than this are decoded on a dirty scheduler: on a normal one
 /// they could take more than about a millisecond.
@@ -38,13 +38,6 @@ const NORMAL_VALUES: usize = 16 * 1024;
 /// scheduler, whatever its size: its large binaries become sub-binaries of
 /// the mapping (no copy), and so few values leave little else to copy.
 const SHARED_NORMAL_VALUES: usize = 64;
-
-/// A reply body in the worker's shared memory, kept while any binary made
-/// from it lives; then the memory goes back to the worker.
-pub struct SharedBody(pub Shared);
-
-#[rustler::resource_impl]
-impl rustler::Resource for SharedBody {}
 
 pub struct ReaderResource {
     state: Mutex<State>,
@@ -105,6 +98,14 @@ pub fn hand_over(courier: &mut Courier, owner: &LocalPid, reader: Reader<Deliver
     // with it, and the dropped reader has the worker replaced.
     courier.send(owner, |env| (atoms::snakebridge_reader(), os_pid, raw, resource).encode(env));
     Ok(())
+}
+
+impl Attach for Delivery {
+    /// Hands the worker's socket to a reader process of the pool's (see
+    /// `hand_over`); if the socket cannot be shared, the runtime reads it.
+    fn attach(&self, courier: &mut Courier, worker: Reader<Self>) -> Result<(), Reader<Self>> {
+        hand_over(courier, &self.owner, worker)
+    }
 }
 
 /// A dup of the worker's socket for a port, non-blocking as the VM's
