@@ -10,7 +10,7 @@ use snakebridge_protocol::value::{self as wire, tensor_len, Dtype};
 use snakebridge_protocol::DecodeError;
 
 use crate::atoms;
-use crate::encode::{EncodeError, TermEncoder};
+use crate::encode_error::EncodeError;
 use crate::errors::atom_map;
 
 mod names {
@@ -62,6 +62,19 @@ use names::*;
 
 // Host → worker ----------------------------------------------------------
 
+/// What the data kinds need of the encoder that meets them: where to
+/// write, and how to write what they hold (an integer of any size, a
+/// Construct's arguments).
+pub trait Sink {
+    fn out(&mut self) -> &mut Vec<u8>;
+    /// `bytes` of the output were copied whole from a binary.
+    fn copied(&mut self, bytes: usize);
+    fn value(&mut self, term: Term, depth: usize) -> Result;
+    fn list(&mut self, term: Term, depth: usize) -> Result;
+    fn kwargs(&mut self, term: Term) -> Result;
+    fn check_budget(&self) -> Result;
+}
+
 type Result<T = ()> = std::result::Result<T, EncodeError>;
 
 fn bad(what: &str) -> EncodeError {
@@ -78,7 +91,7 @@ fn int_field(term: Term, key: Atom, what: &str) -> Result<i64> {
 
 /// Writes `term`, a struct of `module`, if it is one of the data kinds;
 /// `None` for any other struct.
-pub fn encode<'a>(enc: &mut TermEncoder, module: Term<'a>, term: Term<'a>, depth: usize) -> Option<Result> {
+pub fn encode<'a>(enc: &mut impl Sink, module: Term<'a>, term: Term<'a>, depth: usize) -> Option<Result> {
     let env = term.get_env();
     let is = |atom: Atom| module == atom.to_term(env);
     let result = if is(tensor_struct()) {
@@ -100,7 +113,7 @@ pub fn encode<'a>(enc: &mut TermEncoder, module: Term<'a>, term: Term<'a>, depth
             if !us.is_integer() {
                 return Err(bad("a SnakeBridge.Timedelta whose :microseconds is not an integer"));
             }
-            enc.term(us, depth + 1)
+            enc.value(us, depth + 1)
         })
     } else if is(arrow()) {
         encode_arrow(enc, term)
@@ -112,15 +125,15 @@ pub fn encode<'a>(enc: &mut TermEncoder, module: Term<'a>, term: Term<'a>, depth
     Some(result.and_then(|()| enc.check_budget()))
 }
 
-fn write_tagged(enc: &mut TermEncoder, ext: i8, len: usize, fields: impl FnOnce(&mut TermEncoder) -> Result) -> Result {
-    let start = wire::begin_tagged(enc.out, ext, len)?;
+fn write_tagged<S: Sink>(enc: &mut S, ext: i8, len: usize, fields: impl FnOnce(&mut S) -> Result) -> Result {
+    let start = wire::begin_tagged(enc.out(), ext, len)?;
     fields(enc)?;
-    wire::finish_container(enc.out, start)?;
+    wire::finish_container(enc.out(), start)?;
     Ok(())
 }
 
 /// Integer fields, then (`with_us`) the microseconds of `{value, precision}`.
-fn calendar_fields(enc: &mut TermEncoder, term: Term, type_name: &str, ext: i8, keys: &[Atom], with_us: bool) -> Result {
+fn calendar_fields(enc: &mut impl Sink, term: Term, type_name: &str, ext: i8, keys: &[Atom], with_us: bool) -> Result {
     let env = term.get_env();
     let what = &format!("a malformed {type_name}");
     if field(term, calendar(), what)? != calendar_iso().to_term(env) {
@@ -130,7 +143,7 @@ fn calendar_fields(enc: &mut TermEncoder, term: Term, type_name: &str, ext: i8, 
     let us = if with_us { Some(microseconds_of(term, what)?) } else { None };
     write_tagged(enc, ext, values.len() + us.is_some() as usize, |enc| {
         for v in values.iter().chain(us.iter()) {
-            wire::write_i64(enc.out, *v);
+            wire::write_i64(enc.out(), *v);
         }
         Ok(())
     })
@@ -144,29 +157,29 @@ fn microseconds_of(term: Term, what: &str) -> Result<i64> {
     }
 }
 
-fn encode_datetime(enc: &mut TermEncoder, term: Term) -> Result {
+fn encode_datetime(enc: &mut impl Sink, term: Term) -> Result {
     let what = "a malformed DateTime";
     let wall = [year(), month(), day(), hour(), minute(), second()];
-    let start = wire::begin_tagged(enc.out, wire::EXT_DATETIME, 11)?;
+    let start = wire::begin_tagged(enc.out(), wire::EXT_DATETIME, 11)?;
     let env = term.get_env();
     if field(term, calendar(), what)? != calendar_iso().to_term(env) {
         return Err(bad("a DateTime in a calendar other than Calendar.ISO"));
     }
     for key in wall {
-        wire::write_i64(enc.out, int_field(term, key, what)?);
+        wire::write_i64(enc.out(), int_field(term, key, what)?);
     }
-    wire::write_i64(enc.out, microseconds_of(term, what)?);
-    wire::write_i64(enc.out, int_field(term, utc_offset(), what)?);
-    wire::write_i64(enc.out, int_field(term, std_offset(), what)?);
+    wire::write_i64(enc.out(), microseconds_of(term, what)?);
+    wire::write_i64(enc.out(), int_field(term, utc_offset(), what)?);
+    wire::write_i64(enc.out(), int_field(term, std_offset(), what)?);
     for key in [time_zone(), zone_abbr()] {
         let text: &str = field(term, key, what)?.decode().map_err(|_| bad(what))?;
-        wire::write_str(enc.out, text)?;
+        wire::write_str(enc.out(), text)?;
     }
-    wire::finish_container(enc.out, start)?;
+    wire::finish_container(enc.out(), start)?;
     Ok(())
 }
 
-fn encode_decimal(enc: &mut TermEncoder, term: Term) -> Result {
+fn encode_decimal(enc: &mut impl Sink, term: Term) -> Result {
     let what = "a malformed Decimal";
     let env = term.get_env();
     let negative = match int_field(term, sign(), what)? {
@@ -177,22 +190,22 @@ fn encode_decimal(enc: &mut TermEncoder, term: Term) -> Result {
     let coefficient = field(term, coef(), what)?;
     let exponent = int_field(term, exp(), what)?;
     write_tagged(enc, wire::EXT_DECIMAL, 3, |enc| {
-        wire::write_i64(enc.out, negative as i64);
+        wire::write_i64(enc.out(), negative as i64);
         if coefficient == nan().to_term(env) {
-            wire::write_str(enc.out, "NaN")?;
+            wire::write_str(enc.out(), "NaN")?;
         } else if coefficient == inf().to_term(env) {
-            wire::write_str(enc.out, "inf")?;
+            wire::write_str(enc.out(), "inf")?;
         } else if coefficient.is_integer() && coefficient.decode::<i64>().map_or(true, |c| c >= 0) {
-            enc.term(coefficient, 1)?;
+            enc.value(coefficient, 1)?;
         } else {
             return Err(bad("a Decimal whose coef is not a non-negative integer, :NaN or :inf"));
         }
-        wire::write_i64(enc.out, exponent);
+        wire::write_i64(enc.out(), exponent);
         Ok(())
     })
 }
 
-fn encode_tensor(enc: &mut TermEncoder, term: Term) -> Result {
+fn encode_tensor(enc: &mut impl Sink, term: Term) -> Result {
     let what = "a malformed SnakeBridge.Tensor";
     let env = term.get_env();
     let ty = field(term, atoms::type_(), what)?;
@@ -229,8 +242,8 @@ fn encode_tensor(enc: &mut TermEncoder, term: Term) -> Result {
             tensor_len(dtype, &shape).map_or("too many".to_owned(), |n| n.to_string())
         )));
     }
-    wire::write_tensor(enc.out, name.as_deref().unwrap_or_default(), &shape, data.as_slice())?;
-    enc.copied += data.len();
+    wire::write_tensor(enc.out(), name.as_deref().unwrap_or_default(), &shape, data.as_slice())?;
+    enc.copied(data.len());
     Ok(())
 }
 
@@ -238,7 +251,7 @@ fn short_atom(term: Term) -> String {
     term.atom_to_string().map_or_else(|_| "…".to_owned(), |a| format!(":{a}"))
 }
 
-fn encode_arrow(enc: &mut TermEncoder, term: Term) -> Result {
+fn encode_arrow(enc: &mut impl Sink, term: Term) -> Result {
     let what = "a malformed SnakeBridge.Arrow";
     let env = term.get_env();
     let data = Binary::from_term(field(term, atoms::data(), what)?)
@@ -252,14 +265,14 @@ fn encode_arrow(enc: &mut TermEncoder, term: Term) -> Result {
         return Err(bad("a SnakeBridge.Arrow whose :to is not :table or :pandas"));
     };
     write_tagged(enc, wire::EXT_ARROW, 2, |enc| {
-        wire::write_bin(enc.out, data.as_slice())?;
-        enc.copied += data.len();
-        wire::write_str(enc.out, target)?;
+        wire::write_bin(enc.out(), data.as_slice())?;
+        enc.copied(data.len());
+        wire::write_str(enc.out(), target)?;
         Ok(())
     })
 }
 
-fn encode_construct(enc: &mut TermEncoder, term: Term, depth: usize) -> Result {
+fn encode_construct(enc: &mut impl Sink, term: Term, depth: usize) -> Result {
     let what = "a malformed SnakeBridge.Construct";
     let name = |key: Atom| -> Result<String> {
         let text: &str = field(term, key, what)?.decode().map_err(|_| bad(what))?;
@@ -269,8 +282,8 @@ fn encode_construct(enc: &mut TermEncoder, term: Term, depth: usize) -> Result {
     let positional = field(term, args(), what)?;
     let keywords = field(term, kwargs(), what)?;
     write_tagged(enc, wire::EXT_CONSTRUCT, 4, |enc| {
-        wire::write_str(enc.out, &module)?;
-        wire::write_str(enc.out, &function)?;
+        wire::write_str(enc.out(), &module)?;
+        wire::write_str(enc.out(), &function)?;
         enc.list(positional, depth + 1)?;
         enc.kwargs(keywords)
     })

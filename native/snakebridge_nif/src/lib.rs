@@ -19,6 +19,7 @@ mod data;
 mod decode;
 mod delivery;
 mod encode;
+mod encode_error;
 mod errors;
 mod object;
 mod pool;
