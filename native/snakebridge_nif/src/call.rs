@@ -5,7 +5,7 @@ use std::hash::{DefaultHasher, Hasher};
 use rustler::{Atom, Binary, Encoder, Env, NifResult, ResourceArc, Term};
 use snakebridge_protocol::value as wire;
 use snakebridge_protocol::{FrameWriter, Kind, CALL_TIMED};
-use snakebridge_runtime::{monotonic_micros, Call, CancelOutcome, CancelReason};
+use snakebridge_runtime::{monotonic_micros, Call, CancelOutcome, CancelReason, Sent};
 
 use crate::atoms;
 use crate::delivery::Caller;
@@ -208,7 +208,6 @@ fn submit_call<'a>(
         }
     };
     frame[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&call.id.to_be_bytes());
-    let waiting = (mode.flags & WAITING != 0).then(|| call.clone());
     let submitted = match objects.first() {
         Some(first) => pool.submit_pinned(call, frame, first.route(), objects),
         None if mode.flags & SPREAD != 0 => pool.submit_spread(call, frame),
@@ -224,8 +223,8 @@ fn submit_call<'a>(
     match submitted {
         // Output lines come ahead of the reply as messages of their own,
         // which only a caller that waits in `receive` handles.
-        Ok(()) if !output && waiting.is_some_and(|call| call.sent_alone()) => Ok((atoms::alone(), reference).encode(env)),
-        Ok(()) => Ok((atoms::ok(), reference).encode(env)),
+        Ok(Sent::Alone) if mode.flags & WAITING != 0 && !output => Ok((atoms::alone(), reference).encode(env)),
+        Ok(_) => Ok((atoms::ok(), reference).encode(env)),
         Err(failure) => Ok((atoms::error(), errors::failure(env, &failure)).encode(env)),
     }
 }

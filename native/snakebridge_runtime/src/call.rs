@@ -22,7 +22,7 @@
 //! leaves the table only *after* its reply was sent, so a cancel that does
 //! not find it knows the reply is already in the caller's mailbox.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -44,9 +44,6 @@ pub struct Call<C> {
     state: AtomicU8,
     /// Incarnation of the worker process the call was written to (0: none yet).
     worker: AtomicU64,
-    /// Written by its caller to a worker that had no other call in flight:
-    /// the reply may come within microseconds (see [`Call::sent_alone`]).
-    alone: AtomicBool,
 }
 
 impl<C> Call<C> {
@@ -63,21 +60,7 @@ impl<C> Call<C> {
             owner,
             state: AtomicU8::new(QUEUED),
             worker: AtomicU64::new(0),
-            alone: AtomicBool::new(false),
         })
-    }
-
-    /// True when the call went straight to a worker that was running no
-    /// other call. A caller that waits for the reply may then poll for it
-    /// briefly before it sleeps: on a VM whose idle CPUs halt, waking a
-    /// sleeping thread on another CPU costs tens of microseconds, more than
-    /// a trivial call takes.
-    pub fn sent_alone(&self) -> bool {
-        self.alone.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_alone(&self, alone: bool) {
-        self.alone.store(alone, Ordering::Relaxed);
     }
 
     /// Claims a queued call for writing to worker `incarnation`. False if it

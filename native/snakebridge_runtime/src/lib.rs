@@ -59,7 +59,7 @@ pub use events::{
 pub use hooks::{Hooks, Outcome};
 pub use object::{ObjectRef, Origin};
 pub use route::Route;
-pub use pool::Pool;
+pub use pool::{Pool, Sent};
 pub use reader::{Attach, Reader};
 pub use snakebridge_protocol::shm::Shared;
 pub use stats::{PoolStats, WorkerStats};

@@ -38,6 +38,17 @@ static POOL_IDS: AtomicU64 = AtomicU64::new(1);
 /// A pool of Python workers.
 ///
 /// Dropping the pool stops it (see [`Pool::stop`]).
+/// Where a submitted call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written at once to a worker that was running no other call: its
+    /// reply may come within microseconds, soon enough for a caller that
+    /// waits for it to poll rather than sleep.
+    Alone,
+    /// Written behind other calls, queued, or cancelled meanwhile.
+    Behind,
+}
+
 pub struct Pool<H: Hooks> {
     shared: Arc<Shared<H>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -124,7 +135,7 @@ impl<H: Hooks> Pool<H> {
     /// (where writer threads take calls in batches) only when every worker's
     /// window is full, its socket busy, or the frame large. On error the
     /// call is removed from the table and no reply will come.
-    pub fn submit(&self, call: Arc<Call<H::Caller>>, mut frame: Vec<u8>) -> Result<(), Failure> {
+    pub fn submit(&self, call: Arc<Call<H::Caller>>, mut frame: Vec<u8>) -> Result<Sent, Failure> {
         self.submit_reusing(call, &mut frame)
     }
 
@@ -132,7 +143,7 @@ impl<H: Hooks> Pool<H> {
     /// frame was written at once (it is taken when the call is queued or
     /// refused): a caller that encodes large calls can reuse the buffer,
     /// whose pages are then already faulted in.
-    pub fn submit_reusing(&self, call: Arc<Call<H::Caller>>, frame: &mut Vec<u8>) -> Result<(), Failure> {
+    pub fn submit_reusing(&self, call: Arc<Call<H::Caller>>, frame: &mut Vec<u8>) -> Result<Sent, Failure> {
         let shared = &self.shared;
         let refused = if shared.stopping.load(Ordering::Acquire) {
             Some(shared.stopped_failure())
@@ -158,8 +169,10 @@ impl<H: Hooks> Pool<H> {
         // memory, which only the writer thread may do.
         let direct = frame.len() <= DIRECT_MAX
             || (shared.config.shared_memory && frame.len() <= HEADER_LEN + MAX_FRAME_LEN);
-        if direct && shared.queue_rx.is_empty() && self.write_direct(&call, frame) {
-            return Ok(());
+        if direct && shared.queue_rx.is_empty() {
+            if let Some(sent) = self.write_direct(&call, frame) {
+                return Ok(sent);
+            }
         }
         let frame = std::mem::take(frame);
         if shared.queue_length() >= shared.config.max_queue {
@@ -167,7 +180,7 @@ impl<H: Hooks> Pool<H> {
             return Err(Failure::new(Reason::Overloaded, shared.overloaded_message()));
         }
         match shared.queue_tx.try_send(Job::new(call, frame)) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Sent::Behind),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 shared.table.remove(job.call.id);
                 Err(Failure::new(Reason::Overloaded, shared.overloaded_message()))
@@ -176,8 +189,8 @@ impl<H: Hooks> Pool<H> {
     }
 
     /// Writes the frame to a worker with room in its window, without
-    /// blocking. False when no worker could take it that way.
-    fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> bool {
+    /// blocking. None when no worker could take it that way.
+    fn write_direct(&self, call: &Call<H::Caller>, frame: &[u8]) -> Option<Sent> {
         let slots = &self.shared.slots;
         let window = self.shared.config.window;
         // The least busy worker, and of equals the first: a lone caller then
@@ -190,7 +203,7 @@ impl<H: Hooks> Pool<H> {
         std::iter::once(best)
             .chain((0..slots.len()).filter(|&i| i != best))
             .filter_map(|i| slots[i].connection())
-            .any(|conn| write_direct_to(&conn, window, call, frame))
+            .find_map(|conn| write_direct_to(&conn, window, call, frame))
     }
 
     /// Sends a call that uses objects (`keep`) to the worker holding them,
@@ -203,7 +216,7 @@ impl<H: Hooks> Pool<H> {
         frame: Vec<u8>,
         route: Route,
         keep: Vec<Arc<ObjectRef>>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Sent, Failure> {
         let shared = &self.shared;
         // An object of a stopped pool is gone, even if a pool of the same
         // name runs again.
@@ -239,7 +252,7 @@ impl<H: Hooks> Pool<H> {
     /// in turn from one call to the next: calls that each make an object
     /// to work with later (`SnakeBridge.Session`) spread over the pool.
     /// Falls back to [`Pool::submit`] while no worker runs.
-    pub fn submit_spread(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<(), Failure> {
+    pub fn submit_spread(&self, call: Arc<Call<H::Caller>>, frame: Vec<u8>) -> Result<Sent, Failure> {
         let shared = &self.shared;
         if shared.stopping.load(Ordering::Acquire) || shared.is_unavailable() {
             return self.submit(call, frame);
@@ -285,14 +298,13 @@ impl<H: Hooks> Pool<H> {
         conn: &Connection,
         keep: Vec<Arc<ObjectRef>>,
         soft: bool,
-    ) -> Result<(), Failure> {
+    ) -> Result<Sent, Failure> {
         let shared = &self.shared;
         let pinned = &shared.pinned[route.slot];
-        if frame.len() <= DIRECT_MAX
-            && pinned.pending.load(Ordering::Acquire) == 0
-            && write_direct_to(conn, shared.config.window, &call, &frame)
-        {
-            return Ok(());
+        if frame.len() <= DIRECT_MAX && pinned.pending.load(Ordering::Acquire) == 0 {
+            if let Some(sent) = write_direct_to(conn, shared.config.window, &call, &frame) {
+                return Ok(sent);
+            }
         }
         if shared.queue_length() >= shared.config.max_queue {
             shared.table.remove(call.id);
@@ -312,7 +324,7 @@ impl<H: Hooks> Pool<H> {
             return Err(shared.stopped_failure());
         }
         shared.slots[route.slot].wake_writer_now();
-        Ok(())
+        Ok(Sent::Behind)
     }
 
     /// Replaces the workers one at a time: each is drained (it takes no new
@@ -406,10 +418,11 @@ impl<H: Hooks> Pool<H> {
     }
 }
 
-/// Writes `frame` to `conn` if its window has room, without blocking. True
+/// Writes `frame` to `conn` if its window has room, without blocking. Some
 /// when the call needs nothing more (written, or cancelled meanwhile).
-fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &[u8]) -> bool {
+fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &[u8]) -> Option<Sent> {
     let mut cancelled = false;
+    let mut alone = false;
     let begin = || {
         if conn.in_flight.load(Ordering::Acquire) >= window || conn.is_closed() {
             return false;
@@ -418,21 +431,21 @@ fn write_direct_to<C>(conn: &Connection, window: usize, call: &Call<C>, frame: &
             cancelled = true;
             return false;
         }
-        call.set_alone(conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0);
+        alone = conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
         true
     };
     match conn.try_write(frame, begin) {
-        Ok(written) => written || cancelled,
+        Ok(true) if alone => Some(Sent::Alone),
+        Ok(written) => (written || cancelled).then_some(Sent::Behind),
         Err(()) => {
             conn.in_flight.fetch_sub(1, Ordering::AcqRel);
-            call.set_alone(false);
             if call.mark_unsent() {
-                return false;
+                return None;
             }
             // Cancelled meanwhile, and the worker never saw it: nothing
             // will answer the cancel, so close it here.
             conn.cancelled_call_answered(call.id);
-            true
+            Some(Sent::Behind)
         }
     }
 }

@@ -107,7 +107,7 @@ impl TestPool {
         }
         .write_frame(&mut frame)
         .unwrap();
-        (id, self.pool.submit(call, frame).map(|()| rx))
+        (id, self.pool.submit(call, frame).map(|_sent| rx))
     }
 
     fn call(&self, module: &str, function: &str, args: Vec<Value>) -> Reply {

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use snakebridge_protocol::{handle_ids, DecodeError, Message, Target, Value, CALL_STREAM};
 use snakebridge_runtime::{
-    Attach,
+    Attach, Sent,
     Call, CallTable, CancelOutcome, ExitInfo, Failure, Hooks, Level, LogLine, ObjectRef, Outcome, Pool, PoolConfig,
     Reason, Stream, WorkerEvent,
 };
@@ -163,11 +163,11 @@ fn start(config: impl FnOnce(&mut PoolConfig)) -> TestPool {
 static IDS: AtomicU64 = AtomicU64::new(1);
 
 impl TestPool {
-    fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Waiter, Result<(), Failure>) {
+    fn submit(&self, module: &str, function: &str, args: Vec<Value>) -> (u64, Waiter, Result<Sent, Failure>) {
         self.submit_with(module, function, args, Send::default())
     }
 
-    fn submit_with(&self, module: &str, function: &str, args: Vec<Value>, send: Send) -> (u64, Waiter, Result<(), Failure>) {
+    fn submit_with(&self, module: &str, function: &str, args: Vec<Value>, send: Send) -> (u64, Waiter, Result<Sent, Failure>) {
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let alive = Arc::new(());
@@ -486,7 +486,7 @@ fn stopping_the_pool_reaps_its_workers_and_fails_queued_calls() {
     ));
 }
 
-fn exec(p: &TestPool, code: &str) -> (u64, Waiter, Result<(), Failure>) {
+fn exec(p: &TestPool, code: &str) -> (u64, Waiter, Result<Sent, Failure>) {
     p.submit("builtins", "exec", vec![Value::Str(code.into())])
 }
 
@@ -1255,16 +1255,13 @@ fn a_call_written_to_a_worker_with_nothing_in_flight_is_sent_alone() {
         c.window = 4;
     });
     p.wait_ready(1);
-    let (first, slow, s) = p.submit("time", "sleep", vec![Value::Float(0.3)]);
-    s.unwrap();
-    let (second, behind, s) = p.submit("operator", "add", vec![Value::Int(1), Value::Int(1)]);
-    s.unwrap();
-    assert!(p.table.get(first).expect("in flight").sent_alone());
-    assert!(!p.table.get(second).expect("in flight").sent_alone());
+    let (_, slow, first) = p.submit("time", "sleep", vec![Value::Float(0.3)]);
+    assert_eq!(first, Ok(Sent::Alone));
+    let (_, behind, second) = p.submit("operator", "add", vec![Value::Int(1), Value::Int(1)]);
+    assert_eq!(second, Ok(Sent::Behind));
     assert_eq!(slow.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Nil));
     assert_eq!(behind.recv_timeout(Duration::from_secs(5)).unwrap(), Reply::Ok(Value::Int(2)));
     // Both answered: the worker is idle again.
-    let (third, _, s) = p.submit("time", "sleep", vec![Value::Float(0.2)]);
-    s.unwrap();
-    assert!(p.table.get(third).expect("in flight").sent_alone());
+    let (_, _, third) = p.submit("time", "sleep", vec![Value::Float(0.2)]);
+    assert_eq!(third, Ok(Sent::Alone));
 }
