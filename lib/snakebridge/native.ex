@@ -134,22 +134,19 @@ defmodule SnakeBridge.Native do
     {pool, as, output, worker, kwargs, timeout} = call_opts!(opts, true)
     timeout = Args.timeout!(default(timeout, default_timeout))
 
-    {pool, target, function, args, kwargs, {flags, window}, near} =
-      request_of(target, function, args, pool, as, output, worker, kwargs, nil)
-
-    {submit({pool, target, function, args, kwargs, {flags ||| @waiting, window}, near}, timeout),
-     timeout}
+    request = request_of(target, function, args, pool, as, output, worker, kwargs, nil)
+    {request |> add_flags(@waiting) |> submit(timeout), timeout}
   end
 
   # request!/4 for SnakeBridge.Telemetry: the worker reports its timing
   # with the reply.
   @doc false
   def timed_request!(target, function, args, opts) do
-    {pool, target, function, args, kwargs, {flags, window}, near} =
-      request!(target, function, args, opts)
-
-    {pool, target, function, args, kwargs, {flags ||| @timed, window}, near}
+    target |> request!(function, args, opts) |> add_flags(@timed)
   end
+
+  defp add_flags({pool, target, function, args, kwargs, {flags, window}, near}, extra),
+    do: {pool, target, function, args, kwargs, {flags ||| extra, window}, near}
 
   # Checks a call's arguments and options; raises ArgumentError on the
   # first bad one. `stream` asks for the result's items, `window` of them
