@@ -20,6 +20,13 @@ defmodule SnakeBridge.ClusterTest do
     %{peer: peer, node: node}
   end
 
+  # What the pool's workers recorded (sbhelpers.sleep_and_record). Each
+  # worker records in its own process, and calls spread over them: ask
+  # often enough to reach both.
+  defp recorded do
+    for _ <- 1..6, value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool), do: value
+  end
+
   defp unique(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
 
   defp remote_pids(peer, pool) do
@@ -67,13 +74,7 @@ defmodule SnakeBridge.ClusterTest do
 
       refute_receive {:snakebridge, _, _}, 1_500
 
-      # Each worker records in its own process: ask both.
-      recorded =
-        for _ <- 1..6,
-            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
-            do: value
-
-      refute tag in recorded
+      refute tag in recorded()
     end
 
     test "cancel/1 of a remote call: no reply, Python interrupted" do
@@ -83,12 +84,7 @@ defmodule SnakeBridge.ClusterTest do
       assert SnakeBridge.cancel(ref) == :ok
       refute_receive {:snakebridge, ^ref, _}, 1_500
 
-      recorded =
-        for _ <- 1..6,
-            value <- SnakeBridge.call!("sbhelpers", "recorded", [], pool: @pool),
-            do: value
-
-      refute tag in recorded
+      refute tag in recorded()
     end
 
     test "a pool no node runs is :pool_not_found, as locally" do
@@ -288,23 +284,7 @@ defmodule SnakeBridge.ClusterTest do
       pool = unique(:cluster_stream)
       start_pool(peer, pool, size: 1)
       wait_for_member(pool, :peer.call(peer, Kernel, :node, []))
-      window = 8
-      produced = fn -> SnakeBridge.call!("sbobjects", "produced", [], pool: pool) end
-
-      ahead =
-        SnakeBridge.stream("sbobjects", "numbers", [1_000], pool: pool, window: window)
-        |> Stream.with_index(1)
-        |> Enum.map(fn {_item, consumed} ->
-          if rem(consumed, 50) == 1 do
-            Process.sleep(20)
-            produced.() - consumed
-          end
-        end)
-        |> Enum.reject(&is_nil/1)
-
-      assert length(ahead) == 20
-      assert Enum.all?(ahead, &(&1 <= window)), inspect(ahead)
-      assert Enum.any?(ahead, &(&1 > 0)), "the generator should run ahead: #{inspect(ahead)}"
+      assert_backpressure(pool, 8)
     end
   end
 

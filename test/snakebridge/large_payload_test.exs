@@ -28,14 +28,6 @@ defmodule SnakeBridge.LargePayloadTest do
     wait_until(fn -> Enum.all?(SnakeBridge.stats(pool).workers, &(&1.state == :ready)) end, 10_000)
   end
 
-  defp flush(acc \\ []) do
-    receive do
-      message -> flush([message | acc])
-    after
-      0 -> Enum.reverse(acc)
-    end
-  end
-
   defp worker_pid(pool), do: hd(SnakeBridge.stats(pool).workers).os_pid
 
   defp shared_memory(pool), do: Enum.map(SnakeBridge.stats(pool).workers, & &1.shared_memory)
@@ -156,7 +148,9 @@ defmodule SnakeBridge.LargePayloadTest do
     ready!(pool)
     assert shared_memory(pool) == [0]
     wait_until(fn -> Enum.all?(theirs, &(&1 not in arena_inodes("self"))) end, 5_000)
-    assert {:ok, 8_388_608} = SnakeBridge.call("builtins", "len", [random_bytes(8 * @mib)], pool: pool)
+
+    assert {:ok, 8_388_608} =
+             SnakeBridge.call("builtins", "len", [random_bytes(8 * @mib)], pool: pool)
   end
 
   for shared <- [true, false] do
@@ -166,14 +160,21 @@ defmodule SnakeBridge.LargePayloadTest do
       # 64 MiB of bytes and its msgpack header: over the socket's frame
       # limit, so the socket-only pool returns just under it.
       size = if shared, do: 64 * @mib, else: 64 * @mib - 64
-      pool = start_pool!(shared_memory: shared, max_payload: if(shared, do: 65 * @mib, else: 64 * @mib))
+
+      pool =
+        start_pool!(shared_memory: shared, max_payload: if(shared, do: 65 * @mib, else: 64 * @mib))
+
       argument = random_bytes(size)
       :erlang.system_monitor(self(), long_schedule: 10)
 
       try do
-        assert {:ok, reply} = SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+        assert {:ok, reply} =
+                 SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
         assert byte_size(reply) == size
-        assert {:ok, ^size} = SnakeBridge.call("builtins", "len", [argument], pool: pool, timeout: 60_000)
+
+        assert {:ok, ^size} =
+                 SnakeBridge.call("builtins", "len", [argument], pool: pool, timeout: 60_000)
       after
         :erlang.system_monitor(:undefined)
       end
@@ -181,7 +182,7 @@ defmodule SnakeBridge.LargePayloadTest do
       # Only normal schedulers count: dirty NIFs (the reader's decoding of
       # large frames, encoding large calls) run on dirty schedulers.
       long =
-        for {:monitor, who, :long_schedule, info} <- flush(),
+        for {:monitor, who, :long_schedule, info} <- flush_mailbox(),
             not dirty?(info),
             do: {who, info}
 
@@ -216,7 +217,9 @@ defmodule SnakeBridge.LargePayloadTest do
     test "payloads above 64 MiB cross through shared memory up to the limit" do
       pool = start_pool!(max_payload: 100 * @mib)
       data = random_bytes(80 * @mib)
-      assert {:ok, ^data} = SnakeBridge.call("builtins", "bytes", [data], pool: pool, timeout: 60_000)
+
+      assert {:ok, ^data} =
+               SnakeBridge.call("builtins", "bytes", [data], pool: pool, timeout: 60_000)
 
       assert {:error, %Error{reason: :payload_too_large}} =
                SnakeBridge.call("builtins", "bytes", [101 * @mib], pool: pool, timeout: 60_000)
@@ -227,7 +230,10 @@ defmodule SnakeBridge.LargePayloadTest do
       # Room for two results of the limit: two held fill it.
       pool = start_pool!(max_payload: 66 * @mib)
       size = 65 * @mib
-      held = for _ <- 1..2, do: SnakeBridge.call!("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
+      held =
+        for _ <- 1..2,
+            do: SnakeBridge.call!("builtins", "bytes", [size], pool: pool, timeout: 60_000)
 
       assert {:error, %Error{reason: :payload_too_large, message: message}} =
                SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
@@ -239,7 +245,10 @@ defmodule SnakeBridge.LargePayloadTest do
       :erlang.garbage_collect()
       assert held == nil
       wait_until(fn -> shared_memory(pool) == [0] end, 5_000)
-      assert {:ok, reply} = SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
+      assert {:ok, reply} =
+               SnakeBridge.call("builtins", "bytes", [size], pool: pool, timeout: 60_000)
+
       assert byte_size(reply) == size
     end
 

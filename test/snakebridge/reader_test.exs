@@ -60,7 +60,7 @@ defmodule SnakeBridge.ReaderTest do
       :erlang.system_monitor(:undefined)
     end
 
-    long = for {:monitor, who, :long_schedule, info} <- flush(), do: {who, info}
+    long = for {:monitor, who, :long_schedule, info} <- flush_mailbox(), do: {who, info}
     assert long == []
   end
 
@@ -87,7 +87,7 @@ defmodule SnakeBridge.ReaderTest do
     # Only the reader's own schedules count: this process's garbage
     # collection of the list is not the reader's doing.
     readers =
-      for {:monitor, _who, :long_schedule, info} <- flush(),
+      for {:monitor, _who, :long_schedule, info} <- flush_mailbox(),
           {SnakeBridge.Reader, _, _} <- [info[:in], info[:out]],
           do: info
 
@@ -202,12 +202,4 @@ defmodule SnakeBridge.ReaderTest do
   defp kind({:ok, _}), do: :value
   defp kind({:error, %SnakeBridge.PythonError{type: "ZeroDivisionError"}}), do: :python_error
   defp kind({:error, %Error{reason: reason}}), do: reason
-
-  defp flush(acc \\ []) do
-    receive do
-      message -> flush([message | acc])
-    after
-      0 -> Enum.reverse(acc)
-    end
-  end
 end

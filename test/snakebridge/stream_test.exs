@@ -40,7 +40,9 @@ defmodule SnakeBridge.StreamTest do
     assert Enum.to_list(stream) == [0, 1, 2, 3, 4]
     # Each enumeration runs the call again.
     assert Enum.sum(stream) == 10
-    assert SnakeBridge.stream("builtins", "dict.fromkeys", [["a", "b"]], pool: @pool) |> Enum.sort() == ["a", "b"]
+
+    assert SnakeBridge.stream("builtins", "dict.fromkeys", [["a", "b"]], pool: @pool) |> Enum.sort() ==
+             ["a", "b"]
   end
 
   test "large items" do
@@ -69,13 +71,21 @@ defmodule SnakeBridge.StreamTest do
     {:ok, make} = SnakeBridge.eval("lambda n: (i * i for i in range(n))", %{}, pool: @pool)
     assert SnakeBridge.stream(make, nil, [4]) |> Enum.to_list() == [0, 1, 4, 9]
 
-    {:ok, dict} = SnakeBridge.call("builtins", "dict", [], pool: @pool, kwargs: [x: 1, y: 2], as: :handle)
+    {:ok, dict} =
+      SnakeBridge.call("builtins", "dict", [], pool: @pool, kwargs: [x: 1, y: 2], as: :handle)
+
     assert SnakeBridge.stream(dict, "items") |> Enum.to_list() == [{"x", 1}, {"y", 2}]
   end
 
   test "halting early closes the generator in Python: its finally runs" do
     path = tmp_path("halt")
-    assert SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool) |> Enum.take(3) == [0, 1, 2]
+
+    assert SnakeBridge.stream("sbobjects", "guarded", [path], pool: @pool) |> Enum.take(3) == [
+             0,
+             1,
+             2
+           ]
+
     wait_until(fn -> File.read(path) == {:ok, "closed"} end)
     refute_stream_messages()
     assert SnakeBridge.call("sbhelpers", "identity", [1], pool: @pool) == {:ok, 1}
@@ -110,35 +120,20 @@ defmodule SnakeBridge.StreamTest do
       SnakeBridge.stream("builtins", "range", [1], pool: :no_such_pool) |> Enum.to_list()
     end
 
-    assert_raise ArgumentError, ~r/:window/, fn -> SnakeBridge.stream("builtins", "range", [1], window: 0) end
+    assert_raise ArgumentError, ~r/:window/, fn ->
+      SnakeBridge.stream("builtins", "range", [1], window: 0)
+    end
   end
 
   test "backpressure: the generator runs at most a window ahead of the consumer" do
     pool = unique(:stream_backpressure)
     start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1)})
-    window = 8
-    # One worker: it answers `produced` while the stream waits for credit.
-    produced = fn -> SnakeBridge.call!("sbobjects", "produced", [], pool: pool) end
-
-    ahead =
-      SnakeBridge.stream("sbobjects", "numbers", [1_000], pool: pool, window: window)
-      |> Stream.with_index(1)
-      |> Enum.map(fn {_item, consumed} ->
-        if rem(consumed, 50) == 1 do
-          # Give the worker time to run ahead, if it could.
-          Process.sleep(20)
-          produced.() - consumed
-        end
-      end)
-      |> Enum.reject(&is_nil/1)
-
-    assert length(ahead) == 20
-    assert Enum.all?(ahead, &(&1 <= window)), inspect(ahead)
-    assert Enum.any?(ahead, &(&1 > 0)), "the generator should run ahead: #{inspect(ahead)}"
+    assert_backpressure(pool, 8)
   end
 
   test "an async generator streams like a generator" do
-    assert SnakeBridge.stream("sbobjects", "async_numbers", [5, 0.001], pool: @pool) |> Enum.to_list() ==
+    assert SnakeBridge.stream("sbobjects", "async_numbers", [5, 0.001], pool: @pool)
+           |> Enum.to_list() ==
              [0, 1, 2, 3, 4]
   end
 

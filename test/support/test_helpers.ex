@@ -65,4 +65,39 @@ defmodule SnakeBridge.TestHelpers do
         false
     end
   end
+
+  @doc """
+  Streams 1,000 items of `sbobjects.numbers` from `pool` with `window` and
+  checks, every 50 items, how far the generator ran ahead of the consumer:
+  ahead at times, and never by more than the window. `pool` needs a single
+  worker, which answers `produced` while the stream waits for credit.
+  """
+  def assert_backpressure(pool, window) do
+    produced = fn -> SnakeBridge.call!("sbobjects", "produced", [], pool: pool) end
+
+    ahead =
+      SnakeBridge.stream("sbobjects", "numbers", [1_000], pool: pool, window: window)
+      |> Stream.with_index(1)
+      |> Enum.map(fn {_item, consumed} ->
+        if rem(consumed, 50) == 1 do
+          # Give the worker time to run ahead, if it could.
+          Process.sleep(20)
+          produced.() - consumed
+        end
+      end)
+      |> Enum.reject(&is_nil/1)
+
+    assert length(ahead) == 20
+    assert Enum.all?(ahead, &(&1 <= window)), inspect(ahead)
+    assert Enum.any?(ahead, &(&1 > 0)), "the generator should run ahead: #{inspect(ahead)}"
+  end
+
+  @doc "Takes every message in the mailbox, oldest first."
+  def flush_mailbox(acc \\ []) do
+    receive do
+      message -> flush_mailbox([message | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
 end
