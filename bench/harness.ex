@@ -26,6 +26,26 @@ defmodule SnakeBridgeBench.Harness do
   # `per_item: fn i -> {m, f, a} end` for one call per item (the baseline);
   # item i must equal `item.(i)`.
 
+  # ---- settings -------------------------------------------------------------
+
+  @doc "The integer in the environment variable `name`, or `default` when unset."
+  @spec env_int(String.t(), integer()) :: integer()
+  def env_int(name, default) do
+    case System.get_env(name) do
+      nil -> default
+      value -> String.to_integer(String.trim(value))
+    end
+  end
+
+  @doc "The number in the environment variable `name`, or `default` when unset."
+  @spec env_float(String.t(), float()) :: float()
+  def env_float(name, default) do
+    case System.get_env(name) do
+      nil -> default
+      value -> value |> String.trim() |> Float.parse() |> elem(0)
+    end
+  end
+
   # ---- one call, smoke check ------------------------------------------------
 
   @doc "Runs one call of `scenario` and checks the result."

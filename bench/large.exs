@@ -16,26 +16,19 @@
 bench_dir = __DIR__
 root = Path.expand("..", bench_dir)
 
-for file <- ~w(msgpack.ex port_worker.ex systems.ex) do
+for file <- ~w(msgpack.ex port_worker.ex systems.ex cpu.ex harness.ex) do
   Code.require_file(file, bench_dir)
 end
 
-alias SnakeBridgeBench.PortPool
+alias SnakeBridgeBench.{Harness, PortPool}
 
 Logger.configure(level: :info)
 
-env_int = fn name, default ->
-  case System.get_env(name) do
-    nil -> default
-    value -> String.to_integer(String.trim(value))
-  end
-end
-
-rounds = env_int.("LARGE_ROUNDS", 10)
-calls = env_int.("LARGE_CALLS", 20)
-callers = env_int.("LARGE_CALLERS", 64)
-seconds = env_int.("LARGE_SECONDS_MS", 500) / 1000
-workers = env_int.("LARGE_WORKERS", 2)
+rounds = Harness.env_int("LARGE_ROUNDS", 10)
+calls = Harness.env_int("LARGE_CALLS", 20)
+callers = Harness.env_int("LARGE_CALLERS", 64)
+seconds = Harness.env_int("LARGE_SECONDS_MS", 500) / 1000
+workers = Harness.env_int("LARGE_WORKERS", 2)
 verbose = System.get_env("LARGE_VERBOSE") in ["1", "true"]
 python = Path.join(root, ".venv/bin/python")
 py_path = [Path.join(bench_dir, "py")]
@@ -86,8 +79,8 @@ scenarios = [
   {"identity(4 MiB bytes), ms per call", :time, {"bench_funcs", "identity", [mib4]}, mib4},
   {"blob(8 MiB) reply, ms per call", :time, {"bench_funcs", "blob", [mib8]}, mib8},
   {"identity(64 KiB bytes), ms per call", :time, {"bench_funcs", "identity", [kib64]}, kib64},
-  {"identity(64 KiB bytes), #{callers} callers, calls/s", :rate, {"bench_funcs", "identity", [kib64]},
-   kib64}
+  {"identity(64 KiB bytes), #{callers} callers, calls/s", :rate,
+   {"bench_funcs", "identity", [kib64]}, kib64}
 ]
 
 check = fn value, expected ->
@@ -97,7 +90,10 @@ end
 median = fn values ->
   sorted = Enum.sort(values)
   n = length(sorted)
-  if rem(n, 2) == 1, do: Enum.at(sorted, div(n, 2)), else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
+
+  if rem(n, 2) == 1,
+    do: Enum.at(sorted, div(n, 2)),
+    else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
 end
 
 chunk = fn
@@ -123,7 +119,9 @@ chunk = fn
             true = check.(value, expected)
           end)
           |> Enum.reduce_while(0, fn _, n ->
-            if System.monotonic_time(:millisecond) < deadline, do: {:cont, n + 1}, else: {:halt, n + 1}
+            if System.monotonic_time(:millisecond) < deadline,
+              do: {:cont, n + 1},
+              else: {:halt, n + 1}
           end)
         end)
       end)
@@ -146,10 +144,11 @@ results =
       end)
   end
 
-{_, load1, _} =
-  {:ok, File.read!("/proc/loadavg") |> String.split() |> hd(), nil}
+{_, load1, _} = {:ok, File.read!("/proc/loadavg") |> String.split() |> hd(), nil}
 
-IO.puts("rounds #{rounds}, #{calls} calls per time chunk, #{workers} workers per system, load average #{load1}")
+IO.puts(
+  "rounds #{rounds}, #{calls} calls per time chunk, #{workers} workers per system, load average #{load1}"
+)
 
 fmt = fn v -> :erlang.float_to_binary(v / 1, decimals: if(v >= 100, do: 0, else: 2)) end
 
@@ -167,6 +166,7 @@ for {label, kind, _, _} <- scenarios do
     {med, best} = figures[name]
     {base, _} = figures["baseline"]
     {sock, _} = figures["socket"]
+
     IO.puts(
       "  #{String.pad_trailing(name, 9)} median #{String.pad_leading(fmt.(med), 9)}  best #{String.pad_leading(fmt.(best), 9)}" <>
         "  /baseline #{fmt.(med / base)}x  /socket #{fmt.(med / sock)}x"
@@ -178,4 +178,6 @@ end
   {median.(results[{"blob(8 MiB) reply, ms per call", "shm"}]),
    Enum.min(results[{"blob(8 MiB) reply, ms per call", "shm"}])}
 
-IO.puts("\nshm 8 MiB reply: #{fmt.(mib8 / (med8 / 1000) / 1.0e9)} GB/s median, #{fmt.(mib8 / (best8 / 1000) / 1.0e9)} GB/s best")
+IO.puts(
+  "\nshm 8 MiB reply: #{fmt.(mib8 / (med8 / 1000) / 1.0e9)} GB/s median, #{fmt.(mib8 / (best8 / 1000) / 1.0e9)} GB/s best"
+)

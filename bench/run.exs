@@ -31,30 +31,16 @@ alias SnakeBridgeBench.{Cpu, Harness, Systems}
 # Workers' debug lines ("started ...") would break up the table; warnings still show.
 unless System.get_env("BENCH_VERBOSE") in ["1", "true"], do: Logger.configure(level: :info)
 
-env_int = fn name, default ->
-  case System.get_env(name) do
-    nil -> default
-    value -> String.to_integer(String.trim(value))
-  end
-end
-
-env_float = fn name, default ->
-  case System.get_env(name) do
-    nil -> default
-    value -> value |> String.trim() |> Float.parse() |> elem(0)
-  end
-end
-
 config = %{
-  workers: env_int.("BENCH_WORKERS", System.schedulers_online()),
-  rounds: env_int.("BENCH_ROUNDS", 10),
-  seconds: env_float.("BENCH_SECONDS", 1.0),
-  latency_calls: env_int.("BENCH_LATENCY_CALLS", 2_000),
-  big_calls: env_int.("BENCH_BIG_CALLS", 20),
-  callers: env_int.("BENCH_CALLERS", 64),
-  stream_items: env_int.("BENCH_STREAM_ITEMS", 20_000),
-  stream_blobs: env_int.("BENCH_STREAM_BLOBS", 200),
-  load: env_int.("BENCH_LOAD", 0),
+  workers: Harness.env_int("BENCH_WORKERS", System.schedulers_online()),
+  rounds: Harness.env_int("BENCH_ROUNDS", 10),
+  seconds: Harness.env_float("BENCH_SECONDS", 1.0),
+  latency_calls: Harness.env_int("BENCH_LATENCY_CALLS", 2_000),
+  big_calls: Harness.env_int("BENCH_BIG_CALLS", 20),
+  callers: Harness.env_int("BENCH_CALLERS", 64),
+  stream_items: Harness.env_int("BENCH_STREAM_ITEMS", 20_000),
+  stream_blobs: Harness.env_int("BENCH_STREAM_BLOBS", 200),
+  load: Harness.env_int("BENCH_LOAD", 0),
   cpu: Cpu.available?(),
   verbose: System.get_env("BENCH_VERBOSE") in ["1", "true"]
 }
@@ -119,7 +105,10 @@ remote_bench = fn ->
          do: raise("#{system.name} gave a wrong result in #{scenario.id}: #{inspect(got)}")
   end
 
-  IO.puts("\nRemote scenario: a clustered pool of #{config.workers} workers on a peer node on loopback\n")
+  IO.puts(
+    "\nRemote scenario: a clustered pool of #{config.workers} workers on a peer node on loopback\n"
+  )
+
   remote_results = Harness.run(remote_systems, remote_scenarios, config)
   Harness.report(remote_results, remote_systems, remote_scenarios)
   stop.()
