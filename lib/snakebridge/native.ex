@@ -259,6 +259,11 @@ defmodule SnakeBridge.Native do
     {pool, target, function, args, kwargs, {flags, window}, near}
   end
 
+  # The relay's form of start_call/4's request: the NIF answers
+  # {:alone, ref} when the call went to a worker with nothing else to run.
+  @doc false
+  def ask_alone(request), do: add_flags(request, @waiting)
+
   @doc false
   def pin_key, do: @pin
 

@@ -19,6 +19,7 @@ defmodule SnakeBridge.Poll do
   # be a slow call or a busy moment).
   @moduledoc false
 
+  # Absent: polling. A count: waiting, after that many slow waits in a row.
   @mode :"$snakebridge_poll"
   # Longest a poll lasts before the process waits in `receive`.
   @poll_micros 50
@@ -33,23 +34,47 @@ defmodule SnakeBridge.Poll do
   def reply(ref, 0, await), do: await.(ref, 0)
 
   def reply(ref, timeout, await) do
-    # Absent: polling. A count: waiting, after that many slow waits in a row.
-    case Process.get(@mode) do
-      nil ->
-        poll(ref, timeout, await, now() + @poll_micros)
-
-      slow ->
-        started = now()
-        result = await.(ref, timeout)
-
-        cond do
-          now() - started <= @slow_wait_micros -> slow == 0 || Process.put(@mode, 0)
-          slow + 1 < @slow_waits -> Process.put(@mode, slow + 1)
-          true -> Process.delete(@mode)
-        end
-
-        result
+    if polling?() do
+      poll(ref, timeout, await, now() + @poll_micros)
+    else
+      started = now()
+      result = await.(ref, timeout)
+      waited(now() - started)
+      result
     end
+  end
+
+  # The mode, for a process that polls its own way (SnakeBridge.Cluster.Relay
+  # polls between its other messages): whether to poll for the next reply...
+  @doc false
+  @spec polling?() :: boolean()
+  def polling?, do: Process.get(@mode) == nil
+
+  # ... for how long...
+  @doc false
+  @spec poll_micros() :: pos_integer()
+  def poll_micros, do: @poll_micros
+
+  # ... that a poll missed its reply...
+  @doc false
+  @spec missed() :: :ok
+  def missed do
+    Process.put(@mode, 0)
+    :ok
+  end
+
+  # ... and how long a reply took that the process waited for.
+  @doc false
+  @spec waited(non_neg_integer()) :: :ok
+  def waited(micros) do
+    case Process.get(@mode) do
+      nil -> :ok
+      slow when micros <= @slow_wait_micros -> slow == 0 || Process.put(@mode, 0)
+      slow when slow + 1 < @slow_waits -> Process.put(@mode, slow + 1)
+      _slow -> Process.delete(@mode)
+    end
+
+    :ok
   end
 
   defp poll(ref, timeout, await, until) do
@@ -61,11 +86,13 @@ defmodule SnakeBridge.Poll do
           :erlang.yield()
           poll(ref, timeout, await, until)
         else
-          Process.put(@mode, 0)
+          missed()
           await.(ref, timeout)
         end
     end
   end
 
-  defp now, do: System.monotonic_time(:microsecond)
+  @doc false
+  @spec now() :: integer()
+  def now, do: System.monotonic_time(:microsecond)
 end

@@ -87,6 +87,39 @@ defmodule SnakeBridge.ClusterTest do
       refute tag in recorded()
     end
 
+    test "the relay polls for the reply of a call to an idle worker, and keeps nothing after it",
+         %{peer: peer} do
+      relay = :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay])
+      relay_state = fn -> :peer.call(peer, :sys, :get_state, [relay]) end
+
+      mode = fn ->
+        {:dictionary, dictionary} = :peer.call(peer, Process, :info, [relay, :dictionary])
+        dictionary[:"$snakebridge_poll"]
+      end
+
+      {:ok, ref} = Native.call_async("sbhelpers", "sleep", [0.3, :slow], pool: @pool)
+      Process.sleep(100)
+      assert [{_local_ref, _polled_or_sent_at}] = Map.to_list(relay_state.().alone)
+      # The poll (50 µs) missed this reply, so the relay now waits.
+      assert relay_state.().poll_until == nil
+      assert mode.() == 0
+      assert_receive {:snakebridge, ^ref, {:ok, "slow"}}, 5_000
+
+      for i <- 1..200,
+          do: assert(SnakeBridge.call("sbhelpers", "identity", [i], pool: @pool) == {:ok, i})
+
+      assert {:error, %Error{reason: :timeout}} =
+               SnakeBridge.call("sbhelpers", "sleep", [1.0, :late], pool: @pool, timeout: 50)
+
+      {:ok, ref} = Native.call_async("sbhelpers", "sleep", [1.0, :cancelled], pool: @pool)
+      Process.sleep(50)
+      assert SnakeBridge.cancel(ref) == :ok
+
+      refute_receive {:snakebridge, _, _}, 1_200
+      assert %{alone: alone, calls: calls} = relay_state.()
+      assert alone == %{} and calls == %{}
+    end
+
     test "a pool no node runs is :pool_not_found, as locally" do
       assert {:error, %Error{reason: :pool_not_found}} =
                SnakeBridge.call("math", "sqrt", [4.0], pool: :cluster_nowhere)

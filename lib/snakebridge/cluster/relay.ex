@@ -11,12 +11,20 @@ defmodule SnakeBridge.Cluster.Relay do
   # the call here as a local cancel does, so Python is interrupted; a call
   # whose caller's node went down is cancelled, and so is a stream whose
   # consumer exited.
+  #
+  # A call that went to an idle worker may answer within microseconds, and
+  # on a machine whose idle CPUs halt, the wake-up of a sleeping scheduler
+  # would cost more than that. So the relay polls its mailbox, with yields,
+  # for up to SnakeBridge.Poll's window after such a call, handling every
+  # message that comes meanwhile; it keeps the same per-process mode as
+  # SnakeBridge.call/4 (polls until a poll misses, then waits until waits
+  # turn out slow).
   @moduledoc false
 
   use GenServer
 
   alias SnakeBridge.Cluster.{Handles, Outbox}
-  alias SnakeBridge.{Error, Native, NIF}
+  alias SnakeBridge.{Error, Native, NIF, Poll}
 
   # Errors that mean the call never reached a worker: the caller's node may
   # send it elsewhere.
@@ -25,7 +33,10 @@ defmodule SnakeBridge.Cluster.Relay do
   # calls: local ref => {client, ref, caller, monitor of a stream's caller}
   # refs: {client, ref} => local ref
   # holders: holder pid => {monitor, objects held}
-  defstruct calls: %{}, refs: %{}, holders: %{}, out: Outbox.new()
+  # alone: local ref of a call that went to an idle worker => :polled, or
+  #   the monotonic µs it was sent at when the relay waits instead
+  # poll_until: the monotonic µs the current poll ends at, nil when none
+  defstruct calls: %{}, refs: %{}, holders: %{}, alone: %{}, poll_until: nil, out: Outbox.new()
 
   @doc false
   def start_link(_arg), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
@@ -55,7 +66,7 @@ defmodule SnakeBridge.Cluster.Relay do
         if monitor, do: Process.demonitor(monitor, [:flush])
         {result, state} = export(result, caller, state)
         state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
-        noreply(queue(state, client, {:reply, ref, result}))
+        noreply(queue(answered(state, local_ref), client, {:reply, ref, result}))
     end
   end
 
@@ -95,7 +106,7 @@ defmodule SnakeBridge.Cluster.Relay do
     noreply(%{state | out: out})
   end
 
-  def handle_info(:timeout, state), do: noreply(flush(state))
+  def handle_info(:timeout, state), do: noreply(state |> flush() |> poll())
 
   @impl true
   def handle_call({:os_pid, handle}, _from, state) do
@@ -105,21 +116,23 @@ defmodule SnakeBridge.Cluster.Relay do
         object -> NIF.object_os_pid(object.ref)
       end
 
-    {:reply, os_pid, state, Outbox.timeout(state.out)}
+    {:reply, os_pid, state, timeout(state)}
   end
 
   ## Requests
 
   defp run(client, {:call, ref, caller, request, timeout}, state) do
     with {:ok, request} <- Handles.import(request),
-         {:ok, local_ref} <- request |> Native.spread() |> Native.submit_local(timeout) do
+         {sent, local_ref} when sent in [:ok, :alone] <- submit(request, timeout) do
       monitor = if stream?(request), do: Process.monitor(caller)
 
-      %{
+      state = %{
         state
         | calls: Map.put(state.calls, local_ref, {client, ref, caller, monitor}),
           refs: Map.put(state.refs, {client, ref}, local_ref)
       }
+
+      if sent == :alone, do: alone(state, local_ref), else: state
     else
       {:error, %Error{reason: reason} = error} when reason in @reroute ->
         queue(state, client, {:reroute, ref, error})
@@ -151,6 +164,12 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
+  defp submit(request, timeout) do
+    request = Native.spread(request)
+    request = if stream?(request), do: request, else: Native.ask_alone(request)
+    Native.submit_local(request, timeout)
+  end
+
   # The reply, if one is on its way, finds no call and is dropped (with any
   # objects in it, which the garbage collector then releases).
   defp cancel_local(state, local_ref, why) do
@@ -164,7 +183,47 @@ defmodule SnakeBridge.Cluster.Relay do
         _outcome =
           if why == :timeout, do: NIF.cancel(local_ref, :timeout), else: NIF.cancel(local_ref)
 
-        %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
+        state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
+        answered(state, local_ref)
+    end
+  end
+
+  ## Polling
+
+  defp alone(state, local_ref) do
+    if Poll.polling?() do
+      until = Poll.now() + Poll.poll_micros()
+      %{state | alone: Map.put(state.alone, local_ref, :polled), poll_until: until}
+    else
+      %{state | alone: Map.put(state.alone, local_ref, Poll.now())}
+    end
+  end
+
+  defp answered(state, local_ref) do
+    case Map.pop(state.alone, local_ref) do
+      {nil, _} ->
+        state
+
+      {:polled, alone} ->
+        polled? = Enum.any?(alone, fn {_ref, sent} -> sent == :polled end)
+        %{state | alone: alone, poll_until: if(polled?, do: state.poll_until)}
+
+      {sent_at, alone} ->
+        Poll.waited(Poll.now() - sent_at)
+        %{state | alone: alone}
+    end
+  end
+
+  # Runs when the mailbox is empty.
+  defp poll(%{poll_until: nil} = state), do: state
+
+  defp poll(state) do
+    if Poll.now() < state.poll_until do
+      :erlang.yield()
+      state
+    else
+      Poll.missed()
+      %{state | poll_until: nil}
     end
   end
 
@@ -221,5 +280,10 @@ defmodule SnakeBridge.Cluster.Relay do
     %{state | out: out}
   end
 
-  defp noreply(state), do: {:noreply, state, Outbox.timeout(state.out)}
+  # A poll is a GenServer timeout of 0: the mailbox is checked, and every
+  # message handled, between yields.
+  defp noreply(state), do: {:noreply, state, timeout(state)}
+
+  defp timeout(%{poll_until: nil} = state), do: Outbox.timeout(state.out)
+  defp timeout(_polling), do: 0
 end
