@@ -80,6 +80,30 @@ end
 py_dir = Path.join(bench_dir, "py")
 start_opts = [size: config.workers, python: python, python_path: [py_dir]]
 
+# Background load: busy loops in their own OS processes, competing with both
+# systems for the cores, for the duration of `run`. Each `sh` runs the loop in
+# the background and waits for EOF on stdin, which comes when the port closes
+# or the BEAM dies, so no loop outlives the run.
+with_load = fn run ->
+  busy_loops =
+    for _ <- List.duplicate(nil, config.load) do
+      Port.open({:spawn_executable, "/bin/sh"},
+        args: ["-c", "while :; do :; done & read _; kill $!"]
+      )
+    end
+
+  try do
+    run.()
+  after
+    Enum.each(busy_loops, &Port.close/1)
+  end
+end
+
+load_line =
+  if config.load == 0,
+    do: "idle: no background load (BENCH_LOAD=0)",
+    else: "loaded: #{config.load} busy-loop processes in the background (BENCH_LOAD=#{config.load})"
+
 remote_bench = fn ->
   {remote_systems, stop} = Systems.remote(start_opts)
 
@@ -106,10 +130,10 @@ remote_bench = fn ->
   end
 
   IO.puts(
-    "\nRemote scenario: a clustered pool of #{config.workers} workers on a peer node on loopback\n"
+    "\nRemote scenario: a clustered pool of #{config.workers} workers on a peer node on loopback; #{load_line}\n"
   )
 
-  remote_results = Harness.run(remote_systems, remote_scenarios, config)
+  remote_results = with_load.(fn -> Harness.run(remote_systems, remote_scenarios, config) end)
   Harness.report(remote_results, remote_systems, remote_scenarios)
   stop.()
 end
@@ -278,21 +302,7 @@ snakebridge =
 systems = Enum.reject([baseline, snakebridge], &is_nil/1)
 if systems == [], do: raise("nothing to benchmark")
 
-# Background load: busy loops in their own OS processes, competing with both
-# systems for the cores. Each `sh` runs the loop in the background and waits
-# for EOF on stdin, which comes when the port closes or the BEAM dies, so no
-# loop outlives the run.
-busy_loops =
-  for _ <- List.duplicate(nil, config.load) do
-    Port.open({:spawn_executable, "/bin/sh"}, args: ["-c", "while :; do :; done & read _; kill $!"])
-  end
-
 {:ok, loadavg} = File.read("/proc/loadavg")
-
-load_line =
-  if config.load == 0,
-    do: "idle: no background load (BENCH_LOAD=0)",
-    else: "loaded: #{config.load} busy-loop processes in the background (BENCH_LOAD=#{config.load})"
 
 cpu_line =
   if config.cpu,
@@ -311,8 +321,7 @@ SnakeBridge benchmark: #{Enum.map_join(systems, " vs ", & &1.name)}
 """)
 
 started = System.monotonic_time(:millisecond)
-results = Harness.run(systems, scenarios, config)
-Enum.each(busy_loops, &Port.close/1)
+results = with_load.(fn -> Harness.run(systems, scenarios, config) end)
 Harness.report(results, systems, scenarios)
 
 IO.puts(
