@@ -35,11 +35,11 @@ REQUIREMENTS := python_worker/requirements-test.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench soak soak-objects soak-cluster soak-chaos setup tools elixir rust venv compile cargo-test pytest mix-test package-check clean
+.PHONY: test demo bench soak soak-objects soak-cluster soak-chaos setup tools elixir rust venv compile format-check cargo-test pytest mix-test package-check clean
 
 # compile first: the runtime's Rust tests and pytest run real workers from
 # _build/dev/lib/snakebridge/priv/python.
-test: setup compile cargo-test pytest mix-test package-check
+test: setup compile format-check cargo-test pytest mix-test package-check
 
 demo: setup compile
 	mix run demo/demo.exs
@@ -111,6 +111,10 @@ pytest:
 	$(VENV_PYTHON) -m pytest python_worker/tests -q
 
 # The cluster suites run peer nodes over Erlang distribution, which needs epmd.
+# Elixir sources, tests, demo, bench and soak scripts as `mix format` writes them.
+format-check:
+	mix format --check-formatted
+
 mix-test:
 	epmd -daemon
 	mix test

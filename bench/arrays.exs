@@ -21,22 +21,41 @@ File.exists?(python) || raise "#{python} is missing: run make setup"
 expected = for i <- 0..(1024 * 1024 - 1), into: <<>>, do: <<i * 1.0::float-64-little>>
 
 ways = [
-  {"tensor", fn ->
+  {"tensor",
+   fn ->
      {:ok, %SnakeBridge.Tensor{data: data}} =
-       SnakeBridge.call("builtins", "eval", ["__import__('numpy').arange(1048576, dtype='float64')"],
-         pool: :arrays, timeout: 30_000)
+       SnakeBridge.call(
+         "builtins",
+         "eval",
+         ["__import__('numpy').arange(1048576, dtype='float64')"],
+         pool: :arrays,
+         timeout: 30_000
+       )
+
      data
    end},
-  {"tobytes", fn ->
+  {"tobytes",
+   fn ->
      {:ok, data} =
-       SnakeBridge.call("builtins", "eval", ["__import__('numpy').arange(1048576, dtype='float64').tobytes()"],
-         pool: :arrays, timeout: 30_000)
+       SnakeBridge.call(
+         "builtins",
+         "eval",
+         ["__import__('numpy').arange(1048576, dtype='float64').tobytes()"],
+         pool: :arrays,
+         timeout: 30_000
+       )
+
      data
    end}
 ]
 
-IO.puts("8 MiB float64 array -> Elixir binary, #{rounds} rounds (includes making the array in Python)")
-IO.puts("target: tensor >= 2 GB/s (and, in bench/run.exs, a 4 MiB echo <= 2.8 ms: Pythonx in-process)")
+IO.puts(
+  "8 MiB float64 array -> Elixir binary, #{rounds} rounds (includes making the array in Python)"
+)
+
+IO.puts(
+  "target: tensor >= 2 GB/s (and, in bench/run.exs, a 4 MiB echo <= 2.8 ms: Pythonx in-process)"
+)
 
 for {label, fun} <- ways do
   fun.() == expected || raise "#{label}: wrong data"

@@ -133,6 +133,7 @@ defmodule SnakeBridgeBench.Systems do
       0 -> acc
     end
   end
+
   @doc """
   The remote scenario's systems: a peer node on loopback runs a clustered
   pool `:bench_remote` of `size` workers, and this node calls it three ways:
@@ -144,7 +145,7 @@ defmodule SnakeBridgeBench.Systems do
   `:bench_local` of this node. Starts epmd and distribution. Returns the systems and a
   function that stops the peer.
   """
-  @spec remote(keyword()) :: {[system()], (-> :ok)}
+  @spec remote(keyword()) :: {[system()], (() -> :ok)}
   def remote(opts) do
     System.cmd("epmd", ["-daemon"])
 
@@ -191,12 +192,19 @@ defmodule SnakeBridgeBench.Systems do
 
     naive = fn module, function, args, timeout ->
       guard(fn ->
-        :erpc.call(node, snakebridge, :call, [module, function, args, [pool: :bench_remote, timeout: timeout]])
+        :erpc.call(node, snakebridge, :call, [
+          module,
+          function,
+          args,
+          [pool: :bench_remote, timeout: timeout]
+        ])
       end)
     end
 
     clustered = fn module, function, args, timeout ->
-      guard(fn -> snakebridge.call(module, function, args, pool: :bench_remote, timeout: timeout) end)
+      guard(fn ->
+        snakebridge.call(module, function, args, pool: :bench_remote, timeout: timeout)
+      end)
     end
 
     rtt = fn _module, _function, _args, _timeout ->

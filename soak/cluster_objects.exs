@@ -32,7 +32,10 @@ defmodule SnakeBridge.SoakClusterObjects do
     max_growth = env_int("SOAK_MAX_GROWTH_MB", 10) * 1024 * 1024
 
     {peer, node} = start_peer()
-    IO.puts("SnakeBridge remote object soak: #{objects} objects on #{node}, #{callers} callers here")
+
+    IO.puts(
+      "SnakeBridge remote object soak: #{objects} objects on #{node}, #{callers} callers here"
+    )
 
     run(peer, 2_000, callers, batch)
     start = snapshot(peer)
@@ -45,7 +48,10 @@ defmodule SnakeBridge.SoakClusterObjects do
     print_snapshot("end", finish)
 
     {held_before, held_after} = disconnect_batch(peer, node, batch)
-    IO.puts("disconnect: #{held_before} objects held for this node, #{held_after} after it disconnected")
+
+    IO.puts(
+      "disconnect: #{held_before} objects held for this node, #{held_after} after it disconnected"
+    )
 
     worker_growth = finish.worker_rss - start.worker_rss
     peer_growth = finish.peer_rss - start.peer_rss
@@ -60,7 +66,7 @@ defmodule SnakeBridge.SoakClusterObjects do
         held_after == 0 and worker_growth <= max_growth and peer_growth <= max_growth
 
     :peer.stop(peer)
-    if ok?, do: IO.puts("PASS"), else: (IO.puts("FAIL") && System.halt(1))
+    if ok?, do: IO.puts("PASS"), else: IO.puts("FAIL") && System.halt(1)
   end
 
   defp start_peer do
@@ -123,7 +129,9 @@ defmodule SnakeBridge.SoakClusterObjects do
             end
           end
 
-        if rem(b, 2) == 0, do: for({%SnakeBridge.Object{} = o, _} <- results, do: SnakeBridge.release(o))
+        if rem(b, 2) == 0,
+          do: for({%SnakeBridge.Object{} = o, _} <- results, do: SnakeBridge.release(o))
+
         Enum.count(results, fn {_, ok?} -> not ok? end)
       end)
 
@@ -134,7 +142,9 @@ defmodule SnakeBridge.SoakClusterObjects do
     parent = self()
 
     spawn(fn ->
-      objects = for _ <- 1..batch, do: SnakeBridge.call!("types", "SimpleNamespace", [], pool: @pool)
+      objects =
+        for _ <- 1..batch, do: SnakeBridge.call!("types", "SimpleNamespace", [], pool: @pool)
+
       send(parent, :made)
       Process.sleep(:infinity)
       objects
@@ -164,7 +174,9 @@ defmodule SnakeBridge.SoakClusterObjects do
   end
 
   defp rss(os_pid) do
-    [kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/#{os_pid}/status"), capture: :all_but_first)
+    [kb] =
+      Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/#{os_pid}/status"), capture: :all_but_first)
+
     String.to_integer(kb) * 1024
   end
 

@@ -27,7 +27,9 @@ defmodule SnakeBridge.Arrow do
   """
   @spec new(binary(), to: :table | :pandas) :: t()
   def new(data, opts \\ []) do
-    unless is_binary(data), do: raise(ArgumentError, "expected data to be a binary, got: #{inspect(data)}")
+    unless is_binary(data),
+      do: raise(ArgumentError, "expected data to be a binary, got: #{inspect(data)}")
+
     opts = SnakeBridge.Args.opts!(opts, to: :table)
 
     unless opts[:to] in [:table, :pandas] do

@@ -162,7 +162,9 @@ defmodule SnakeBridge.Pool do
 
   @typedoc "An option of `:init`; see the module documentation."
   @type init_option ::
-          {:imports, [String.t()]} | {:code, String.t() | nil} | {:timeout, pos_integer()}
+          {:imports, [String.t()]}
+          | {:code, String.t() | nil}
+          | {:timeout, pos_integer()}
           | {:shared_memory, boolean()}
           | {:max_payload, pos_integer()}
 

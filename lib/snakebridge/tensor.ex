@@ -60,7 +60,8 @@ defmodule SnakeBridge.Tensor do
   """
   @spec new(binary(), type(), tuple()) :: t()
   def new(data, type, shape) do
-    unless is_binary(data), do: raise(ArgumentError, "expected data to be a binary, got: #{inspect(data)}")
+    unless is_binary(data),
+      do: raise(ArgumentError, "expected data to be a binary, got: #{inspect(data)}")
 
     unless type in @types do
       raise ArgumentError, "expected type to be one of #{inspect(@types)}, got: #{inspect(type)}"

@@ -27,7 +27,9 @@ defmodule SnakeBridge.AsyncTest do
       :timer.tc(fn ->
         refs =
           for i <- 1..100 do
-            {:ok, ref} = SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.1, i], pool: pool)
+            {:ok, ref} =
+              SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.1, i], pool: pool)
+
             ref
           end
 
@@ -40,7 +42,9 @@ defmodule SnakeBridge.AsyncTest do
   end
 
   test "sync calls are served while async calls wait", %{pool: pool} do
-    {:ok, slow} = SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.5, :slow], pool: pool)
+    {:ok, slow} =
+      SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.5, :slow], pool: pool)
+
     assert SnakeBridge.call("sbhelpers", "identity", [1], pool: pool) == {:ok, 1}
     refute_received {:snakebridge, ^slow, _}
     assert SnakeBridge.await(slow) == {:ok, "slow"}
@@ -67,12 +71,18 @@ defmodule SnakeBridge.AsyncTest do
     start_supervised!({SnakeBridge.Pool, pool_opts(pool, size: 1, max_calls: 3)})
     [%{os_pid: os_pid}] = wait_for_workers(pool, 1).workers
     {:ok, _} = SnakeBridge.call("sbobjects", "async_sleep", [0], pool: pool)
-    {:ok, ref} = SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.3, "late"], pool: pool)
+
+    {:ok, ref} =
+      SnakeBridge.Native.call_async("sbobjects", "async_sleep", [0.3, "late"], pool: pool)
+
     assert SnakeBridge.call("sbhelpers", "identity", [1], pool: pool) == {:ok, 1}
     # The third reply: the worker is recycled while the task still waits.
     assert SnakeBridge.call("sbhelpers", "identity", [2], pool: pool) == {:ok, 2}
     assert SnakeBridge.await(ref) == {:ok, "late"}
-    wait_until(fn -> match?([%{os_pid: new}] when new not in [nil, os_pid], SnakeBridge.stats(pool).workers) end)
+
+    wait_until(fn ->
+      match?([%{os_pid: new}] when new not in [nil, os_pid], SnakeBridge.stats(pool).workers)
+    end)
   end
 
   test "a coroutine's result may be an object", %{pool: pool} do

@@ -18,11 +18,14 @@ defmodule SnakeBridge.DataTest do
       raise "#{@venv_python} is missing: run `make setup` (it installs numpy, pandas and pyarrow)"
     end
 
-    start_supervised!({SnakeBridge.Pool, pool_opts(@pool, python: @venv_python, python_path: [@python_dir])})
+    start_supervised!(
+      {SnakeBridge.Pool, pool_opts(@pool, python: @venv_python, python_path: [@python_dir])}
+    )
 
     # Only the test that checks numpy is not imported uses this one.
     start_supervised!(
-      {SnakeBridge.Pool, pool_opts(:data_fresh, size: 1, python: @venv_python, python_path: [@python_dir])},
+      {SnakeBridge.Pool,
+       pool_opts(:data_fresh, size: 1, python: @venv_python, python_path: [@python_dir])},
       id: :fresh
     )
 
@@ -60,7 +63,8 @@ defmodule SnakeBridge.DataTest do
   defp describe_value(value, pool \\ @pool),
     do: SnakeBridge.call!("sbdata", "describe", [value], pool: pool, timeout: 20_000)
 
-  defp identity(value), do: SnakeBridge.call("sbhelpers", "identity", [value], pool: @pool, timeout: 20_000)
+  defp identity(value),
+    do: SnakeBridge.call("sbhelpers", "identity", [value], pool: @pool, timeout: 20_000)
 
   describe "numpy scalars" do
     test "become integers, floats and booleans, nested too" do
@@ -84,12 +88,16 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "the worker does not import numpy for values of other types" do
-      assert eval!("""
-             import sys, datetime, decimal
-             from snakebridge_worker._native import dumps
-             dumps([datetime.date(2024, 1, 1), decimal.Decimal(1), 1.5])
-             "numpy" in sys.modules
-             """, %{}, pool: :data_fresh) == false
+      assert eval!(
+               """
+               import sys, datetime, decimal
+               from snakebridge_worker._native import dumps
+               dumps([datetime.date(2024, 1, 1), decimal.Decimal(1), 1.5])
+               "numpy" in sys.modules
+               """,
+               %{},
+               pool: :data_fresh
+             ) == false
     end
   end
 
@@ -146,7 +154,8 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "object and string arrays stay objects" do
-      assert %SnakeBridge.Object{type: "numpy.ndarray"} = eval!("import numpy as np\nnp.array(['a', 'b'])")
+      assert %SnakeBridge.Object{type: "numpy.ndarray"} =
+               eval!("import numpy as np\nnp.array(['a', 'b'])")
     end
 
     test "to_nx/1 makes an Nx tensor of the same type and shape" do
@@ -189,11 +198,14 @@ defmodule SnakeBridge.DataTest do
       tensor = Tensor.new(<<1::64-little, 2::64-little>>, {:u, 64}, {2, 1})
       assert describe_value(tensor) == {"numpy.ndarray", "<u8", [2, 1], true}
 
-      assert eval!("(x * 2).tolist()", %{x: Tensor.new(<<1.5::float-32-little>>, {:f, 32}, {1})}) == [3.0]
+      assert eval!("(x * 2).tolist()", %{x: Tensor.new(<<1.5::float-32-little>>, {:f, 32}, {1})}) ==
+               [3.0]
     end
 
     test "without numpy a tensor arrives as a memoryview of that format and shape" do
-      tensor = Tensor.new(<<1::32-little, 2::32-little, 3::32-little, 4::32-little>>, {:s, 32}, {2, 2})
+      tensor =
+        Tensor.new(<<1::32-little, 2::32-little, 3::32-little, 4::32-little>>, {:s, 32}, {2, 2})
+
       assert describe_value(tensor, :data_no_numpy) == {"builtins.memoryview", "i", [2, 2], true}
 
       complex = Tensor.new(<<1.0::float-64-little, 2.0::float-64-little>>, {:c, 128}, {1})
@@ -206,11 +218,17 @@ defmodule SnakeBridge.DataTest do
       # 1.0 and -2.5 in bfloat16: the top halves of their float32 forms.
       tensor = Tensor.new(<<0x3F80::16-little, 0xC020::16-little>>, {:bf, 16}, {2})
       assert eval!("x.tolist()", %{x: tensor}) == [1.0, -2.5]
-      assert {:ok, %Tensor{type: {:f, 32}, data: <<1.0::float-32-little, -2.5::float-32-little>>}} = identity(tensor)
+
+      assert {:ok, %Tensor{type: {:f, 32}, data: <<1.0::float-32-little, -2.5::float-32-little>>}} =
+               identity(tensor)
     end
 
     test "an Nx tensor in the arguments is sent as a tensor" do
-      nx = <<1.0::float-64-little, 2.0::float-64-little>> |> Nx.from_binary({:f, 64}) |> Nx.reshape({2, 1})
+      nx =
+        <<1.0::float-64-little, 2.0::float-64-little>>
+        |> Nx.from_binary({:f, 64})
+        |> Nx.reshape({2, 1})
+
       assert eval!("x.sum().item()", %{x: nx}) == 3.0
       assert identity([nx]) == {:ok, [Tensor.new(Nx.to_binary(nx), {:f, 64}, {2, 1})]}
     end
@@ -218,7 +236,9 @@ defmodule SnakeBridge.DataTest do
     test "a malformed tensor is refused before anything is sent" do
       bad = %Tensor{data: <<0, 0, 0>>, type: {:f, 32}, shape: {1}}
       assert {:error, %Error{reason: :unsupported_type, message: message}} = identity([bad])
-      assert message =~ "args[0][0]: a SnakeBridge.Tensor of type f32 and shape [1] with 3 bytes of data instead of 4"
+
+      assert message =~
+               "args[0][0]: a SnakeBridge.Tensor of type f32 and shape [1] with 3 bytes of data instead of 4"
 
       bad_type = %Tensor{data: <<0>>, type: {:f, 8}, shape: {1}}
       assert {:error, %Error{reason: :unsupported_type, message: message}} = identity(bad_type)
@@ -240,7 +260,14 @@ defmodule SnakeBridge.DataTest do
 
   describe "dates and times" do
     test "Date, Time, NaiveDateTime round-trip with exact microseconds" do
-      values = [~D[2024-02-29], ~T[23:59:59.999999], ~T[00:00:00], ~N[2024-01-02 03:04:05.000001], ~N[1999-12-31 00:00:00]]
+      values = [
+        ~D[2024-02-29],
+        ~T[23:59:59.999999],
+        ~T[00:00:00],
+        ~N[2024-01-02 03:04:05.000001],
+        ~N[1999-12-31 00:00:00]
+      ]
+
       assert identity(values) == {:ok, values}
 
       assert eval!("[type(v).__name__ for v in x]", %{x: values}) ==
@@ -261,13 +288,15 @@ defmodule SnakeBridge.DataTest do
                std_offset: 3600,
                hour: 12,
                microsecond: {5, 6}
-             } = dt =
+             } =
+               dt =
                eval!("""
                import datetime, zoneinfo
                datetime.datetime(2024, 7, 1, 12, 0, 0, 5, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
                """)
 
-      assert eval!("(x.tzinfo.key, x.utcoffset().total_seconds())", %{x: dt}) == {"Europe/Paris", 7200.0}
+      assert eval!("(x.tzinfo.key, x.utcoffset().total_seconds())", %{x: dt}) ==
+               {"Europe/Paris", 7200.0}
     end
 
     test "a fixed offset keeps the offset" do
@@ -340,7 +369,9 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "a malformed Decimal is refused" do
-      assert {:error, %Error{message: message}} = identity(%{__struct__: Decimal, sign: 0, coef: 1, exp: 0})
+      assert {:error, %Error{message: message}} =
+               identity(%{__struct__: Decimal, sign: 0, coef: 1, exp: 0})
+
       assert message =~ "a Decimal whose sign is not 1 or -1"
     end
 
@@ -353,14 +384,18 @@ defmodule SnakeBridge.DataTest do
 
     test "Fraction and complex stay objects unless an encoder is registered" do
       assert %SnakeBridge.Object{type: "complex"} = eval!("1 + 2j")
-      assert %{"numerator" => 1, "denominator" => 3} = eval!("import sbdata, fractions\nfractions.Fraction(1, 3)")
+
+      assert %{"numerator" => 1, "denominator" => 3} =
+               eval!("import sbdata, fractions\nfractions.Fraction(1, 3)")
     end
   end
 
   describe "Arrow" do
     test "as: :arrow returns a DataFrame or Table as IPC stream bytes, which go back as a Table" do
       assert {:ok, %Arrow{data: <<0xFF, 0xFF, 0xFF, 0xFF, _::binary>>} = arrow} =
-               eval("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', None]})", %{}, as: :arrow)
+               eval("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', None]})", %{},
+                 as: :arrow
+               )
 
       assert eval!("(type(x).__module__ + '.' + type(x).__name__, x.to_pydict())", %{x: arrow}) ==
                {"pyarrow.lib.Table", %{"a" => [1, 2], "b" => ["x", nil]}}
@@ -372,7 +407,9 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "as: :arrow with a value that is not a table is a Python TypeError" do
-      assert {:error, %PythonError{type: "TypeError", message: message}} = eval("[1, 2]", %{}, as: :arrow)
+      assert {:error, %PythonError{type: "TypeError", message: message}} =
+               eval("[1, 2]", %{}, as: :arrow)
+
       assert message =~ "as: :arrow needs a pandas DataFrame or a pyarrow Table, got builtins.list"
     end
 
@@ -397,7 +434,9 @@ defmodule SnakeBridge.DataTest do
     test "Arrow.new/2 checks its arguments" do
       assert_raise ArgumentError, ~r/expected data to be a binary/, fn -> Arrow.new(1) end
 
-      assert_raise ArgumentError, ~r/:to to be :table or :pandas/, fn -> Arrow.new("x", to: :polars) end
+      assert_raise ArgumentError, ~r/:to to be :table or :pandas/, fn ->
+        Arrow.new("x", to: :polars)
+      end
     end
   end
 
@@ -407,6 +446,7 @@ defmodule SnakeBridge.DataTest do
       assert SnakeBridge.call!("builtins", "repr", [[money]], pool: @pool) == "[Money(5, 'USD')]"
 
       nested = %SnakeBridge.Test.Tagged{inner: money}
+
       assert SnakeBridge.call!("builtins", "repr", [nested], pool: @pool) ==
                "{'tag': 'tagged', 'inner': Money(5, 'USD')}" or
                SnakeBridge.call!("builtins", "repr", [nested], pool: @pool) ==
@@ -423,7 +463,9 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "a Construct is called in the worker; one whose call raises fails the call" do
-      assert eval!("repr(x)", %{x: Construct.new("fractions", "Fraction", [1, 3])}) == "Fraction(1, 3)"
+      assert eval!("repr(x)", %{x: Construct.new("fractions", "Fraction", [1, 3])}) ==
+               "Fraction(1, 3)"
+
       assert eval!("x", %{x: Construct.new("builtins", "dict", [], a: 1)}) == %{"a" => 1}
 
       assert {:error, %Error{reason: :unsupported_type, message: message}} =
@@ -442,7 +484,9 @@ defmodule SnakeBridge.DataTest do
     end
 
     test "an encoder that raises makes the result unsupported, with its message" do
-      assert {:error, %Error{reason: :unsupported_type, message: message}} = eval("import sbdata\nsbdata.Broken()")
+      assert {:error, %Error{reason: :unsupported_type, message: message}} =
+               eval("import sbdata\nsbdata.Broken()")
+
       assert message =~ "sbdata.Broken"
       assert message =~ "this encoder is broken"
     end

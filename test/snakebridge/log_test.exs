@@ -50,7 +50,10 @@ defmodule SnakeBridge.LogTest do
   test "a flood of output leaves the pool's mailbox small and is counted" do
     {pool, pool_pid} = start_pool(log_queue: 100, log_rate: 100)
     lines = 200_000
-    assert SnakeBridge.call("sbhelpers", "flood", [lines], pool: pool, timeout: 60_000) == {:ok, lines}
+
+    assert SnakeBridge.call("sbhelpers", "flood", [lines], pool: pool, timeout: 60_000) ==
+             {:ok, lines}
+
     # Still responsive while the flood is being dropped.
     assert SnakeBridge.call("operator", "add", [1, 2], pool: pool) == {:ok, 3}
     assert {:message_queue_len, queued} = Process.info(pool_pid, :message_queue_len)

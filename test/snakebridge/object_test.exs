@@ -91,7 +91,9 @@ defmodule SnakeBridge.ObjectTest do
     end
 
     test "an attribute name must be a string or an atom" do
-      assert_raise ArgumentError, ~r/attribute name/, fn -> SnakeBridge.getattr(new_counter(), 1) end
+      assert_raise ArgumentError, ~r/attribute name/, fn ->
+        SnakeBridge.getattr(new_counter(), 1)
+      end
     end
   end
 
@@ -163,7 +165,9 @@ defmodule SnakeBridge.ObjectTest do
     end
 
     test ":as must be :value, :handle or :arrow" do
-      assert_raise ArgumentError, ~r/:as/, fn -> SnakeBridge.call("builtins", "int", [], as: :ref) end
+      assert_raise ArgumentError, ~r/:as/, fn ->
+        SnakeBridge.call("builtins", "int", [], as: :ref)
+      end
     end
   end
 
@@ -173,7 +177,9 @@ defmodule SnakeBridge.ObjectTest do
       assert SnakeBridge.release(counter) == :ok
       assert SnakeBridge.release(counter) == :ok
 
-      assert {:error, %Error{reason: :stale_handle, message: message}} = SnakeBridge.method(counter, "add")
+      assert {:error, %Error{reason: :stale_handle, message: message}} =
+               SnakeBridge.method(counter, "add")
+
       assert message =~ "released"
 
       assert {:error, %Error{reason: :stale_handle}} =
@@ -238,7 +244,10 @@ defmodule SnakeBridge.ObjectTest do
       System.cmd("kill", ["-9", Integer.to_string(os_pid)])
 
       wait_until(fn ->
-        match?([%{os_pid: new, state: :ready}] when new not in [nil, os_pid], SnakeBridge.stats(pool).workers)
+        match?(
+          [%{os_pid: new, state: :ready}] when new not in [nil, os_pid],
+          SnakeBridge.stats(pool).workers
+        )
       end)
 
       # The new worker's first object would have the same id as the old one.

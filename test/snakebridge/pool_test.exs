@@ -38,7 +38,9 @@ defmodule SnakeBridge.PoolTest do
       refute log =~ "panicked"
 
       replies = for ref <- running ++ queued, do: SnakeBridge.await(ref, 5_000)
-      assert Enum.count(replies, &match?({:ok, _}, &1)) >= 32, inspect(Enum.frequencies(replies), limit: 5)
+
+      assert Enum.count(replies, &match?({:ok, _}, &1)) >= 32,
+             inspect(Enum.frequencies(replies), limit: 5)
 
       for {:error, error} <- replies do
         assert %Error{reason: :python_unavailable} = error

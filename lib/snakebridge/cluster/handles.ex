@@ -82,7 +82,8 @@ defmodule SnakeBridge.Cluster.Handles do
   @doc false
   @spec import(tuple()) :: {:ok, tuple()} | {:error, Error.t()}
   def import({pool, target, function, args, kwargs, mode, near}) do
-    {:ok, {pool, resolve(target), function, resolve(args), resolve(kwargs), mode, resolve_near(near)}}
+    {:ok,
+     {pool, resolve(target), function, resolve(args), resolve(kwargs), mode, resolve_near(near)}}
   catch
     {:handle, error} -> {:error, error}
   end
