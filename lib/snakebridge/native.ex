@@ -27,6 +27,9 @@ defmodule SnakeBridge.Native do
   @output_log 0x20000
   @spread 0x40000
   @waiting 0x80000
+  # Flags that ask for something only the process that made the request can
+  # use: a relay running it for another node's process clears them.
+  @caller_only @timed ||| @waiting
 
   # What call_opts!/2 reads for an option that is absent.
   @unset :"$snakebridge_unset"
@@ -252,10 +255,11 @@ defmodule SnakeBridge.Native do
 
   # Flags a call made on behalf of other processes (the cluster's relay):
   # it follows no process's objects and spreads over the workers. The relay
-  # passes plain replies on, so it asks for no timing.
+  # passes plain replies on, so it asks for no timing, and polls in its own
+  # way (see ask_alone/1).
   @doc false
   def spread({pool, target, function, args, kwargs, {flags, window}, near}) do
-    flags = (flags ||| @spread) &&& bnot(@timed ||| @waiting)
+    flags = (flags ||| @spread) &&& bnot(@caller_only)
     {pool, target, function, args, kwargs, {flags, window}, near}
   end
 

@@ -47,6 +47,23 @@ defmodule SnakeBridge.NativeTest do
       assert_raise ArgumentError, fn -> Native.call_async("m", "f", [], pool: "not an atom") end
     end
 
+    test "a request run for another node's process keeps none of its caller's own flags" do
+      opts = [pool: @pool]
+
+      timed = Native.timed_request!("sbhelpers", "identity", [1], opts)
+      {:ok, ref} = timed |> Native.ask_alone() |> Native.spread() |> Native.submit_local(5_000)
+      # A plain reply, not {:timed, result, timing}.
+      assert_receive {:snakebridge, ^ref, {:ok, 1}}, 5_000
+
+      # The relay's own ask: this module's pool has nothing else running.
+      request = Native.request!("sbhelpers", "identity", [2], opts)
+
+      assert {:alone, ref} =
+               request |> Native.spread() |> Native.ask_alone() |> Native.submit_local(5_000)
+
+      assert_receive {:snakebridge, ^ref, {:ok, 2}}, 5_000
+    end
+
     test "unknown pool" do
       assert {:error, %Error{reason: :pool_not_found}} =
                Native.call_async("math", "sqrt", [1.0], pool: :no_such_pool)
