@@ -10,7 +10,7 @@
 # per call against the clustered pool, with the bare distribution round trip
 # alongside (see SnakeBridgeBench.Systems.remote/1).
 #
-# Environment: BENCH_ONLY (baseline | snakebridge), BENCH_WORKERS (default
+# Environment: BENCH_ONLY (baseline | snakebridge | remote), BENCH_REMOTE, BENCH_WORKERS (default
 # System.schedulers_online()), BENCH_ROUNDS (10), BENCH_SECONDS (per throughput
 # chunk, 1.0), BENCH_LATENCY_CALLS (per latency chunk, 2000), BENCH_BIG_CALLS
 # (4 MiB calls per chunk, 20), BENCH_CALLERS (64), BENCH_LOAD (busy-loop
