@@ -33,8 +33,9 @@ defmodule SnakeBridge.Cluster.Relay do
   # calls: local ref => {client, ref, caller, monitor of a stream's caller}
   # refs: {client, ref} => local ref
   # holders: holder pid => {monitor, objects held}
-  # alone: local ref of a call that went to an idle worker => :polled, or
-  #   the monotonic µs it was sent at when the relay waits instead
+  # alone: local ref of a call that went to an idle worker => :polled while
+  #   the relay polls for its reply, :missed once that poll gave up, or the
+  #   monotonic µs it was sent at when the relay waits instead
   # poll_until: the monotonic µs the current poll ends at, nil when none
   defstruct calls: %{}, refs: %{}, holders: %{}, alone: %{}, poll_until: nil, out: Outbox.new()
 
@@ -208,6 +209,9 @@ defmodule SnakeBridge.Cluster.Relay do
         polled? = Enum.any?(alone, fn {_ref, sent} -> sent == :polled end)
         %{state | alone: alone, poll_until: if(polled?, do: state.poll_until)}
 
+      {:missed, alone} ->
+        %{state | alone: alone}
+
       {sent_at, alone} ->
         Poll.waited(Poll.now() - sent_at)
         %{state | alone: alone}
@@ -223,9 +227,13 @@ defmodule SnakeBridge.Cluster.Relay do
       state
     else
       Poll.missed()
-      %{state | poll_until: nil}
+      alone = Map.new(state.alone, fn {ref, sent} -> {ref, missed(sent)} end)
+      %{state | alone: alone, poll_until: nil}
     end
   end
+
+  defp missed(:polled), do: :missed
+  defp missed(sent), do: sent
 
   defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
     do: Bitwise.band(flags, 2) != 0
