@@ -22,6 +22,7 @@ defmodule SnakeBridge.Native do
   @stream 2
   @as_arrow 4
   @timed 8
+  @burst 16
   # The host's own flags, above the protocol's (native/snakebridge_nif/src/call.rs).
   @output_caller 0x10000
   @output_log 0x20000
@@ -262,6 +263,11 @@ defmodule SnakeBridge.Native do
     flags = (flags ||| @spread) &&& bnot(@caller_only)
     {pool, target, function, args, kwargs, {flags, window}, near}
   end
+
+  # Tells the worker the call is one of a burst (the relay runs others
+  # meanwhile): after it, the worker polls only briefly for the next.
+  @doc false
+  def in_burst(request), do: add_flags(request, @burst)
 
   # The relay's form of start_call/4's request: the NIF answers
   # {:alone, ref} when the call went to a worker with nothing else to run.

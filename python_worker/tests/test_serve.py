@@ -67,6 +67,17 @@ def test_pipelining_keeps_order_and_ids(worker: Worker) -> None:
     assert replies == [[OK, 10_000 + i, 2 * i] for i in range(count)]
 
 
+CALL_BURST = 16
+
+
+def test_calls_of_a_burst_answer_like_any_other(worker: Worker) -> None:
+    # CALL_BURST only shortens the worker's poll for the next input.
+    for i in range(50):
+        assert worker.call("operator", "add", [i, 1], flags=CALL_BURST) == [OK, worker.next_id, i + 1]
+        time.sleep(0.0002)
+    assert worker.call("operator", "add", [1, 2]) == [OK, worker.next_id, 3]
+
+
 def test_pipelined_mixed_messages(worker: Worker) -> None:
     batch = b"".join(
         [

@@ -62,6 +62,13 @@ defmodule SnakeBridge.NativeTest do
                request |> Native.spread() |> Native.ask_alone() |> Native.submit_local(5_000)
 
       assert_receive {:snakebridge, ^ref, {:ok, 2}}, 5_000
+
+      # One of a burst (CALL_BURST): the worker only polls less after it.
+      burst = Native.in_burst(request)
+      assert {_, _, _, _, _, {flags, 0}, _} = burst
+      assert Bitwise.band(flags, 16) == 16
+      {:ok, ref} = burst |> Native.spread() |> Native.submit_local(5_000)
+      assert_receive {:snakebridge, ^ref, {:ok, 2}}, 5_000
     end
 
     test "unknown pool" do

@@ -124,7 +124,7 @@ defmodule SnakeBridge.Cluster.Relay do
 
   defp run(client, {:call, ref, caller, request, timeout}, state) do
     with {:ok, request} <- Handles.import(request),
-         {sent, local_ref} when sent in [:ok, :alone] <- submit(request, timeout) do
+         {sent, local_ref} when sent in [:ok, :alone] <- submit(request, timeout, state) do
       monitor = if stream?(request), do: Process.monitor(caller)
 
       state = %{
@@ -165,9 +165,13 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
-  defp submit(request, timeout) do
+  # With other calls running, this one is part of a burst: its worker then
+  # polls only briefly for the next (a lone caller's next call comes a
+  # round trip later, and there a longer poll saves a wake-up).
+  defp submit(request, timeout, state) do
     request = Native.spread(request)
     request = if stream?(request), do: request, else: Native.ask_alone(request)
+    request = if map_size(state.calls) > 0, do: Native.in_burst(request), else: request
     Native.submit_local(request, timeout)
   end
 

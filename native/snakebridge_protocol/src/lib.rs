@@ -17,7 +17,7 @@ pub mod value;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameDecoder, FrameWriter, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{
-    Header, Kind, Message, Target, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, CALL_TIMED, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
+    Header, Kind, Message, Target, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_BURST, CALL_STREAM, CALL_TIMED, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
     PROTOCOL_VERSION,
 };
 pub use value::{decode_value, handle_ids, more_values_than, Builder, Dtype, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};

@@ -20,10 +20,11 @@
 //! its function is an attribute path on the target, or nil to call the
 //! target itself. `flags` is a bit set of [`CALL_AS_HANDLE`] (the result
 //! comes back as a handle whatever its type), [`CALL_AS_ARROW`] (a table
-//! comes back as Arrow IPC bytes) and [`CALL_STREAM`] (the result
+//! comes back as Arrow IPC bytes), [`CALL_STREAM`] (the result
 //! is iterated: items flow as `items` messages, at most `window` of them
 //! before the host grants more with `credit`; the stream ends with `ok`
-//! (nil), `py_error` or `failure`, and a `cancel` closes it).
+//! (nil), `py_error` or `failure`, and a `cancel` closes it), [`CALL_TIMED`]
+//! and [`CALL_BURST`].
 //!
 //! A call that goes on after its function returned (a coroutine awaited as a
 //! task, or a stream) is announced with `started`: it no longer holds the
@@ -71,6 +72,11 @@ pub const CALL_AS_ARROW: u64 = 4;
 /// or a task) sends a `timing` message for it just before the reply. Only
 /// set when someone measures calls, so the plain path writes no extra frame.
 pub const CALL_TIMED: u64 = 8;
+/// Call flag: one of a burst of calls, such as the ones a cluster's relay
+/// runs for other nodes while it runs others too. Such bursts come a
+/// distribution round trip apart, so after one the worker polls only
+/// briefly for more input before it sleeps.
+pub const CALL_BURST: u64 = 16;
 
 /// Output source: a line written to `sys.stdout`.
 pub const OUTPUT_STDOUT: u8 = 0;

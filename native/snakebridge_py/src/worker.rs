@@ -46,11 +46,11 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use snakebridge_protocol::message::read_uint;
 use snakebridge_protocol::value::{self as wire, decode_value};
 use snakebridge_protocol::{
-    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_STREAM, CALL_TIMED,
+    DecodeError, FrameWriter, Header, Kind, Message, Value, ValueBuilder, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_BURST, CALL_STREAM, CALL_TIMED,
     PROTOCOL_VERSION,
 };
 
-use crate::cancel::{self, frames, monotonic_micros, Polled, Running, Took};
+use crate::cancel::{self, frames, monotonic_micros, Inbox, Polled, Running, Took};
 use crate::decode::{self, non_string_keyword, BuildError, PyBuilder};
 use crate::encode::{EncodeFailure, Encoder, Handles};
 use crate::fd::host_gone;
@@ -433,6 +433,9 @@ impl<'py> Worker<'py> {
         let flags = read_uint(&mut input)?;
         let window = read_uint(&mut input)?;
         no_trailing(input)?;
+        if flags & CALL_BURST != 0 {
+            cancel::with(Inbox::burst);
+        }
         let target_object = match target {
             Target::Module(_) => None,
             Target::Handle(handle) => match objects::get(py, handle) {
