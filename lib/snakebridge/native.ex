@@ -222,8 +222,8 @@ defmodule SnakeBridge.Native do
   defp default(@unset, default), do: default
   defp default(value, _default), do: value
 
-  # Queues a call checked by request!/5 or start_call/5, in a pool of this node or, for a
-  # clustered pool, of the node SnakeBridge.Cluster chooses.
+  # Queues a call checked by request!/5 or start_call/5, in a pool of this
+  # node or, for a clustered pool, of the node SnakeBridge.Cluster chooses.
   @doc false
   def submit(request, timeout) do
     SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)

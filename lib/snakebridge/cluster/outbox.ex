@@ -33,8 +33,12 @@ defmodule SnakeBridge.Cluster.Outbox do
   def timeout(_outbox), do: 0
 
   # Everything queued, as {destination, ops in order}, and an empty outbox.
+  # Taking from an empty one allocates nothing: a polling relay takes each
+  # time its mailbox is empty.
   @doc false
   @spec take(t()) :: {[{term(), [term()]}], t()}
+  def take(%__MODULE__{count: 0} = outbox), do: {[], outbox}
+
   def take(%__MODULE__{ops: ops}),
     do: {Enum.map(ops, fn {dest, queued} -> {dest, Enum.reverse(queued)} end), new()}
 

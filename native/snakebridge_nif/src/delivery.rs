@@ -298,5 +298,4 @@ impl Hooks for Delivery {
             (atoms::snakebridge_worker(), os_pid, event)
         });
     }
-
 }

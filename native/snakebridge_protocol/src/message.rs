@@ -51,7 +51,6 @@
 //! fields, `bin` for strings, trailing bytes). The README's "Dependencies"
 //! section has the details.
 
-
 use crate::frame::FrameWriter;
 pub use crate::value::read_uint;
 use crate::value::{self, decode_value, read_array_len, Value, ValueBuilder};

@@ -58,7 +58,7 @@ impl Level {
     }
 }
 
-/// One line of a worker's output, as handed to [`Hooks::log`].
+/// One line of a worker's output, as handed to [`Hooks::log`](crate::Hooks::log).
 #[derive(Debug)]
 pub struct LogLine<'a, C> {
     pub os_pid: u32,

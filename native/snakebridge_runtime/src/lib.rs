@@ -12,7 +12,7 @@
 //! a caller of a busy worker leaves it in the outbox for the reader to send
 //! with its next batch of replies (see [`Pool::submit`]).
 //!
-//! The embedder may read the workers' sockets itself ([`Hooks::attach`]: the
+//! The embedder may read the workers' sockets itself ([`Attach::attach`]: the
 //! NIF does, through VM ports); otherwise the supervisor reads them.
 
 //! Replies leave through [`Hooks`], which the NIF implements by sending BEAM

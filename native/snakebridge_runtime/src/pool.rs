@@ -35,9 +35,6 @@ const DIRECT_MAX: usize = 128 * 1024;
 /// Tells pools apart in the routes of their objects.
 static POOL_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// A pool of Python workers.
-///
-/// Dropping the pool stops it (see [`Pool::stop`]).
 /// Where a submitted call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -49,6 +46,9 @@ pub enum Sent {
     Behind,
 }
 
+/// A pool of Python workers.
+///
+/// Dropping the pool stops it (see [`Pool::stop`]).
 pub struct Pool<H: Hooks> {
     shared: Arc<Shared<H>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
