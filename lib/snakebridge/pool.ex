@@ -95,9 +95,10 @@ defmodule SnakeBridge.Pool do
       "Large payloads" in the README). Default `true`.
     * `:max_payload` — the largest encoded call or result, in bytes, from
       `1_048_576` to `4_294_967_295`; larger ones fail with
-      `:payload_too_large`. Above 64 MiB (`67_108_864`, the default) only
-      with `shared_memory: true`. Each worker's shared memory is sized for
-      two payloads of this size in each direction (reserved address space;
+      `:payload_too_large`. Default 256 MiB (`268_435_456`), or 64 MiB
+      (`67_108_864`, the socket's frame limit and the most it may be) with
+      `shared_memory: false`. Each worker's shared memory is sized for two
+      payloads of this size in each direction (reserved address space;
       memory is used only as payloads need it).
 
   A recycled worker gets no new calls, answers the ones it has, exits, and
@@ -176,6 +177,9 @@ defmodule SnakeBridge.Pool do
 
   # The largest frame the socket carries; larger payloads need shared memory.
   @socket_frame_limit 64 * 1024 * 1024
+  # With shared memory: room for a 64 MiB value (a tensor, a blob) and its
+  # envelope, which the socket's limit leaves none for.
+  @shared_max_payload 256 * 1024 * 1024
 
   @doc """
   A child specification; its id is `{SnakeBridge.Pool, name}`, so several
@@ -210,8 +214,10 @@ defmodule SnakeBridge.Pool do
   @doc false
   @spec config!([option()]) :: map()
   def config!(opts) do
+    # :max_payload's default depends on :shared_memory.
     opts =
-      Keyword.validate!(opts,
+      Keyword.validate!(opts, [
+        :max_payload,
         name: :default,
         size: System.schedulers_online(),
         python: nil,
@@ -230,9 +236,8 @@ defmodule SnakeBridge.Pool do
         cluster: false,
         init: [],
         python_env: nil,
-        shared_memory: true,
-        max_payload: @socket_frame_limit
-      )
+        shared_memory: true
+      ])
 
     {worker_args, start_timeout} = SnakeBridge.WorkerInit.options!(opts[:init])
     shared_memory = check!(opts, :shared_memory, &is_boolean/1, "a boolean")
@@ -262,7 +267,7 @@ defmodule SnakeBridge.Pool do
       start_timeout: start_timeout,
       python_env: opts[:python_env] && SnakeBridge.PythonEnv.options!(opts[:python_env]),
       shared_memory: shared_memory,
-      max_payload: max_payload!(opts[:max_payload], shared_memory)
+      max_payload: max_payload!(Keyword.fetch(opts, :max_payload), shared_memory)
     }
   end
 
@@ -291,7 +296,10 @@ defmodule SnakeBridge.Pool do
   @spec restart(atom()) :: :ok | {:error, Error.t()}
   def restart(name \\ :default), do: NIF.pool_restart(SnakeBridge.Args.pool!(name))
 
-  defp max_payload!(bytes, shared_memory) do
+  defp max_payload!(:error, true), do: @shared_max_payload
+  defp max_payload!(:error, false), do: @socket_frame_limit
+
+  defp max_payload!({:ok, bytes}, shared_memory) do
     limit = if shared_memory, do: 2 ** 32 - 1, else: @socket_frame_limit
 
     unless is_integer(bytes) and bytes >= 1_048_576 and bytes <= limit do

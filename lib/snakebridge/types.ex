@@ -9,7 +9,7 @@ defmodule SnakeBridge.Types do
     * `:unsupported_type` — an argument has no Python equivalent, or a result
       has no Elixir one; the message names where (`"args[0][2]"`) and what;
     * `:nesting_too_deep` — a value nests containers more than 100 levels deep;
-    * `:payload_too_large` — an encoded call or result is over the pool's `:max_payload` (64 MiB by default);
+    * `:payload_too_large` — an encoded call or result is over the pool's `:max_payload` (256 MiB by default, 64 MiB without shared memory);
     * `:pool_not_found` — no pool of that name is running;
     * `:overloaded` — the pool's queue is full (`:max_queue`);
     * `:worker_exited` — the Python process died while running the call;

@@ -156,11 +156,20 @@ defmodule SnakeBridge.NativeTest do
     end
 
     @tag :slow
-    test "a payload over the 64 MiB frame limit" do
+    test "a payload over the pool's :max_payload (the 64 MiB frame limit without shared memory)" do
+      socket_only = :"native_test_socket_#{System.unique_integer([:positive])}"
+      start_supervised!({SnakeBridge.Pool, pool_opts(socket_only, size: 1, shared_memory: false)})
       big = :binary.copy(<<255>>, 65 * 1024 * 1024)
-      assert {:error, %Error{reason: :payload_too_large}} = identity([big])
-      assert {:error, %Error{reason: :payload_too_large}} = identity([SnakeBridge.bytes(big)])
-      assert_still_works()
+
+      for arg <- [big, SnakeBridge.bytes(big)] do
+        assert {:error, %Error{reason: :payload_too_large, message: message}} =
+                 Native.call_async("sbhelpers", "identity", [arg], pool: socket_only)
+
+        assert message =~ "67108864"
+      end
+
+      {:ok, ref} = Native.call_async("sbhelpers", "identity", [:still_works], pool: socket_only)
+      assert SnakeBridge.await(ref) == {:ok, "still_works"}
     end
   end
 

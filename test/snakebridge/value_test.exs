@@ -291,11 +291,17 @@ defmodule SnakeBridge.ValueTest do
     end
 
     @tag :slow
-    test "results over the frame limit" do
-      assert {:error, %SnakeBridge.Error{reason: :payload_too_large}} =
-               call("make_big_bytes", [65 * 1024 * 1024])
+    test "results over the pool's :max_payload (the 64 MiB frame limit without shared memory)" do
+      socket_only = :"value_test_socket_#{System.unique_integer([:positive])}"
+      start_supervised!({SnakeBridge.Pool, pool_opts(socket_only, size: 1, shared_memory: false)})
 
-      assert round_trip(1) == {:ok, 1}
+      assert {:error, %SnakeBridge.Error{reason: :payload_too_large}} =
+               SnakeBridge.call("sbhelpers", "make_big_bytes", [65 * 1024 * 1024],
+                 pool: socket_only,
+                 timeout: 30_000
+               )
+
+      assert SnakeBridge.call("sbhelpers", "identity", [1], pool: socket_only) == {:ok, 1}
     end
   end
 end

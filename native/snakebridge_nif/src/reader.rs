@@ -19,7 +19,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{recv, MsgFlags};
 use parking_lot::Mutex;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, ResourceArc};
-use snakebridge_protocol::{more_values_than, FrameDecoder};
+use snakebridge_protocol::{build_cost, FrameDecoder};
 use snakebridge_runtime::{Attach, Reader};
 
 use crate::atoms;
@@ -37,6 +37,8 @@ const NORMAL_VALUES: usize = 16 * 1024;
 /// Most values a frame in shared memory may hold to be decoded on a normal
 /// scheduler, whatever its size: its large binaries become sub-binaries of
 /// the mapping (no copy), and so few values leave little else to copy.
+/// Strings are checked for UTF-8 and tensors copied, though: those may
+/// hold no more than `NORMAL_BUDGET` bytes in all.
 const SHARED_NORMAL_VALUES: usize = 64;
 
 pub struct ReaderResource {
@@ -192,9 +194,10 @@ fn too_much_here(worker: &Reader<Delivery>, body: &[u8], budget: usize) -> bool 
     }
     let carried = worker.peek(body);
     if carried.as_ptr() != body.as_ptr() {
-        return more_values_than(carried, SHARED_NORMAL_VALUES);
+        let cost = build_cost(carried, SHARED_NORMAL_VALUES);
+        return cost.values > SHARED_NORMAL_VALUES || cost.bytes_read > budget;
     }
-    body.len() > budget || (body.len() > SCAN_ABOVE && more_values_than(body, NORMAL_VALUES))
+    body.len() > budget || (body.len() > SCAN_ABOVE && build_cost(body, NORMAL_VALUES).values > NORMAL_VALUES)
 }
 
 /// The port on the socket is closed (at the socket's end, or after the

@@ -20,4 +20,4 @@ pub use message::{
     Header, Kind, Message, Target, CALL_AS_ARROW, CALL_AS_HANDLE, CALL_BURST, CALL_STREAM, CALL_TIMED, OUTPUT_LOGGING, OUTPUT_STDERR, OUTPUT_STDOUT,
     PROTOCOL_VERSION,
 };
-pub use value::{decode_value, handle_ids, more_values_than, Builder, Dtype, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};
+pub use value::{build_cost, decode_value, handle_ids, BuildCost, Builder, Dtype, Value, ValueBuilder, MAX_BIGINT_BYTES, MAX_DEPTH};

@@ -377,6 +377,13 @@ pub trait Builder {
     fn set(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
     fn map(&mut self, pairs: Vec<(Self::Value, Self::Value)>) -> Result<Self::Value, Self::Error>;
 
+    /// A string's bytes, not checked yet. A builder that makes text of them
+    /// checks that they are UTF-8, as this does; one that only looks at a
+    /// value's shape may skip the check, which costs per byte.
+    fn str_bytes(&mut self, bytes: &[u8]) -> Result<Self::Value, Self::Error> {
+        self.str(std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?)
+    }
+
     /// A string that is a map key. Keys repeat across messages far more than
     /// other strings do, so a builder may cache what it makes of them.
     fn key_str(&mut self, v: &str) -> Result<Self::Value, Self::Error> {
@@ -477,23 +484,37 @@ pub fn handle_ids(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
     Ok(scan.handles)
 }
 
-/// Whether the msgpack in `bytes` holds more than `limit` values (each
-/// element of a container counts, and so does the container). Stops
-/// counting at the limit. Building a BEAM term costs per value, so this
-/// tells, far faster than building, how long building would take.
-pub fn more_values_than(bytes: &[u8], limit: usize) -> bool {
-    let mut scan = Scan::new(limit);
-    let mut input = bytes;
-    let _ = decode_value(&mut input, &mut scan, 0);
-    scan.values > limit
+/// What building a value as terms costs: per value, and per byte of what
+/// the build reads through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BuildCost {
+    /// Each element of a container counts, and so does the container.
+    pub values: usize,
+    /// Bytes of strings (checked for UTF-8), tensors (copied) and big
+    /// integers (converted).
+    pub bytes_read: usize,
 }
 
-/// A builder that builds nothing: it notes handle ids and counts values,
-/// up to a limit.
+/// The [`BuildCost`] of the msgpack in `bytes`, counted far faster than
+/// building it (nothing is checked or copied here). Counting stops past
+/// `max_values` values.
+pub fn build_cost(bytes: &[u8], max_values: usize) -> BuildCost {
+    let mut scan = Scan::new(max_values);
+    let mut input = bytes;
+    let _ = decode_value(&mut input, &mut scan, 0);
+    BuildCost {
+        values: scan.values,
+        bytes_read: scan.bytes_read,
+    }
+}
+
+/// A builder that builds nothing: it notes handle ids, and counts values up
+/// to a limit and the bytes a build would read (see [`BuildCost`]).
 struct Scan {
     handles: Vec<u64>,
     values: usize,
     limit: usize,
+    bytes_read: usize,
 }
 
 impl Scan {
@@ -502,6 +523,7 @@ impl Scan {
             handles: Vec::new(),
             values: 0,
             limit,
+            bytes_read: 0,
         }
     }
 
@@ -530,13 +552,18 @@ impl Builder for Scan {
     fn uint(&mut self, _: u64) -> Result<(), DecodeError> {
         self.value()
     }
-    fn bigint(&mut self, _: bool, _: &[u8]) -> Result<(), DecodeError> {
+    fn bigint(&mut self, _: bool, magnitude: &[u8]) -> Result<(), DecodeError> {
+        self.bytes_read += magnitude.len();
         self.value()
     }
     fn float(&mut self, _: f64) -> Result<(), DecodeError> {
         self.value()
     }
     fn str(&mut self, _: &str) -> Result<(), DecodeError> {
+        self.value()
+    }
+    fn str_bytes(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        self.bytes_read += bytes.len();
         self.value()
     }
     fn bin(&mut self, _: &[u8]) -> Result<(), DecodeError> {
@@ -558,7 +585,8 @@ impl Builder for Scan {
         self.handles.push(id);
         self.value()
     }
-    fn tensor(&mut self, _: Dtype, _: &[u64], _: &[u8]) -> Result<(), DecodeError> {
+    fn tensor(&mut self, _: Dtype, _: &[u64], data: &[u8]) -> Result<(), DecodeError> {
+        self.bytes_read += data.len();
         self.value()
     }
     fn tagged(&mut self, _: i8, _: Vec<()>) -> Result<(), DecodeError> {
@@ -661,9 +689,7 @@ pub fn decode_value<B: Builder>(
 }
 
 fn decode_str<B: Builder>(input: &mut &[u8], builder: &mut B, len: usize) -> Result<B::Value, B::Error> {
-    let bytes = take(input, len)?;
-    let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    builder.str(s)
+    builder.str_bytes(take(input, len)?)
 }
 
 /// Reads an unsigned integer field.
@@ -988,14 +1014,35 @@ mod tests {
     }
 
     #[test]
-    fn more_values_than_counts_container_elements() {
+    fn build_cost_counts_container_elements_up_to_the_limit() {
         let mut out = Vec::new();
         Value::List((0..100).map(Value::Int).collect()).encode(&mut out).unwrap();
-        assert!(more_values_than(&out, 100));
-        assert!(!more_values_than(&out, 101));
+        assert_eq!(build_cost(&out, 100).values, 101);
+        assert_eq!(build_cost(&out, 1000).values, 101);
         let mut one = Vec::new();
         Value::Bin(vec![0; 100_000]).encode(&mut one).unwrap();
-        assert!(!more_values_than(&one, 1));
+        assert_eq!(build_cost(&one, 1), BuildCost { values: 1, bytes_read: 0 });
+    }
+
+    #[test]
+    fn build_cost_counts_the_bytes_of_strings_and_tensors_without_reading_them() {
+        let mut out = Vec::new();
+        Value::List(vec![Value::Str("a".repeat(100_000)), Value::Str("bc".into())])
+            .encode(&mut out)
+            .unwrap();
+        assert_eq!(build_cost(&out, 10), BuildCost { values: 3, bytes_read: 100_002 });
+        // Invalid UTF-8 is the builder's to refuse, not the scan's.
+        let invalid = [0xa2, 0xff, 0xfe];
+        assert_eq!(build_cost(&invalid, 10), BuildCost { values: 1, bytes_read: 2 });
+        let mut tensor = Vec::new();
+        Value::Tensor { dtype: "f64".into(), shape: vec![2, 3], data: vec![0; 48] }
+            .encode(&mut tensor)
+            .unwrap();
+        assert_eq!(build_cost(&tensor, 10), BuildCost { values: 1, bytes_read: 48 });
+        assert!(matches!(
+            decode_value(&mut &invalid[..], &mut ValueBuilder, 0),
+            Err(DecodeError::InvalidUtf8)
+        ));
     }
 
     #[test]
