@@ -493,6 +493,9 @@ pub struct BuildCost {
     /// Bytes of strings (checked for UTF-8), tensors (copied) and big
     /// integers (converted).
     pub bytes_read: usize,
+    /// Map entries and set elements: a builder may insert them one at a
+    /// time, at several times the cost of a value.
+    pub entries: usize,
 }
 
 /// The [`BuildCost`] of the msgpack in `bytes`, counted far faster than
@@ -505,6 +508,7 @@ pub fn build_cost(bytes: &[u8], max_values: usize) -> BuildCost {
     BuildCost {
         values: scan.values,
         bytes_read: scan.bytes_read,
+        entries: scan.entries,
     }
 }
 
@@ -515,6 +519,7 @@ struct Scan {
     values: usize,
     limit: usize,
     bytes_read: usize,
+    entries: usize,
 }
 
 impl Scan {
@@ -524,6 +529,7 @@ impl Scan {
             values: 0,
             limit,
             bytes_read: 0,
+            entries: 0,
         }
     }
 
@@ -575,10 +581,12 @@ impl Builder for Scan {
     fn tuple(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
         self.value()
     }
-    fn set(&mut self, _: Vec<()>) -> Result<(), DecodeError> {
+    fn set(&mut self, items: Vec<()>) -> Result<(), DecodeError> {
+        self.entries += items.len();
         self.value()
     }
-    fn map(&mut self, _: Vec<((), ())>) -> Result<(), DecodeError> {
+    fn map(&mut self, pairs: Vec<((), ())>) -> Result<(), DecodeError> {
+        self.entries += pairs.len();
         self.value()
     }
     fn handle(&mut self, id: u64, _: Option<(&str, &str)>) -> Result<(), DecodeError> {
@@ -1021,7 +1029,7 @@ mod tests {
         assert_eq!(build_cost(&out, 1000).values, 101);
         let mut one = Vec::new();
         Value::Bin(vec![0; 100_000]).encode(&mut one).unwrap();
-        assert_eq!(build_cost(&one, 1), BuildCost { values: 1, bytes_read: 0 });
+        assert_eq!(build_cost(&one, 1), BuildCost { values: 1, bytes_read: 0, entries: 0 });
     }
 
     #[test]
@@ -1030,19 +1038,31 @@ mod tests {
         Value::List(vec![Value::Str("a".repeat(100_000)), Value::Str("bc".into())])
             .encode(&mut out)
             .unwrap();
-        assert_eq!(build_cost(&out, 10), BuildCost { values: 3, bytes_read: 100_002 });
+        assert_eq!(build_cost(&out, 10), BuildCost { values: 3, bytes_read: 100_002, entries: 0 });
         // Invalid UTF-8 is the builder's to refuse, not the scan's.
         let invalid = [0xa2, 0xff, 0xfe];
-        assert_eq!(build_cost(&invalid, 10), BuildCost { values: 1, bytes_read: 2 });
-        let mut tensor = Vec::new();
-        Value::Tensor { dtype: "f64".into(), shape: vec![2, 3], data: vec![0; 48] }
-            .encode(&mut tensor)
-            .unwrap();
-        assert_eq!(build_cost(&tensor, 10), BuildCost { values: 1, bytes_read: 48 });
+        assert_eq!(build_cost(&invalid, 10), BuildCost { values: 1, bytes_read: 2, entries: 0 });
         assert!(matches!(
             decode_value(&mut &invalid[..], &mut ValueBuilder, 0),
             Err(DecodeError::InvalidUtf8)
         ));
+        let mut tensor = Vec::new();
+        Value::Tensor { dtype: "f64".into(), shape: vec![2, 3], data: vec![0; 48] }
+            .encode(&mut tensor)
+            .unwrap();
+        assert_eq!(build_cost(&tensor, 10), BuildCost { values: 1, bytes_read: 48, entries: 0 });
+    }
+
+    #[test]
+    fn build_cost_counts_map_entries_and_set_elements() {
+        let mut out = Vec::new();
+        Value::List(vec![
+            Value::Map(vec![(Value::Int(1), Value::Nil), (Value::Int(2), Value::Nil)]),
+            Value::Set((0..3).map(Value::Int).collect()),
+        ])
+        .encode(&mut out)
+        .unwrap();
+        assert_eq!(build_cost(&out, 100), BuildCost { values: 10, bytes_read: 0, entries: 5 });
     }
 
     #[test]
