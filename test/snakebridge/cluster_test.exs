@@ -320,6 +320,44 @@ defmodule SnakeBridge.ClusterTest do
       end
     end
 
+    test "the relay counts an open stream until it ends, however it ends", %{peer: peer} do
+      relay = :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay])
+
+      open = fn ->
+        %{streams: streams, calls: calls} = :peer.call(peer, :sys, :get_state, [relay])
+        {streams, map_size(calls)}
+      end
+
+      parent = self()
+
+      consumer =
+        spawn(fn ->
+          SnakeBridge.stream("sbobjects", "numbers", [100], pool: @pool)
+          |> Enum.each(fn i ->
+            send(parent, {:item, i})
+            receive do: (:next -> :ok)
+          end)
+        end)
+
+      assert_receive {:item, 0}, 5_000
+      # An open stream is no burst: a call made meanwhile is a lone one.
+      assert open.() == {1, 1}
+      assert SnakeBridge.call("sbhelpers", "identity", [1], pool: @pool) == {:ok, 1}
+      assert open.() == {1, 1}
+
+      Process.exit(consumer, :kill)
+      wait_until(fn -> open.() == {0, 0} end)
+
+      assert SnakeBridge.stream("sbobjects", "numbers", [10], pool: @pool) |> Enum.count() == 10
+
+      assert SnakeBridge.stream("sbobjects", "numbers", [100], pool: @pool) |> Enum.take(2) == [
+               0,
+               1
+             ]
+
+      wait_until(fn -> open.() == {0, 0} end)
+    end
+
     test "backpressure: the remote generator runs at most a window ahead", %{peer: peer} do
       pool = unique(:cluster_stream)
       start_pool(peer, pool, size: 1)

@@ -31,13 +31,20 @@ defmodule SnakeBridge.Cluster.Relay do
   @reroute [:pool_not_found, :overloaded]
 
   # calls: local ref => {client, ref, caller, monitor of a stream's caller}
+  # streams: how many of the calls are streams
   # refs: {client, ref} => local ref
   # holders: holder pid => {monitor, objects held}
   # alone: local ref of a call that went to an idle worker => :polled while
   #   the relay polls for its reply, :missed once that poll gave up, or the
   #   monotonic µs it was sent at when the relay waits instead
   # poll_until: the monotonic µs the current poll ends at, nil when none
-  defstruct calls: %{}, refs: %{}, holders: %{}, alone: %{}, poll_until: nil, out: Outbox.new()
+  defstruct calls: %{},
+            streams: 0,
+            refs: %{},
+            holders: %{},
+            alone: %{},
+            poll_until: nil,
+            out: Outbox.new()
 
   @doc false
   def start_link(_arg), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
@@ -64,7 +71,7 @@ defmodule SnakeBridge.Cluster.Relay do
         noreply(state)
 
       {{client, ref, caller, monitor}, calls} ->
-        if monitor, do: Process.demonitor(monitor, [:flush])
+        state = forget_stream(state, monitor)
         {result, state} = export(result, caller, state)
         state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
         noreply(queue(answered(state, local_ref), client, {:reply, ref, result}))
@@ -130,6 +137,7 @@ defmodule SnakeBridge.Cluster.Relay do
       state = %{
         state
         | calls: Map.put(state.calls, local_ref, {client, ref, caller, monitor}),
+          streams: if(monitor, do: state.streams + 1, else: state.streams),
           refs: Map.put(state.refs, {client, ref}, local_ref)
       }
 
@@ -167,11 +175,14 @@ defmodule SnakeBridge.Cluster.Relay do
 
   # With other calls running, this one is part of a burst: its worker then
   # polls only briefly for the next (a lone caller's next call comes a
-  # round trip later, and there a longer poll saves a wake-up).
+  # round trip later, and there a longer poll saves a wake-up). Open
+  # streams do not count: a consumer calling per item is a lone caller.
   defp submit(request, timeout, state) do
     request = Native.spread(request)
     request = if stream?(request), do: request, else: Native.ask_alone(request)
-    request = if map_size(state.calls) > 0, do: Native.in_burst(request), else: request
+
+    request = if map_size(state.calls) > state.streams, do: Native.in_burst(request), else: request
+
     Native.submit_local(request, timeout)
   end
 
@@ -183,7 +194,7 @@ defmodule SnakeBridge.Cluster.Relay do
         state
 
       {{client, ref, _caller, monitor}, calls} ->
-        if monitor, do: Process.demonitor(monitor, [:flush])
+        state = forget_stream(state, monitor)
 
         _outcome =
           if why == :timeout, do: NIF.cancel(local_ref, :timeout), else: NIF.cancel(local_ref)
@@ -191,6 +202,13 @@ defmodule SnakeBridge.Cluster.Relay do
         state = %{state | calls: calls, refs: Map.delete(state.refs, {client, ref})}
         answered(state, local_ref)
     end
+  end
+
+  defp forget_stream(state, nil), do: state
+
+  defp forget_stream(state, monitor) do
+    Process.demonitor(monitor, [:flush])
+    %{state | streams: state.streams - 1}
   end
 
   ## Polling
