@@ -180,9 +180,7 @@ defmodule SnakeBridge.Cluster.Relay do
   defp submit(request, timeout, state) do
     request = Native.spread(request)
     request = if stream?(request), do: request, else: Native.ask_alone(request)
-
     request = if map_size(state.calls) > state.streams, do: Native.in_burst(request), else: request
-
     Native.submit_local(request, timeout)
   end
 
