@@ -63,6 +63,37 @@ defmodule SnakeBridge.ClusterTest do
       refute_receive {:snakebridge, _, _}, 200
     end
 
+    test "output: :caller: what a remote call prints reaches its caller ahead of the reply",
+         %{peer: peer} do
+      relay = :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay])
+
+      {:ok, ref} =
+        Native.call_async("sbhelpers", "print_and_return", ["far", 7],
+          pool: @pool,
+          output: :caller
+        )
+
+      assert_receive {:snakebridge, ^ref, {:ok, 7}}, 5_000
+
+      assert [
+               {:snakebridge_output, ^ref, :stdout, "stdout says far"},
+               {:snakebridge_output, ^ref, :stderr, "stderr says far"}
+             ] = for({:snakebridge_output, _, _, _} = m <- flush_mailbox(), do: m)
+
+      # A cancelled call's output is dropped, and the relay keeps running.
+      {:ok, ref} =
+        Native.call_async("sbhelpers", "print_and_return", ["gone", 1],
+          pool: @pool,
+          output: :caller
+        )
+
+      SnakeBridge.cancel(ref)
+      refute_receive {:snakebridge, ^ref, _}, 300
+      refute_received {:snakebridge_output, ^ref, _, _}
+      assert :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay]) == relay
+      assert SnakeBridge.call("sbhelpers", "identity", [1], pool: @pool) == {:ok, 1}
+    end
+
     test "a timeout cancels the call in Python on the remote node, and no reply follows" do
       tag = "timeout_#{System.unique_integer([:positive])}"
 

@@ -175,6 +175,15 @@ defmodule SnakeBridge.Cluster.Client do
     state
   end
 
+  defp receive_op({:output, ref, device, line}, state) do
+    case state.pending do
+      %{^ref => {caller, _, _, _, _}} -> send(caller, {:snakebridge_output, ref, device, line})
+      _ -> :ok
+    end
+
+    state
+  end
+
   # The relay did not give the call to a worker (no such pool there any
   # more, or a full queue): another node may take it.
   defp receive_op({:reroute, ref, error}, state) do

@@ -89,6 +89,18 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
+  # What a call with `output: :caller` prints goes to its caller, ahead of
+  # the reply, as for a local call.
+  def handle_info({:snakebridge_output, local_ref, device, line}, state) do
+    case state.calls do
+      %{^local_ref => {client, ref, _caller, _}} ->
+        noreply(queue(state, client, {:output, ref, device, line}))
+
+      _cancelled ->
+        noreply(state)
+    end
+  end
+
   def handle_info({:DOWN, monitor, :process, pid, _reason}, state) do
     state =
       case state.holders do
