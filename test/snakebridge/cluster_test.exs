@@ -288,6 +288,16 @@ defmodule SnakeBridge.ClusterTest do
       SnakeBridge.release(b)
     end
 
+    test "a process's calls follow its remote objects, so objects made one after another work together" do
+      counters = for i <- 1..6, do: SnakeBridge.call!("sbobjects", "Counter", [i], pool: @pool)
+      assert [os_pid] = counters |> Enum.map(&Object.os_pid/1) |> Enum.uniq()
+      [a, b | _] = counters
+      assert SnakeBridge.call!("sbobjects", "sum_values", [[a, b]], pool: @pool) == 3
+      # A call that names no object runs there too.
+      assert SnakeBridge.call("os", "getpid", [], pool: @pool) == {:ok, os_pid}
+      Enum.each(counters, &SnakeBridge.release/1)
+    end
+
     test "release: the owning node lets go, later uses are :stale_handle", %{peer: peer} do
       before = held(peer)
       {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [], pool: @pool)

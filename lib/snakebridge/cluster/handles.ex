@@ -14,7 +14,8 @@ defmodule SnakeBridge.Cluster.Handles do
 
   # handle => {handle, object, holder}
   @objects :snakebridge_cluster_objects
-  # {holder, handle}, ordered so that a holder's handles are one range.
+  # {{holder, handle}, pool}, ordered so that a holder's handles are one
+  # range.
   @by_holder :snakebridge_cluster_holders
 
   @doc false
@@ -39,7 +40,7 @@ defmodule SnakeBridge.Cluster.Handles do
   defp export(%Object{} = object, holder, n) do
     handle = make_ref()
     :ets.insert(@objects, {handle, object, holder})
-    :ets.insert(@by_holder, {{holder, handle}})
+    :ets.insert(@by_holder, {{holder, handle}, object.pool})
     {%{object | ref: handle}, n + 1}
   end
 
@@ -124,6 +125,16 @@ defmodule SnakeBridge.Cluster.Handles do
     end
   end
 
+  # One of the objects of `pool` that `holder` holds, or nil.
+  @doc false
+  @spec held_in(pid(), atom()) :: Object.t() | nil
+  def held_in(holder, pool) do
+    case :ets.select(@by_holder, [{{{holder, :"$1"}, pool}, [], [:"$1"]}], 1) do
+      {[handle], _continuation} -> object(handle)
+      :"$end_of_table" -> nil
+    end
+  end
+
   # Lets go of one object; returns its holder, or nil when it was not held.
   @doc false
   @spec release(reference()) :: pid() | nil
@@ -143,7 +154,7 @@ defmodule SnakeBridge.Cluster.Handles do
   @doc false
   @spec release_holder(pid()) :: non_neg_integer()
   def release_holder(holder) do
-    handles = :ets.select(@by_holder, [{{{holder, :"$1"}}, [], [:"$1"]}])
+    handles = :ets.select(@by_holder, [{{{holder, :"$1"}, :_}, [], [:"$1"]}])
     Enum.each(handles, &release/1)
     length(handles)
   end

@@ -23,8 +23,8 @@ defmodule SnakeBridge.Cluster.Relay do
 
   use GenServer
 
-  alias SnakeBridge.Cluster.{Handles, Outbox}
-  alias SnakeBridge.{Error, Native, NIF, Poll}
+  alias SnakeBridge.Cluster.{Handles, Outbox, Router}
+  alias SnakeBridge.{Error, Native, NIF, Object, Poll}
 
   # Errors that mean the call never reached a worker: the caller's node may
   # send it elsewhere.
@@ -143,6 +143,7 @@ defmodule SnakeBridge.Cluster.Relay do
 
   defp run(client, {:call, ref, caller, request, timeout}, state) do
     with {:ok, request} <- Handles.import(request),
+         request = follow_objects(request, caller, state),
          {sent, local_ref} when sent in [:ok, :alone] <- submit(request, timeout, state) do
       monitor = if stream?(request), do: Process.monitor(caller)
 
@@ -184,6 +185,24 @@ defmodule SnakeBridge.Cluster.Relay do
       holder -> drop_holds(state, holder, 1)
     end
   end
+
+  # A process's calls follow its objects, as they do locally: a call that
+  # names no object and no `:worker` runs in the worker of an object of its
+  # pool that the caller holds here, so that objects made one after another
+  # can be used together. The relay's own calls follow nobody's objects
+  # (see Native.spread/1).
+  defp follow_objects({pool, target, _, _, _, _, nil} = request, caller, state)
+       when not is_struct(target, Object) do
+    with true <- Map.has_key?(state.holders, caller),
+         {:ok, nil} <- Router.pinned_node(request),
+         %Object{ref: ref} <- Handles.held_in(caller, pool) do
+      put_elem(request, 6, ref)
+    else
+      _ -> request
+    end
+  end
+
+  defp follow_objects(request, _caller, _state), do: request
 
   # With other calls running, this one is part of a burst: its worker then
   # polls only briefly for the next (a lone caller's next call comes a

@@ -60,11 +60,16 @@ defmodule SnakeBridge.Cluster.Router do
     end
   end
 
-  # The node that objects among a call's arguments pin it to, if any.
+  # The node that the call's target, its `:worker` or the objects among its
+  # arguments pin it to, if any.
   @doc false
   @spec pinned_node(tuple()) :: {:ok, node() | nil} | {:error, Error.t()}
   def pinned_node({_pool, %Object{ref: ref}, _function, _args, _kwargs, _mode, _near}),
     do: {:ok, node(ref)}
+
+  def pinned_node({_pool, _module, _function, _args, _kwargs, _mode, near})
+      when is_reference(near),
+      do: {:ok, node(near)}
 
   def pinned_node({_pool, _module, _function, args, kwargs, _mode, _near}) do
     {:ok, object_node(kwargs, object_node(args, nil))}
