@@ -224,17 +224,17 @@ defmodule SnakeBridge.Native do
 
   # Queues a call checked by request!/5 or start_call/5, in a pool of this
   # node or, for a clustered pool, of the node SnakeBridge.Cluster chooses.
+  # A call with no `:worker` of its own runs where the process is pinned,
+  # if it is, in that pool: on the pin's node too.
   @doc false
   def submit(request, timeout) do
+    request = pinned(request)
     SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
   end
 
-  # Queues a call in a pool of this node. A call with no `:worker` of its
-  # own runs where the process is pinned, if it is, in that pool.
+  # Queues a call in a pool of this node.
   @doc false
   def submit_local({pool, target, function, args, kwargs, mode, near}, timeout) do
-    near = near || pinned(pool)
-
     # Structs the NIF cannot write (Nx tensors, structs with a
     # SnakeBridge.Encoder implementation) are converted in Elixir and the
     # call is encoded again; only calls that hold such structs pay for that.
@@ -248,11 +248,18 @@ defmodule SnakeBridge.Native do
   end
 
   # Makes an object to anchor a session: on the workers in turn, so that
-  # sessions spread over the pool, whatever the process is pinned to.
+  # sessions spread over the pool, whatever the process is pinned to or
+  # holds; on another node for a clustered pool, as any call.
   @doc false
   def submit_anchor(pool, timeout) do
-    nif_submit(pool, "builtins", "object", [], [], timeout, {@as_handle ||| @spread, 0}, nil)
+    request = {pool, "builtins", "object", [], [], {@as_handle ||| @spread, 0}, nil}
+    SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
   end
+
+  # Whether a request asks to spread over the workers, whoever makes it.
+  @doc false
+  def spread?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
+    do: (flags &&& @spread) != 0
 
   # Flags a call made on behalf of other processes (the cluster's relay):
   # it follows no process's objects and spreads over the workers. The relay
@@ -277,12 +284,14 @@ defmodule SnakeBridge.Native do
   @doc false
   def pin_key, do: @pin
 
-  defp pinned(pool) do
+  defp pinned({pool, _target, _function, _args, _kwargs, _mode, nil} = request) do
     case Process.get(@pin) do
-      %Object{pool: ^pool, ref: ref} -> ref
-      _ -> nil
+      %Object{pool: ^pool, ref: ref} -> put_elem(request, 6, ref)
+      _ -> request
     end
   end
+
+  defp pinned(request), do: request
 
   defp nif_submit(pool, target, function, args, kwargs, timeout, mode, near) do
     # The normal-scheduler NIF encodes small calls in place; it answers :dirty

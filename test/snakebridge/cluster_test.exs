@@ -16,6 +16,12 @@ defmodule SnakeBridge.ClusterTest do
     {peer, node} = start_peer("cluster")
     start_pool(peer, @pool)
     wait_for_member(@pool, node)
+
+    # Every worker takes calls: tests that spread over them see each one.
+    wait_until(fn ->
+      Enum.all?(:peer.call(peer, SnakeBridge, :stats, [@pool]).workers, &(&1.state == :ready))
+    end)
+
     on_exit(fn -> stop_peer(peer) end)
     %{peer: peer, node: node}
   end
@@ -296,6 +302,38 @@ defmodule SnakeBridge.ClusterTest do
       # A call that names no object runs there too.
       assert SnakeBridge.call("os", "getpid", [], pool: @pool) == {:ok, os_pid}
       Enum.each(counters, &SnakeBridge.release/1)
+    end
+
+    test "sessions of a pool on another node: run/2, pin/1 and :worker send calls to their worker",
+         %{peer: peer} do
+      sessions = for _ <- 1..2, do: SnakeBridge.Session.new!(pool: @pool)
+      pids = Enum.map(sessions, &SnakeBridge.Session.os_pid/1)
+      assert Enum.sort(pids) == Enum.sort(remote_pids(peer, @pool))
+
+      for {session, pid} <- Enum.zip(sessions, pids) do
+        assert SnakeBridge.call("os", "getpid", [], pool: @pool, worker: session) == {:ok, pid}
+
+        # In a process that holds no object of the pool: only the pin
+        # keeps its calls in the session's worker.
+        task =
+          Task.async(fn ->
+            SnakeBridge.Session.run(session, fn ->
+              for _ <- 1..6, do: SnakeBridge.call!("os", "getpid", [], pool: @pool)
+            end)
+          end)
+
+        assert Task.await(task) == List.duplicate(pid, 6)
+
+        task =
+          Task.async(fn ->
+            SnakeBridge.Session.pin(session.object)
+            for _ <- 1..6, do: SnakeBridge.call!("os", "getpid", [], pool: @pool)
+          end)
+
+        assert Task.await(task) == List.duplicate(pid, 6)
+      end
+
+      Enum.each(sessions, &SnakeBridge.release(&1.object))
     end
 
     test "release: the owning node lets go, later uses are :stale_handle", %{peer: peer} do

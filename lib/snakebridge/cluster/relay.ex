@@ -190,10 +190,12 @@ defmodule SnakeBridge.Cluster.Relay do
   # names no object and no `:worker` runs in the worker of an object of its
   # pool that the caller holds here, so that objects made one after another
   # can be used together. The relay's own calls follow nobody's objects
-  # (see Native.spread/1).
+  # (see Native.spread/1), and neither do calls that ask to spread (a
+  # session's anchor).
   defp follow_objects({pool, target, _, _, _, _, nil} = request, caller, state)
        when not is_struct(target, Object) do
     with true <- Map.has_key?(state.holders, caller),
+         false <- Native.spread?(request),
          {:ok, nil} <- Router.pinned_node(request),
          %Object{ref: ref} <- Handles.held_in(caller, pool) do
       put_elem(request, 6, ref)
