@@ -84,6 +84,31 @@ defmodule SnakeBridge.Cluster do
     end
   end
 
+  # The error for a call that did not leave this node although objects of
+  # another node pin it there: routing follows objects only within their
+  # own pool, and the call names another. nil when no such object pins it.
+  @doc false
+  @spec misrouted(tuple()) :: nil | {:error, Error.t()}
+  def misrouted({pool, _target, _function, _args, _kwargs, _mode, _near} = request) do
+    case Router.pinned_node(request) do
+      {:ok, node} when node not in [nil, node()] ->
+        {:error,
+         %Error{
+           reason: :handle_conflict,
+           message:
+             "the call goes to pool #{inspect(pool)}, but its objects (or its :worker) live in " <>
+               "a pool of node #{inspect(node)}; objects never leave their pool: pass `pool:` of theirs",
+           details: %{node: node}
+         }}
+
+      {:error, _} = error ->
+        error
+
+      _none ->
+        nil
+    end
+  end
+
   # Cancels a remote call: :cancelled, or :unknown when its reply was already
   # delivered to the caller's mailbox (or it never was a remote call).
   @doc false

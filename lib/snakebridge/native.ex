@@ -229,7 +229,16 @@ defmodule SnakeBridge.Native do
   @doc false
   def submit(request, timeout) do
     request = pinned(request)
-    SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
+    SnakeBridge.Cluster.submit(request, timeout) || submit_here(request, timeout)
+  end
+
+  # The NIF cannot write another node's object: a call that has one and
+  # stays here names a pool the object does not belong to.
+  defp submit_here(request, timeout) do
+    with {:error, %SnakeBridge.Error{reason: :unsupported_type}} = error <-
+           submit_local(request, timeout) do
+      SnakeBridge.Cluster.misrouted(request) || error
+    end
   end
 
   # Queues a call in a pool of this node.

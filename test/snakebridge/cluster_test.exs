@@ -336,6 +336,18 @@ defmodule SnakeBridge.ClusterTest do
       Enum.each(sessions, &SnakeBridge.release(&1.object))
     end
 
+    test "a remote object in a call to another pool is :handle_conflict, as a local one is",
+         %{node: node} do
+      {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [1], pool: @pool)
+
+      assert {:error, %Error{reason: :handle_conflict, message: message, details: %{node: ^node}}} =
+               SnakeBridge.call("sbobjects", "counter_value", [counter])
+
+      assert message =~ "pool :default"
+      assert SnakeBridge.call("sbobjects", "counter_value", [counter], pool: @pool) == {:ok, 1}
+      SnakeBridge.release(counter)
+    end
+
     test "release: the owning node lets go, later uses are :stale_handle", %{peer: peer} do
       before = held(peer)
       {:ok, counter} = SnakeBridge.call("sbobjects", "Counter", [], pool: @pool)
