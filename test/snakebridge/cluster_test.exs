@@ -18,9 +18,7 @@ defmodule SnakeBridge.ClusterTest do
     wait_for_member(@pool, node)
 
     # Every worker takes calls: tests that spread over them see each one.
-    wait_until(fn ->
-      Enum.all?(:peer.call(peer, SnakeBridge, :stats, [@pool]).workers, &(&1.state == :ready))
-    end)
+    wait_ready(peer, @pool)
 
     on_exit(fn -> stop_peer(peer) end)
     %{peer: peer, node: node}
@@ -34,6 +32,12 @@ defmodule SnakeBridge.ClusterTest do
   end
 
   defp unique(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
+
+  defp wait_ready(peer, pool) do
+    wait_until(fn ->
+      Enum.all?(:peer.call(peer, SnakeBridge, :stats, [pool]).workers, &(&1.state == :ready))
+    end)
+  end
 
   defp remote_pids(peer, pool) do
     for %{os_pid: pid} <- :peer.call(peer, SnakeBridge, :stats, [pool]).workers, do: pid
@@ -294,14 +298,27 @@ defmodule SnakeBridge.ClusterTest do
       SnakeBridge.release(b)
     end
 
-    test "a process's calls follow its remote objects, so objects made one after another work together" do
+    test "a process's calls follow its remote objects, so objects made one after another work together",
+         %{peer: peer} do
       counters = for i <- 1..6, do: SnakeBridge.call!("sbobjects", "Counter", [i], pool: @pool)
       assert [os_pid] = counters |> Enum.map(&Object.os_pid/1) |> Enum.uniq()
       [a, b | _] = counters
       assert SnakeBridge.call!("sbobjects", "sum_values", [[a, b]], pool: @pool) == 3
       # A call that names no object runs there too.
       assert SnakeBridge.call("os", "getpid", [], pool: @pool) == {:ok, os_pid}
+
+      # Once that worker is gone, with the objects, such calls run anywhere.
+      System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
+      wait_until(fn -> Object.os_pid(a) == nil end)
+
+      for _ <- 1..4 do
+        assert {:ok, pid} = SnakeBridge.call("os", "getpid", [], pool: @pool)
+        assert pid != os_pid
+      end
+
+      assert {:error, %Error{reason: :stale_handle}} = SnakeBridge.method(a, "add", [1])
       Enum.each(counters, &SnakeBridge.release/1)
+      wait_ready(peer, @pool)
     end
 
     test "sessions of a pool on another node: run/2, pin/1 and :worker send calls to their worker",

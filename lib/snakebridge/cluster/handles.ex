@@ -125,14 +125,25 @@ defmodule SnakeBridge.Cluster.Handles do
     end
   end
 
-  # One of the objects of `pool` that `holder` holds, or nil.
+  # One of the objects of `pool` that `holder` holds whose worker still
+  # runs, or nil.
   @doc false
-  @spec held_in(pid(), atom()) :: Object.t() | nil
-  def held_in(holder, pool) do
-    case :ets.select(@by_holder, [{{{holder, :"$1"}, pool}, [], [:"$1"]}], 1) do
-      {[handle], _continuation} -> object(handle)
-      :"$end_of_table" -> nil
-    end
+  @spec live_in(pid(), atom()) :: Object.t() | nil
+  def live_in(holder, pool) do
+    @by_holder
+    |> :ets.select([{{{holder, :"$1"}, pool}, [], [:"$1"]}], 16)
+    |> first_live()
+  end
+
+  defp first_live(:"$end_of_table"), do: nil
+
+  defp first_live({handles, continuation}) do
+    Enum.find_value(handles, fn handle ->
+      with %Object{ref: ref} = object <- object(handle),
+           os_pid when os_pid != nil <- NIF.object_os_pid(ref),
+           do: object,
+           else: (_ -> nil)
+    end) || first_live(:ets.select(continuation))
   end
 
   # Lets go of one object; returns its holder, or nil when it was not held.

@@ -188,8 +188,8 @@ defmodule SnakeBridge.Cluster.Relay do
 
   # A process's calls follow its objects, as they do locally: a call that
   # names no object and no `:worker` runs in the worker of an object of its
-  # pool that the caller holds here, so that objects made one after another
-  # can be used together. The relay's own calls follow nobody's objects
+  # pool that the caller holds here (and whose worker still runs), so that
+  # objects made one after another can be used together. The relay's own calls follow nobody's objects
   # (see Native.spread/1), and neither do calls that ask to spread (a
   # session's anchor).
   defp follow_objects({pool, target, _, _, _, _, nil} = request, caller, state)
@@ -197,7 +197,7 @@ defmodule SnakeBridge.Cluster.Relay do
     with true <- Map.has_key?(state.holders, caller),
          false <- Native.spread?(request),
          {:ok, nil} <- Router.pinned_node(request),
-         %Object{ref: ref} <- Handles.held_in(caller, pool) do
+         %Object{ref: ref} <- Handles.live_in(caller, pool) do
       put_elem(request, 6, ref)
     else
       _ -> request
