@@ -168,6 +168,18 @@ defmodule SnakeBridge.ClusterTest do
       assert alone == %{} and calls == %{}
     end
 
+    test "the client and the relay drop operations they do not know (a later version's)",
+         %{peer: peer} do
+      relay = :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay])
+      client = Process.whereis(SnakeBridge.Cluster.Client)
+      send(relay, {:snakebridge_requests, client, [{:from_a_later_version, 1}]})
+      send(client, {:snakebridge_replies, [{:from_a_later_version, 1}]})
+
+      assert SnakeBridge.call("sbhelpers", "identity", [1], pool: @pool) == {:ok, 1}
+      assert :peer.call(peer, Process, :whereis, [SnakeBridge.Cluster.Relay]) == relay
+      assert Process.whereis(SnakeBridge.Cluster.Client) == client
+    end
+
     test "a pool no node runs is :pool_not_found, as locally" do
       assert {:error, %Error{reason: :pool_not_found}} =
                SnakeBridge.call("math", "sqrt", [4.0], pool: :cluster_nowhere)

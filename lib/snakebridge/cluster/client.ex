@@ -193,6 +193,10 @@ defmodule SnakeBridge.Cluster.Client do
     end
   end
 
+  # From a relay of a later version, during a rolling upgrade: crashing
+  # here would lose every call this node has pending.
+  defp receive_op(_unknown_op, state), do: state
+
   ## Sending
 
   defp queue(state, node, op) do

@@ -186,12 +186,16 @@ defmodule SnakeBridge.Cluster.Relay do
     end
   end
 
+  # From a client of a later version, during a rolling upgrade: crashing
+  # here would lose every call and object the relay holds.
+  defp run(_client, _unknown_op, state), do: state
+
   # A process's calls follow its objects, as they do locally: a call that
   # names no object and no `:worker` runs in the worker of an object of its
   # pool that the caller holds here (and whose worker still runs), so that
-  # objects made one after another can be used together. The relay's own calls follow nobody's objects
-  # (see Native.spread/1), and neither do calls that ask to spread (a
-  # session's anchor).
+  # objects made one after another can be used together. The relay's own
+  # calls follow nobody's objects (see Native.spread/1), and neither do
+  # calls that ask to spread (a session's anchor).
   defp follow_objects({pool, target, _, _, _, _, nil} = request, caller, state)
        when not is_struct(target, Object) do
     with true <- Map.has_key?(state.holders, caller),
