@@ -33,7 +33,8 @@ defmodule SnakeBridge.Telemetry do
   the method (`nil` when the object itself is called). Streams and
   `SnakeBridge.Native.call_async/4` emit no call events. `:queue_time` and
   `:python_time` are absent for calls that no worker answered (a timeout,
-  a dead worker, `:overloaded`...) and for `async def` functions.
+  a dead worker, `:overloaded`...), for `async def` functions, and for
+  calls that ran on another node (whose `:os_pid` is `nil` too).
 
   ## Pools and workers
 
