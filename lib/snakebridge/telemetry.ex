@@ -34,7 +34,8 @@ defmodule SnakeBridge.Telemetry do
   `SnakeBridge.Native.call_async/4` emit no call events. `:queue_time` and
   `:python_time` are absent for calls that no worker answered (a timeout,
   a dead worker, `:overloaded`...), for `async def` functions, and for
-  calls that ran on another node (whose `:os_pid` is `nil` too).
+  calls that ran on another node (whose `:os_pid` is `nil` too, unless
+  their worker died).
 
   ## Pools and workers
 
