@@ -54,6 +54,12 @@ defmodule SnakeBridge.Session do
   `{:error, error}` when no worker answers (`:timeout`,
   `:python_unavailable`, ...).
 
+  A clustered pool's session is made on the node the cluster routes it to
+  (see "Clusters" in the README). One on another node is a remote object:
+  it lasts until the process that made it exits or releases it
+  (`SnakeBridge.release(session.object)`), not until it is garbage
+  collected.
+
   ## Options
 
     * `:pool` — the pool. Default `:default`.
