@@ -288,6 +288,57 @@ defmodule SnakeBridge.ClusterTest do
       assert SnakeBridge.call!("sbhelpers", "pid", [], pool: pool) in remote_pids(peer, pool)
       for ref <- busy, do: assert({:ok, nil} = SnakeBridge.await(ref, 10_000))
     end
+
+    test ":least_loaded: calls go to either node, and to the less loaded one", %{peer: peer} do
+      pool = unique(:cluster_least)
+      start_pool(peer, pool)
+
+      start_supervised!(
+        {SnakeBridge.Pool,
+         pool_opts(pool, size: 1, cluster: [strategy: :least_loaded, gossip_interval: 20])}
+      )
+
+      wait_for_member(pool, node())
+      wait_for_member(pool, :peer.call(peer, Kernel, :node, []))
+      wait_until(fn -> length(remote_pids(peer, pool)) == 2 end)
+
+      wait_until(fn ->
+        match?([%{os_pid: pid}] when is_integer(pid), SnakeBridge.stats(pool).workers)
+      end)
+
+      [local] = for %{os_pid: pid} <- SnakeBridge.stats(pool).workers, do: pid
+      remote = remote_pids(peer, pool)
+
+      # Both idle: each call goes to one of the two at random.
+      pids = for _ <- 1..40, do: SnakeBridge.call!("sbhelpers", "pid", [], pool: pool)
+      assert local in pids
+      assert Enum.any?(pids, &(&1 in remote))
+
+      # Three calls kept on the one local worker (by an object of its own):
+      # the remote node is less loaded.
+      here =
+        Stream.repeatedly(fn ->
+          SnakeBridge.call!("builtins", "object", [], pool: pool, as: :handle)
+        end)
+        |> Enum.find(&(Object.os_pid(&1) == local))
+
+      busy =
+        for _ <- 1..3 do
+          {:ok, ref} = Native.call_async("sbhelpers", "sleep", [1.0], pool: pool, worker: here)
+          ref
+        end
+
+      wait_until(fn ->
+        %{in_flight: running, queue_length: queued} = SnakeBridge.Cluster.stats(pool)[node()]
+        running + queued >= 3
+      end)
+
+      for _ <- 1..10 do
+        assert SnakeBridge.call!("sbhelpers", "pid", [], pool: pool) in remote
+      end
+
+      for ref <- busy, do: SnakeBridge.await(ref, 10_000)
+    end
   end
 
   describe "objects" do
