@@ -227,8 +227,9 @@ defmodule SnakeBridge.Native do
   # A call with no `:worker` of its own runs where the process is pinned,
   # if it is, in that pool: on the pin's node too.
   @doc false
-  def submit(request, timeout) do
-    request = pinned(request)
+  def submit(request, timeout), do: request |> pinned() |> route(timeout)
+
+  defp route(request, timeout) do
     SnakeBridge.Cluster.submit(request, timeout) || submit_here(request, timeout)
   end
 
@@ -261,14 +262,19 @@ defmodule SnakeBridge.Native do
   # holds; on another node for a clustered pool, as any call.
   @doc false
   def submit_anchor(pool, timeout) do
-    request = {pool, "builtins", "object", [], [], {@as_handle ||| @spread, 0}, nil}
-    SnakeBridge.Cluster.submit(request, timeout) || submit_local(request, timeout)
+    route({pool, "builtins", "object", [], [], {@as_handle ||| @spread, 0}, nil}, timeout)
   end
 
   # Whether a request asks to spread over the workers, whoever makes it.
   @doc false
-  def spread?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
-    do: (flags &&& @spread) != 0
+  def spread?(request), do: flag?(request, @spread)
+
+  # Whether a request asks for a stream's items.
+  @doc false
+  def stream?(request), do: flag?(request, @stream)
+
+  defp flag?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}, flag),
+    do: (flags &&& flag) != 0
 
   # Flags a call made on behalf of other processes (the cluster's relay):
   # it follows no process's objects and spreads over the workers. The relay

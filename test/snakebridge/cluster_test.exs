@@ -424,6 +424,15 @@ defmodule SnakeBridge.ClusterTest do
                SnakeBridge.call("sbobjects", "counter_value", [counter])
 
       assert message =~ "pool :default"
+
+      # With a local object of that pool beside it: the two nodes conflict.
+      {:ok, here} = SnakeBridge.call("builtins", "object", [], as: :handle)
+
+      assert {:error, %Error{reason: :handle_conflict, details: %{nodes: nodes}}} =
+               SnakeBridge.call("builtins", "id", [[here, counter]])
+
+      assert Enum.sort(nodes) == Enum.sort([node(), node])
+
       assert SnakeBridge.call("sbobjects", "counter_value", [counter], pool: @pool) == {:ok, 1}
       SnakeBridge.release(counter)
     end

@@ -145,7 +145,7 @@ defmodule SnakeBridge.Cluster.Relay do
     with {:ok, request} <- Handles.import(request),
          request = follow_objects(request, caller, state),
          {sent, local_ref} when sent in [:ok, :alone] <- submit(request, timeout, state) do
-      monitor = if stream?(request), do: Process.monitor(caller)
+      monitor = if Native.stream?(request), do: Process.monitor(caller)
 
       state = %{
         state
@@ -216,7 +216,7 @@ defmodule SnakeBridge.Cluster.Relay do
   # streams do not count: a consumer calling per item is a lone caller.
   defp submit(request, timeout, state) do
     request = Native.spread(request)
-    request = if stream?(request), do: request, else: Native.ask_alone(request)
+    request = if Native.stream?(request), do: request, else: Native.ask_alone(request)
     request = if map_size(state.calls) > state.streams, do: Native.in_burst(request), else: request
     Native.submit_local(request, timeout)
   end
@@ -291,9 +291,6 @@ defmodule SnakeBridge.Cluster.Relay do
 
   defp missed(:polled), do: :missed
   defp missed(sent), do: sent
-
-  defp stream?({_pool, _target, _function, _args, _kwargs, {flags, _window}, _near}),
-    do: Bitwise.band(flags, 2) != 0
 
   ## Objects
 
